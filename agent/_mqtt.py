@@ -1,0 +1,168 @@
+"""The agent's MQTT adapter (paho): connection, birth/death, request/response, dispatch.
+
+The one place paho is touched on the device. Reconnects are paho's, with a bounded
+backoff; every request waits with a timeout. Malformed payloads are counted, logged
+and dropped by the dispatcher; a handler error never reaches paho's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from edgefleet.contract import (
+    ChunkResponse,
+    Death,
+    DeviceTopic,
+    EdgefleetError,
+    FetchError,
+    FetchRequest,
+    device_topic,
+)
+
+from .config import AgentConfig, parse_broker_url
+
+__all__ = ["AgentLink"]
+
+log = logging.getLogger(__name__)
+Handler = Callable[[bytes], None]
+
+
+class AgentLink:
+    """One device's MQTT session.
+
+    Args:
+        config: the agent configuration (device id, broker, keepalive, backoff).
+        birth: called on every connect; returns the birth payload to publish.
+        handlers: device-topic suffix → handler for ``cmd``, ``desired``, ``telemetry/ack``.
+        on_connected: called (from paho's thread) after each successful connect.
+    """
+
+    def __init__(self, config: AgentConfig, *, birth: Callable[[int], bytes],
+                 handlers: dict[str, Handler],
+                 on_connected: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self._birth = birth
+        self._handlers = handlers
+        self._on_connected = on_connected
+        self._pending: dict[str, tuple[threading.Event, list[ChunkResponse]]] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.bd_seq = 0
+        self.malformed = 0
+        self.connects = 0
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
+                                   clean_session=False, protocol=mqtt.MQTTv311)
+        self._client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        self._client.max_queued_messages_set(1000)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._set_will()
+
+    def topic(self, suffix: str, **fields: str) -> str:
+        return device_topic(self.config.device_id, suffix, **fields)
+
+    def _set_will(self) -> None:
+        self.bd_seq += 1
+        self._client.will_set(self.topic(DeviceTopic.DEATH), Death(bd_seq=self.bd_seq).encode(),
+                              qos=1)
+
+    def start(self) -> None:
+        """Connect in the background; returns at once, even when the broker is down."""
+        host, port = parse_broker_url(self.config.broker_url)
+        self._client.connect_async(host, port, keepalive=self.config.keepalive_s)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no will) and stop the network thread."""
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object,
+                    reason: mqtt.ReasonCode, _props: object = None) -> None:
+        if reason.is_failure:
+            log.warning("broker refused connection: %s", reason)
+            return
+        for suffix in (DeviceTopic.CMD, DeviceTopic.DESIRED, DeviceTopic.FETCH_RESP,
+                       DeviceTopic.TELEMETRY_ACK):
+            client.subscribe(self.topic(suffix), qos=1)
+        client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
+        self.connects += 1
+        self.connected.set()
+        log.info("connected to %s (bd_seq %d)", self.config.broker_url, self.bd_seq)
+        if self._on_connected is not None:
+            self._on_connected()
+
+    def _on_disconnect(self, _client: mqtt.Client, _ud: object, _flags: object,
+                       reason: mqtt.ReasonCode, _props: object = None) -> None:
+        self.connected.clear()
+        self._set_will()
+        log.info("disconnected from broker: %s", reason)
+
+    def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        prefix = self.topic("")
+        suffix = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
+        try:
+            if suffix == DeviceTopic.FETCH_RESP:
+                self._on_chunk(ChunkResponse.decode(msg.payload))
+            elif suffix in self._handlers:
+                self._handlers[suffix](msg.payload)
+            else:
+                log.warning("dropped message on unexpected topic %s", msg.topic)
+        except EdgefleetError as exc:
+            self.malformed += 1
+            log.warning("dropped message on %s: %s (%s)", msg.topic, exc, exc.reason)
+        except Exception:  # a handler bug must not kill paho's network thread
+            self.malformed += 1
+            log.exception("handler for %s failed", msg.topic)
+
+    def _on_chunk(self, chunk: ChunkResponse) -> None:
+        with self._lock:
+            waiter = self._pending.get(chunk.req)
+        if waiter is None:
+            return  # a late answer to a request that already timed out
+        waiter[1].append(chunk)
+        waiter[0].set()
+
+    def publish(self, suffix: str, payload: bytes, *, retain: bool = False, **fields: str) -> bool:
+        """Publish at QoS 1; ``False`` when not connected (the caller keeps the data)."""
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(self.topic(suffix, **fields), payload, qos=1, retain=retain)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def request_chunk(self, file: str, offset: int, count: int, timeout_s: float) -> ChunkResponse:
+        """Ask the controller for a block of a file and wait for it.
+
+        Raises:
+            FetchError: not connected, or no answer within ``timeout_s``.
+        """
+        if not self.connected.is_set():
+            raise FetchError("not connected to the broker")
+        req = uuid.uuid4().hex[:16]
+        event = threading.Event()
+        box: list[ChunkResponse] = []
+        with self._lock:
+            self._pending[req] = (event, box)
+        try:
+            payload = FetchRequest(req=req, file=file, offset=offset, count=count).encode()
+            info = self._client.publish(self.topic(DeviceTopic.FETCH_REQ), payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise FetchError(f"could not send fetch request ({mqtt.error_string(info.rc)})")
+            if not event.wait(timeout_s):
+                raise FetchError(f"no answer for {file}@{offset} within {timeout_s:.1f}s")
+            return box[0]
+        finally:
+            with self._lock:
+                self._pending.pop(req, None)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self.connected.wait(timeout_s)
+
+

@@ -1,0 +1,148 @@
+"""The on-device model store: installed models side by side, an atomic switch.
+
+Layout under ``state_dir``::
+
+    models/{name}/{version}-{sha12}/manifest.json + model file   complete installs only
+    models/.staging-*/                                          in-progress installs
+    state.json                                                  {"active": …, "last_good": …}
+
+An install is written into a staging directory, fsynced, then renamed into place;
+``state.json`` is replaced atomically. An agent killed at any instant therefore
+restarts with ``state.json`` naming a complete model (or none), and leftover staging
+directories are removed on start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgefleet.contract import IntegrityError, Manifest, ModelRef, sha256_file
+from edgefleet.contract.files import atomic_write
+
+__all__ = ["InstalledModel", "ModelStore"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledModel:
+    manifest: Manifest
+    directory: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.manifest.model_file
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.manifest.name, self.manifest.version, self.manifest.model_sha256)
+
+
+class ModelStore:
+    """Installed models and which one is active / last known good."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "models"
+        self.state_path = state_dir / "state.json"
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _dir_for(self, ref: ModelRef) -> Path:
+        return self.root / ref.name / f"{ref.version}-{ref.sha256[:12]}"
+
+    def read_state(self) -> dict[str, ModelRef | None]:
+        """The active and last-known-good refs (``None`` when absent)."""
+        try:
+            raw = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"active": None, "last_good": None}
+        return {k: ModelRef(**raw[k]) if raw.get(k) else None for k in ("active", "last_good")}
+
+    def get(self, ref: ModelRef) -> InstalledModel | None:
+        """The installed model for ``ref`` if its files are complete and match."""
+        directory = self._dir_for(ref)
+        try:
+            manifest = Manifest.decode((directory / "manifest.json").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        model = directory / manifest.model_file
+        if not model.exists() or model.stat().st_size != manifest.model_length:
+            return None
+        return InstalledModel(manifest, directory)
+
+    def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path) -> InstalledModel:
+        """Copy a verified model beside the others; does not activate it.
+
+        Raises:
+            IntegrityError: the model file does not match the manifest's hash/length.
+        """
+        digest, length = sha256_file(str(model_src))
+        if digest != manifest.model_sha256 or length != manifest.model_length:
+            raise IntegrityError(f"{manifest.model_file} does not match its manifest")
+        ref = ModelRef(manifest.name, manifest.version, digest)
+        final = self._dir_for(ref)
+        existing = self.get(ref)
+        if existing is not None:
+            return existing
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            shutil.copyfile(model_src, staging / manifest.model_file)
+            _fsync_file(staging / manifest.model_file)
+            atomic_write(staging / "manifest.json", manifest_bytes)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # an incomplete earlier attempt
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            _fsync_dir(final.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return InstalledModel(manifest, final)
+
+    def activate(self, ref: ModelRef) -> None:
+        """Make ``ref`` active; the previously active model becomes last known good."""
+        state = self.read_state()
+        previous = state["active"]
+        last_good = previous if previous is not None and previous != ref else state["last_good"]
+        self._write(active=ref, last_good=last_good)
+
+    def rollback(self) -> ModelRef | None:
+        """Switch back to the last known good model; returns it (``None`` if there is none)."""
+        state = self.read_state()
+        if state["last_good"] is None or self.get(state["last_good"]) is None:
+            return None
+        self._write(active=state["last_good"], last_good=state["active"])
+        return state["last_good"]
+
+    def _write(self, *, active: ModelRef | None, last_good: ModelRef | None) -> None:
+        data = {"active": active.to_dict() if active else None,
+                "last_good": last_good.to_dict() if last_good else None}
+        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+
+    def prune(self, keep: set[ModelRef]) -> int:
+        """Delete installed models not in ``keep``; returns how many were removed."""
+        keep_dirs = {self._dir_for(r) for r in keep}
+        removed = 0
+        for name_dir in self.root.iterdir():
+            if name_dir.name.startswith(".") or not name_dir.is_dir():
+                continue
+            for d in name_dir.iterdir():
+                if d not in keep_dirs:
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed += 1
+        return removed
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync_file(path)

@@ -1,0 +1,133 @@
+"""Model runtimes behind one small interface; onnxruntime first.
+
+This module is the one place onnxruntime errors are translated into edgefleet's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from edgefleet.contract import InputError, ModelLoadError, TensorSpec
+
+__all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]
+
+_ORT_TO_V2 = {
+    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+    "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL",
+}
+V2_TO_NUMPY = {
+    "FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
+    "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_,
+}
+
+
+class Runtime(Protocol):
+    """A loaded model that can run a batch."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def available_runtimes() -> list[str]:
+    """Runtimes and execution providers this device really has, e.g. ``onnxruntime:CPU``."""
+    found = []
+    try:
+        import onnxruntime as ort
+
+        found += [f"onnxruntime:{p.removesuffix('ExecutionProvider')}"
+                  for p in ort.get_available_providers()]
+    except ImportError:  # pragma: no cover - the agent extra installs it
+        pass
+    return found
+
+
+class OnnxRuntime:
+    """An onnxruntime CPU session with input checking.
+
+    Args:
+        path: the ``.onnx`` file.
+        intra_op_threads: threads per operator (1 keeps a Pi's other cores free).
+
+    Raises:
+        ModelLoadError: the file is missing or onnxruntime refuses it.
+    """
+
+    def __init__(self, path: Path, *, intra_op_threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(path), opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/… types
+            raise ModelLoadError(f"onnxruntime could not load {path.name}: {exc}") from exc
+        self.inputs = [_spec(i) for i in self._session.get_inputs()]
+        self.outputs = [_spec(o) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch after checking names, dtypes and shapes.
+
+        Raises:
+            InputError: the feeds do not match the model's signature.
+            ModelError: the runtime failed on valid-looking input.
+        """
+        check_feeds(self.inputs, feeds)
+        try:
+            results = self._session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise InputError(f"the model could not run on this input: {exc}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def run_unchecked(self, feeds: dict[str, np.ndarray]) -> list[Any]:
+        """``session.run`` without checks, for benchmarks that compare against raw."""
+        return self._session.run(self._output_names, feeds)  # type: ignore[no-any-return]
+
+
+def _spec(arg: Any) -> TensorSpec:
+    shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
+    return TensorSpec(name=arg.name, datatype=_ORT_TO_V2.get(arg.type, arg.type), shape=shape)
+
+
+def signature_text(specs: list[TensorSpec]) -> str:
+    return ", ".join(f"{s.name}: {s.datatype}{list(s.shape)}" for s in specs)
+
+
+def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
+    """Raise ``InputError`` naming the expected signature unless ``feeds`` match it."""
+    expected = signature_text(specs)
+    names = {s.name for s in specs}
+    if set(feeds) != names:
+        raise InputError(f"expected inputs {{{expected}}}, got names {sorted(feeds)}")
+    for spec in specs:
+        arr = feeds[spec.name]
+        want = V2_TO_NUMPY.get(spec.datatype)
+        if want is not None and arr.dtype != want:
+            raise InputError(f"input {spec.name!r} must be {spec.datatype}, got {arr.dtype}; "
+                             f"expected {{{expected}}}")
+        if arr.ndim != len(spec.shape) or any(
+            isinstance(d, int) and d != n for d, n in zip(spec.shape, arr.shape, strict=True)
+        ):
+            raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}; "
+                             f"expected {{{expected}}}")
+
+
+def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1) -> Runtime:
+    """Load ``path`` with the named runtime.
+
+    Raises:
+        ModelLoadError: unknown runtime or the file cannot be loaded.
+    """
+    if runtime == "onnxruntime":
+        return OnnxRuntime(path, intra_op_threads=intra_op_threads)
+    raise ModelLoadError(f"runtime {runtime!r} is not available on this agent",
+                         reason="runtime_unavailable")

@@ -1,0 +1,210 @@
+"""Verified downloads: python-tuf's ngclient over chunked MQTT request/response.
+
+``ChunkFetcher`` implements ngclient's ``FetcherInterface`` on top of any
+``ChunkSource`` (the agent's MQTT link in production). It asks for blocks of at most
+``chunk_bytes``, never past the length TUF signed for the file, resumes from the
+last good block after a timeout or a disconnect, and gives up at a deadline, so a
+download can fail but never hang.
+
+``BundleUpdater.fetch`` refreshes TUF metadata, downloads a bundle's manifest and
+model and returns them verified. This module is the one place python-tuf's errors
+are translated into edgefleet's ``TrustError`` tree with a reason code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Protocol
+
+from edgefleet.contract import (
+    ChunkResponse,
+    EdgefleetError,
+    ExpiredError,
+    FetchError,
+    IntegrityError,
+    Manifest,
+    MessageError,
+    RollbackError,
+    SignatureError,
+    TrustError,
+    bundle_paths,
+)
+from tuf.api import exceptions as tuf_exc
+from tuf.ngclient import FetcherInterface, Updater
+
+__all__ = ["BundleUpdater", "ChunkFetcher", "ChunkSource", "VerifiedBundle"]
+
+log = logging.getLogger(__name__)
+
+
+class ChunkSource(Protocol):
+    def __call__(self, file: str, offset: int, count: int, timeout_s: float) -> ChunkResponse: ...
+
+
+class ChunkFetcher(FetcherInterface):
+    """ngclient fetcher pulling ``mqtt:/<file>`` URLs block by block.
+
+    Args:
+        source: answers one block request (raises ``FetchError`` on timeout).
+        chunk_bytes: block size asked for (≤ 128 KiB).
+        timeout_s: wait per block.
+        deadline_s: total time one file may take, retries included.
+        max_bytes_per_s: bandwidth cap (0: none), for metered links.
+        progress: called with ``(file, bytes_so_far, total)``.
+    """
+
+    def __init__(self, source: ChunkSource, *, chunk_bytes: int = 64 * 1024,
+                 timeout_s: float = 5.0, deadline_s: float = 600.0, max_bytes_per_s: int = 0,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
+        self._source = source
+        self._chunk = chunk_bytes
+        self._timeout = timeout_s
+        self._deadline = deadline_s
+        self._rate = max_bytes_per_s
+        self._progress = progress
+        self._limit: int | None = None
+        self.retries = 0
+        self.bytes_received = 0
+
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        # Remember the signed length so _fetch never asks for more than length + 1
+        # (the extra byte lets ngclient see a file longer than signed).
+        self._limit = max_length
+        try:
+            with super().download_file(url, max_length) as fh:
+                yield fh
+        finally:
+            self._limit = None
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        file = url.split(":", 1)[1].lstrip("/")
+        limit = (self._limit if self._limit is not None else 1 << 31) + 1
+        offset, total = 0, None
+        started = time.monotonic()
+        backoff = 0.2
+        while offset < limit and (total is None or offset < total):
+            count = min(self._chunk, limit - offset)
+            try:
+                chunk = self._source(file, offset, count, self._timeout)
+            except FetchError as exc:
+                if time.monotonic() - started > self._deadline:
+                    raise FetchError(f"{file}: gave up after {self._deadline:.0f}s "
+                                     f"at byte {offset}: {exc}") from exc
+                self.retries += 1
+                log.info("fetch %s@%d failed (%s); retrying in %.1fs", file, offset, exc, backoff)
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if chunk.status == "not_found":
+                raise tuf_exc.DownloadHTTPError(f"{file} not found", 404)
+            if chunk.status != "ok" or chunk.offset != offset or chunk.file != file:
+                raise FetchError(f"{file}: bad answer at {offset} (status {chunk.status})")
+            total = chunk.total
+            if not chunk.data:
+                break
+            offset += len(chunk.data)
+            self.bytes_received += len(chunk.data)
+            if self._progress is not None:
+                self._progress(file, offset, total)
+            if self._rate:
+                ahead = offset / self._rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            yield chunk.data
+
+
+class VerifiedBundle:
+    """A manifest and model file that passed TUF verification."""
+
+    def __init__(self, manifest: Manifest, manifest_bytes: bytes, model_path: Path) -> None:
+        self.manifest = manifest
+        self.manifest_bytes = manifest_bytes
+        self.model_path = model_path
+
+
+class BundleUpdater:
+    """Fetches and verifies bundles against the pinned TUF root.
+
+    Args:
+        metadata_dir: trusted metadata cache (must hold ``root.json``).
+        download_dir: scratch space for downloads.
+        fetcher: the ``ChunkFetcher`` to use.
+    """
+
+    def __init__(self, metadata_dir: Path, download_dir: Path, fetcher: ChunkFetcher) -> None:
+        self.metadata_dir = metadata_dir
+        self.download_dir = download_dir
+        self.fetcher = fetcher
+
+    def fetch(self, name: str, version: int, *,
+              on_step: Callable[[str], None] | None = None) -> VerifiedBundle:
+        """Refresh trust metadata, then download and verify a bundle.
+
+        Raises:
+            TrustError: (or a subclass) metadata or files failed verification.
+            FetchError: the files could not be fetched in time.
+            MessageError: the manifest is not a valid manifest.
+        """
+        step = on_step or (lambda _s: None)
+        try:
+            updater = Updater(str(self.metadata_dir), "mqtt:/metadata/", str(self.download_dir),
+                              "mqtt:/targets/", fetcher=self.fetcher, bootstrap=None)
+            updater.refresh()
+            manifest_path, _ = bundle_paths(name, version, "x")
+            info = updater.get_targetinfo(manifest_path)
+            if info is None:
+                raise TrustError(f"{manifest_path} is not signed by the repository",
+                                 reason="unknown_target")
+            self.download_dir.mkdir(parents=True, exist_ok=True)
+            local_manifest = updater.download_target(info, str(self.download_dir / "manifest.json"))
+            manifest_bytes = Path(local_manifest).read_bytes()
+            manifest = Manifest.decode(manifest_bytes)
+            if manifest.name != name or manifest.version != version:
+                raise TrustError(f"manifest names {manifest.name}:{manifest.version}, "
+                                 f"expected {name}:{version}", reason="manifest_mismatch")
+            _, model_target = bundle_paths(name, version, manifest.model_file)
+            model_info = updater.get_targetinfo(model_target)
+            if model_info is None:
+                raise TrustError(f"{model_target} is not signed", reason="unknown_target")
+            if (model_info.length != manifest.model_length
+                    or model_info.hashes.get("sha256") != manifest.model_sha256):
+                raise IntegrityError("signed model hash/length differ from the manifest's",
+                                     reason="manifest_mismatch")
+            step("downloading")
+            local_model = updater.download_target(
+                model_info, str(self.download_dir / manifest.model_file))
+            return VerifiedBundle(manifest, manifest_bytes, Path(local_model))
+        except EdgefleetError:
+            raise
+        except tuf_exc.ExpiredMetadataError as exc:
+            raise ExpiredError(f"trust metadata expired: {exc}") from exc
+        except tuf_exc.BadVersionNumberError as exc:
+            raise RollbackError(f"metadata version went backwards: {exc}",
+                                reason="metadata_rollback") from exc
+        except tuf_exc.UnsignedMetadataError as exc:
+            raise SignatureError(f"metadata not signed by trusted keys: {exc}") from exc
+        except tuf_exc.LengthOrHashMismatchError as exc:
+            raise IntegrityError(f"a file does not match its signed hash: {exc}") from exc
+        except tuf_exc.DownloadLengthMismatchError as exc:
+            raise IntegrityError(f"more bytes than signed: {exc}",
+                                 reason="length_exceeded") from exc
+        except tuf_exc.DownloadError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, FetchError):
+                raise FetchError(str(cause)) from exc
+            raise FetchError(f"download failed: {exc}") from exc
+        except tuf_exc.RepositoryError as exc:
+            raise TrustError(f"repository metadata rejected: {exc}") from exc
+        except MessageError:
+            raise
+
+    def clear(self) -> None:
+        shutil.rmtree(self.download_dir, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""The bundle format: a manifest plus model file(s), addressed by sha256 and length.
+
+A bundle for model ``name`` version ``v`` is a set of TUF targets::
+
+    bundles/{name}/{v}/manifest.json     the Manifest below (JSON)
+    bundles/{name}/{v}/{model_file}      the model bytes
+
+The manifest names the model file's sha256 and length; the TUF targets metadata
+signs both files' hashes and lengths, so a device verifies the manifest through TUF
+and the model file both through TUF and against the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, ClassVar
+
+from .messages import Message
+
+__all__ = ["Manifest", "TensorSpec", "bundle_paths", "sha256_file"]
+
+BUNDLE_ROOT = "bundles"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec(Message):
+    """One input or output tensor, KServe v2 datatype names (``FP32``, ``INT64``…)."""
+
+    kind: ClassVar[str] = "tensor"
+    name: str
+    datatype: str
+    shape: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest(Message):
+    """What a device needs to know to install, check and serve a model version."""
+
+    kind: ClassVar[str] = "manifest"
+    name: str
+    version: int
+    runtime: str
+    model_file: str
+    model_sha256: str
+    model_length: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str] = dataclasses.field(default_factory=list)
+    # {"hardware_classes": [...] (empty: any), "min_agent_version": "0.1.0"}
+    compatibility: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # {"input": nested list for inputs[0], "expected": nested list, "atol": float}
+    smoke_test: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reference_profile: dict[str, Any] = dataclasses.field(default_factory=dict)
+    parent: int | None = None
+    variant: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.version < 1 or self.model_length < 0:
+            raise ValueError("version must be ≥ 1 and length ≥ 0")
+        if "/" in self.model_file or self.model_file in ("", ".", ".."):
+            raise ValueError(f"bad model file name {self.model_file!r}")
+
+
+def bundle_paths(name: str, version: int, model_file: str) -> tuple[str, str]:
+    """The TUF target paths of a bundle's manifest and model file."""
+    base = f"{BUNDLE_ROOT}/{name}/{version}"
+    return f"{base}/manifest.json", f"{base}/{model_file}"
+
+
+def sha256_file(path: str, block: int = 1 << 20) -> tuple[str, int]:
+    """Return ``(hex sha256, length)`` of a file, read in blocks."""
+    digest = hashlib.sha256()
+    length = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+            length += len(chunk)
+    return digest.hexdigest(), length

@@ -1,0 +1,316 @@
+"""Messages exchanged over MQTT (JSON, UTF-8), with strict decoding.
+
+Each message is a frozen dataclass. ``encode()`` gives the payload bytes;
+``Cls.decode(payload)`` validates field presence and types and raises
+``MessageError`` with a precise reason for anything else, so a malformed payload is
+logged and dropped rather than crashing a reader. Unknown fields are ignored
+(forward compatibility); missing optional fields take their defaults.
+
+Chunk responses carry binary data and use a small framing instead of JSON:
+``4-byte big-endian header length | JSON header | raw bytes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import types
+import typing
+from typing import Any, ClassVar, TypeVar
+
+from .errors import MessageError
+
+__all__ = [
+    "Ack",
+    "Birth",
+    "ChunkResponse",
+    "Command",
+    "Death",
+    "DesiredState",
+    "FetchRequest",
+    "JobState",
+    "JobStatus",
+    "Message",
+    "ModelRef",
+    "Summary",
+    "MAX_CHUNK_BYTES",
+]
+
+MAX_CHUNK_BYTES = 128 * 1024
+_MAX_PAYLOAD = 4 * 1024 * 1024
+
+T = TypeVar("T", bound="Message")
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, where)
+            except MessageError as exc:
+                errors.append(str(exc))
+        raise MessageError(f"{where}: {'; '.join(errors)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected an object, got {type(value).__name__}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected an object, got {type(value).__name__}")
+        return _from_dict(hint, value, where)  # type: ignore[arg-type]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MessageError(f"{where}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
+        return value
+    if hint in (str, bool):
+        if not isinstance(value, hint):
+            raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported field type {hint!r} at {where}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MessageError(f"{where}: missing field {f.name!r}")
+            continue
+        kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}.{f.name}")
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"{where}: {exc}") from exc
+    return obj
+
+
+class Message:
+    """Mixin giving dataclass messages JSON ``encode``/``decode``."""
+
+    kind: ClassVar[str] = "message"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def decode(cls: type[T], payload: bytes | str) -> T:
+        """Parse and validate a payload.
+
+        Raises:
+            MessageError: not JSON, not an object, too large, or a field is missing
+                or of the wrong type.
+        """
+        if len(payload) > _MAX_PAYLOAD:
+            raise MessageError(f"{cls.kind}: payload of {len(payload)} bytes is too large")
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MessageError(f"{cls.kind}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise MessageError(f"{cls.kind}: expected a JSON object")
+        return typing.cast(T, _from_dict(cls, data, cls.kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef(Message):
+    """A model version as installed on a device."""
+
+    kind: ClassVar[str] = "model_ref"
+    name: str
+    version: int
+    sha256: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Birth(Message):
+    """Published by an agent on every (re)connect."""
+
+    kind: ClassVar[str] = "birth"
+    bd_seq: int
+    agent_version: str
+    ts: float
+    hw: dict[str, Any] = dataclasses.field(default_factory=dict)
+    runtimes: list[str] = dataclasses.field(default_factory=list)
+    active: ModelRef | None = None
+    last_good: ModelRef | None = None
+    api_url: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Death(Message):
+    """The agent's will: the broker publishes it when the connection drops."""
+
+    kind: ClassVar[str] = "death"
+    bd_seq: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredState(Message):
+    """What a device should run; retained so a device that was away catches up."""
+
+    kind: ClassVar[str] = "desired"
+    deployment: str
+    job: str
+    model: str
+    version: int
+    manifest: str
+    issued_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Command(Message):
+    """A controller → device instruction with an id and an expiry."""
+
+    kind: ClassVar[str] = "cmd"
+    id: str
+    action: str
+    issued_at: float
+    expires_at: float
+    desired: DesiredState | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in ("deploy", "rollback", "rebirth", "cancel"):
+            raise ValueError(f"unknown action {self.action!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchRequest(Message):
+    """Ask for ``count`` bytes of ``file`` (a TUF metadata or target path) at ``offset``."""
+
+    kind: ClassVar[str] = "fetch_req"
+    req: str
+    file: str
+    offset: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or not 0 < self.count <= MAX_CHUNK_BYTES:
+            raise ValueError(f"offset/count out of range ({self.offset}, {self.count})")
+        if not self.file or ".." in self.file.split("/") or self.file.startswith("/"):
+            raise ValueError(f"bad file path {self.file!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkResponse:
+    """One block of a file, or a status when there is none (``not_found``/``error``)."""
+
+    req: str
+    file: str
+    offset: int
+    total: int
+    status: str = "ok"
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        header = json.dumps(
+            {"req": self.req, "file": self.file, "offset": self.offset,
+             "total": self.total, "status": self.status},
+            separators=(",", ":"),
+        ).encode()
+        return struct.pack(">I", len(header)) + header + self.data
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ChunkResponse:
+        """Raises: MessageError for a payload that is not a well-formed chunk frame."""
+        if len(payload) < 4:
+            raise MessageError("chunk: frame too short")
+        (hlen,) = struct.unpack(">I", payload[:4])
+        if hlen > 4096 or 4 + hlen > len(payload):
+            raise MessageError("chunk: bad header length")
+        try:
+            head = json.loads(payload[4 : 4 + hlen])
+            data = payload[4 + hlen :]
+            if len(data) > MAX_CHUNK_BYTES:
+                raise MessageError(f"chunk: {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+            return cls(
+                req=str(head["req"]), file=str(head["file"]), offset=int(head["offset"]),
+                total=int(head["total"]), status=str(head["status"]), data=data,
+            )
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise MessageError(f"chunk: bad header ({exc})") from exc
+
+
+class JobState:
+    """The steps a device reports while it applies a desired state."""
+
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    ACTIVATED = "activated"
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    TERMINAL = frozenset({"healthy", "failed"})
+    ALL = frozenset({"downloading", "verifying", "installing", "activated", "healthy", "failed"})
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus(Message):
+    kind: ClassVar[str] = "job_status"
+    job: str
+    deployment: str
+    state: str
+    ts: float
+    model: str = ""
+    version: int = 0
+    reason: str = ""
+    detail: str = ""
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.state not in JobState.ALL:
+            raise ValueError(f"unknown job state {self.state!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary(Message):
+    """One telemetry window, numbered per device; kept on the device until acked."""
+
+    kind: ClassVar[str] = "summary"
+    seq: int
+    window_start: float
+    window_end: float
+    count: int
+    errors: int
+    model: str = ""
+    version: int = 0
+    latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    predictions: dict[str, int] = dataclasses.field(default_factory=dict)
+    system: dict[str, float] = dataclasses.field(default_factory=dict)
+    historical: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seq < 1 or self.count < 0 or self.errors < 0:
+            raise ValueError("seq must be ≥ 1 and counts ≥ 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack(Message):
+    """The controller stored these summary sequence numbers."""
+
+    kind: ClassVar[str] = "ack"
+    seqs: list[int]

@@ -1,0 +1,76 @@
+"""The MQTT topic layout, in one place (see docs/mqtt.md).
+
+Every topic lives under ``fleet/v1``. Device topics carry the device id as their third
+level so a broker ACL on ``fleet/v1/dev/%u/#`` isolates devices from one another.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "PREFIX",
+    "CTL_STATE",
+    "DeviceTopic",
+    "device_topic",
+    "parse_device_topic",
+    "valid_device_id",
+    "device_wildcard",
+]
+
+PREFIX = "fleet/v1"
+CTL_STATE = f"{PREFIX}/ctl/state"
+
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class DeviceTopic:
+    """Suffixes of the per-device topics, ``fleet/v1/dev/{id}/<suffix>``."""
+
+    BIRTH = "birth"
+    DEATH = "death"
+    CMD = "cmd"
+    DESIRED = "desired"
+    FETCH_REQ = "fetch/req"
+    FETCH_RESP = "fetch/resp"
+    TELEMETRY = "telemetry"
+    TELEMETRY_ACK = "telemetry/ack"
+    JOB_STATUS = "job/{job}/status"
+
+
+def valid_device_id(device_id: str) -> bool:
+    """Whether ``device_id`` is usable in topics (no wildcards, slashes or spaces)."""
+    return bool(_DEVICE_ID.match(device_id))
+
+
+def device_topic(device_id: str, suffix: str, **fields: str) -> str:
+    """Build a device topic, e.g. ``device_topic("pi-1", DeviceTopic.CMD)``.
+
+    Raises:
+        ValueError: the device id or a field would break the topic structure.
+    """
+    if not valid_device_id(device_id):
+        raise ValueError(f"invalid device id {device_id!r}")
+    for key, value in fields.items():
+        if not valid_device_id(value):
+            raise ValueError(f"invalid {key} {value!r}")
+    return f"{PREFIX}/dev/{device_id}/{suffix.format(**fields)}"
+
+
+def device_wildcard(suffix: str) -> str:
+    """The subscription filter for ``suffix`` on every device (``+`` for the id)."""
+    return f"{PREFIX}/dev/+/{suffix.replace('{job}', '+')}"
+
+
+def parse_device_topic(topic: str) -> tuple[str, str] | None:
+    """Split a device topic into ``(device_id, suffix)``; ``None`` if it is not one."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != "fleet" or parts[1] != "v1" or parts[2] != "dev":
+        return None
+    device_id = parts[3]
+    if not valid_device_id(device_id):
+        return None
+    return device_id, "/".join(parts[4:])
+
+
+

@@ -1,0 +1,114 @@
+"""The controller's MQTT adapter (paho): the one place paho is touched controller-side.
+
+Subscribes to every device's birth, death, job status, telemetry and fetch requests,
+dispatches them to handlers, and publishes commands, desired state, chunks and acks.
+A malformed payload is counted, logged with its reason and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.contract import CTL_STATE, EdgefleetError, TransportError, device_wildcard
+from edgefleet.contract.topics import DeviceTopic, device_topic, parse_device_topic
+
+__all__ = ["ControllerLink"]
+
+log = logging.getLogger(__name__)
+Handler = Callable[[str, str, bytes], None]  # (device id, suffix, payload)
+
+SUBSCRIPTIONS = (DeviceTopic.BIRTH, DeviceTopic.DEATH, DeviceTopic.JOB_STATUS,
+                 DeviceTopic.TELEMETRY, DeviceTopic.FETCH_REQ)
+
+
+class ControllerLink:
+    """The controller's MQTT session.
+
+    Args:
+        broker_url: ``mqtt://host:port``.
+        client_id: MQTT client id (persistent session, so nothing is missed across restarts).
+        handler: called for every device message from paho's network thread.
+    """
+
+    def __init__(self, broker_url: str, client_id: str, handler: Handler) -> None:
+        parsed = urlparse(broker_url)
+        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
+        self._handler = handler
+        self.connected = threading.Event()
+        self.malformed = 0
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   clean_session=False, protocol=mqtt.MQTTv311)
+        self._client.reconnect_delay_set(0.5, 10)
+        self._client.max_inflight_messages_set(100)
+        self._client.max_queued_messages_set(0)
+        self._client.will_set(CTL_STATE, json.dumps({"online": False}), qos=1, retain=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect and wait until the session is up.
+
+        Raises:
+            TransportError: the broker could not be reached in time.
+        """
+        try:
+            self._client.connect_async(self._host, self._port, keepalive=15)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot connect to {self._host}:{self._port}: {exc}") from exc
+        self._client.loop_start()
+        if not self.connected.wait(timeout_s):
+            self._client.loop_stop()
+            raise TransportError(f"broker {self._host}:{self._port} did not accept a connection "
+                                 f"within {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        info = self._client.publish(CTL_STATE, json.dumps({"online": False, "ts": time.time()}),
+                                    qos=1, retain=True)
+        if self.connected.is_set():
+            info.wait_for_publish(2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object,
+                    reason: mqtt.ReasonCode, _props: object = None) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the controller: %s", reason)
+            return
+        client.subscribe([(device_wildcard(s), 1) for s in SUBSCRIPTIONS])
+        client.publish(CTL_STATE, json.dumps({"online": True, "ts": time.time()}), qos=1,
+                       retain=True)
+        self.connected.set()
+        log.info("controller connected to %s:%d", self._host, self._port)
+
+    def _on_disconnect(self, *_args: object) -> None:
+        self.connected.clear()
+        log.warning("controller lost the broker; reconnecting")
+
+    def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        parsed = parse_device_topic(msg.topic)
+        if parsed is None:
+            self.malformed += 1
+            log.warning("dropped message on unexpected topic %r", msg.topic)
+            return
+        device, suffix = parsed
+        try:
+            self._handler(device, suffix, msg.payload)
+        except EdgefleetError as exc:
+            self.malformed += 1
+            log.warning("dropped %s from %s: %s (%s)", suffix, device, exc, exc.reason)
+        except Exception:  # a handler bug must never kill paho's thread
+            self.malformed += 1
+            log.exception("handler for %s from %s failed", suffix, device)
+
+    def publish(self, device: str, suffix: str, payload: bytes, *, retain: bool = False,
+                qos: int = 1) -> None:
+        """Queue a message to one device (paho delivers it when connected)."""
+        self._client.publish(device_topic(device, suffix), payload, qos=qos, retain=retain)

@@ -1,0 +1,160 @@
+"""The controller's HTTP API (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
+
+Every route except ``/healthz`` needs ``Authorization: Bearer <admin token>``. Bad
+input gets a 4xx with a reason, never a 500.
+"""
+
+# FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
+
+import hmac
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
+from edgefleet.optimizer import OptimizeTarget
+
+from .service import FleetController
+
+__all__ = ["create_app"]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class OptimizeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: str = Field("auto", pattern="^(auto|static|dynamic|none)$")
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0)
+    accuracy_budget_pt: float = Field(1.0, ge=0.0, le=100.0)
+    latency_runs: int = Field(200, ge=10, le=100_000)
+
+
+class DeployBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    devices: list[str] | None = None
+    selector: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "DeployBody":
+        if self.devices is not None and not self.devices:
+            raise ValueError("devices, when given, must not be empty")
+        return self
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "file"}
+
+
+def create_app(ctl: FleetController) -> FastAPI:
+    """Build the API around a controller (started by the caller)."""
+    app = FastAPI(title="edgefleet controller", version="1")
+    token = ctl.settings.admin_token
+
+    def auth(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+        if cred is None or cred.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not token or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
+            raise HTTPException(403, "invalid token")
+        return "admin"
+
+    Auth = Annotated[str, Depends(auth)]
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_r: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=404)
+
+    @app.exception_handler(EdgefleetError)
+    async def _edgefleet(_r: Request, exc: EdgefleetError) -> JSONResponse:
+        code = 409 if isinstance(exc, RegistryError) else 422
+        if isinstance(exc, OptimizationError):
+            code = 422
+        return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=code)
+
+    @app.exception_handler(ValueError)
+    async def _value(_r: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "reason": "invalid"}, status_code=422)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "broker_connected": bool(ctl.link and ctl.link.connected.is_set())}
+
+    @app.post("/v1/models", status_code=201)
+    async def register_model(
+        _: Auth, name: Annotated[str, Form()], model: Annotated[UploadFile, File()],
+        labels: Annotated[str | None, Form()] = None,
+        eval_set: Annotated[UploadFile | None, File()] = None,
+        calibration: Annotated[UploadFile | None, File()] = None,
+        metrics: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        try:
+            label_list = json.loads(labels) if labels else []
+            metric_map = json.loads(metrics) if metrics else {}
+        except json.JSONDecodeError as exc:
+            raise HTTPException(422, f"labels/metrics must be JSON: {exc}") from exc
+        if not isinstance(label_list, list) or not isinstance(metric_map, dict):
+            raise HTTPException(422, "labels must be a JSON list and metrics a JSON object")
+        limit = ctl.settings.max_upload_bytes
+        blobs = []
+        for upload in (model, eval_set, calibration):
+            data = await upload.read(limit + 1) if upload is not None else None
+            if data is not None and len(data) > limit:
+                raise HTTPException(413, f"upload larger than {limit} bytes")
+            blobs.append(data)
+        row = ctl.registry.register(name, blobs[0] or b"", labels=[str(x) for x in label_list],
+                                    eval_npz=blobs[1], calibration_npz=blobs[2],
+                                    metrics=metric_map)
+        return _public(row)
+
+    @app.get("/v1/models")
+    def list_models(_: Auth) -> list[dict[str, Any]]:
+        return [_public(r) for r in ctl.store.list_models()]
+
+    @app.get("/v1/models/{name}/{version}")
+    def get_model(_: Auth, name: str, version: int) -> dict[str, Any]:
+        return _public(ctl.registry.get(name, version))
+
+    @app.post("/v1/models/{name}/{version}/optimize", status_code=201)
+    def optimize_model(_: Auth, name: str, version: int, body: OptimizeBody) -> dict[str, Any]:
+        target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
+                                accuracy_budget_pt=body.accuracy_budget_pt,
+                                latency_runs=body.latency_runs)
+        return _public(ctl.registry.optimize(name, version, target))
+
+    @app.post("/v1/deployments", status_code=201)
+    def create_deployment(user: Auth, body: DeployBody) -> dict[str, Any]:
+        return ctl.deploy(body.model, body.version, devices=body.devices,
+                          selector=body.selector, created_by=user)
+
+    @app.get("/v1/deployments")
+    def list_deployments(_: Auth) -> list[dict[str, Any]]:
+        return ctl.store.list_deployments()
+
+    @app.get("/v1/deployments/{dep_id}")
+    def get_deployment(_: Auth, dep_id: str) -> dict[str, Any]:
+        return ctl.store.get_deployment(dep_id)
+
+    @app.get("/v1/devices")
+    def list_devices(_: Auth) -> list[dict[str, Any]]:
+        return ctl.store.list_devices()
+
+    @app.get("/v1/devices/{device_id}")
+    def get_device(_: Auth, device_id: str) -> dict[str, Any]:
+        return ctl.store.get_device(device_id)
+
+    @app.get("/v1/devices/{device_id}/telemetry")
+    def device_telemetry(_: Auth, device_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        ctl.store.get_device(device_id)
+        return ctl.store.summaries(device_id, limit=max(1, min(limit, 10_000)))
+
+    @app.get("/v1/stats")
+    def stats(_: Auth) -> dict[str, Any]:
+        return dict(ctl.counters, malformed=ctl.link.malformed if ctl.link else 0)
+
+    return app

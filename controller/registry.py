@@ -1,0 +1,192 @@
+"""The model registry: versions with lineage, optimization, and signed bundles.
+
+Files live under ``data_dir/models/{name}/{version}/`` (model, eval and calibration
+sets); rows in the store carry signature, labels, metrics and the optimization
+report. A version becomes a bundle (manifest + model, TUF-signed) the first time it
+is deployed.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.contract import Manifest, NotFoundError, RegistryError, TensorSpec, bundle_paths
+from edgefleet.contract.files import atomic_write
+from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize
+
+from .signing import TrustRepository
+from .store import Store
+
+__all__ = ["Registry", "load_datasets"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MODEL_FILE = "model.onnx"
+
+
+def load_datasets(data: bytes, *, need_labels: bool) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` upload (``x``, and ``y`` for an eval set).
+
+    Raises:
+        ValueError: not an npz, or missing/mismatched arrays.
+    """
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"not a valid .npz file: {exc}") from exc
+    if "x" not in arrays:
+        raise ValueError("the .npz must hold an array named 'x'")
+    if need_labels and ("y" not in arrays or len(arrays["y"]) != len(arrays["x"])):
+        raise ValueError("an eval set needs 'y' with one label per row of 'x'")
+    return arrays
+
+
+class Registry:
+    """Model versions, their files, optimization and bundling."""
+
+    def __init__(self, store: Store, repo: TrustRepository, models_dir: Path) -> None:
+        self.store = store
+        self.repo = repo
+        self.models_dir = models_dir
+
+    def _dir(self, name: str, version: int) -> Path:
+        return self.models_dir / name / str(version)
+
+    def register(self, name: str, model: bytes, *, labels: list[str] | None = None,
+                 eval_npz: bytes | None = None, calibration_npz: bytes | None = None,
+                 metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add a new version of ``name`` from ONNX bytes.
+
+        Raises:
+            ValueError: bad name, not a loadable ONNX model, bad datasets.
+        """
+        if not _NAME.match(name):
+            raise ValueError("model name: letters, digits, '.', '_', '-' (max 64)")
+        datasets = {}
+        if eval_npz is not None:
+            datasets["eval"] = load_datasets(eval_npz, need_labels=True)
+        if calibration_npz is not None:
+            datasets["calibration"] = load_datasets(calibration_npz, need_labels=False)
+        version = self.store.next_version(name)
+        directory = self._dir(name, version)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / _MODEL_FILE
+        atomic_write(path, model)
+        try:
+            signature = inspect_model(path)
+        except Exception as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise ValueError(f"not a loadable ONNX model: {exc}") from exc
+        for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
+            if raw is not None:
+                atomic_write(directory / f"{kind}.npz", raw)
+        return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
+                         variant="fp32", report=None)
+
+    def _add(self, name: str, path: Path, signature: dict[str, Any], labels: list[str],
+             metrics: dict[str, Any], *, parent: int | None, variant: str,
+             report: dict[str, Any] | None) -> dict[str, Any]:
+        from edgefleet.contract import sha256_file
+
+        digest, size = sha256_file(str(path))
+        row = self.store.add_model(name=name, parent=parent, variant=variant,
+                                   runtime="onnxruntime", file=str(path), sha256=digest,
+                                   size_bytes=size, signature=signature, labels=labels,
+                                   metrics=metrics, report=report)
+        expected = self._dir(name, row["version"]) / _MODEL_FILE
+        if path != expected:  # the version number was only known after insert
+            expected.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), expected)
+        return self.store.get_model(name, row["version"])
+
+    def dataset(self, name: str, version: int, kind: str) -> dict[str, np.ndarray] | None:
+        """The eval/calibration set of a version or, failing that, of its ancestors."""
+        row: dict[str, Any] | None = self.store.get_model(name, version)
+        while row is not None:
+            path = self._dir(name, row["version"]) / f"{kind}.npz"
+            if path.exists():
+                return load_datasets(path.read_bytes(), need_labels=kind == "eval")
+            row = self.store.get_model(name, row["parent"]) if row["parent"] else None
+        return None
+
+    def optimize(self, name: str, version: int, target: OptimizeTarget,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Quantize/prune a version into a child version carrying the report.
+
+        Raises:
+            NotFoundError: unknown version.
+            RegistryError: the version has no eval or calibration set.
+            OptimizationError: the optimizer failed.
+        """
+        row = self.store.get_model(name, version)
+        evalset = self.dataset(name, version, "eval")
+        calib = self.dataset(name, version, "calibration")
+        if evalset is None:
+            raise RegistryError(f"{name}:{version} has no eval set; register it with one",
+                                reason="missing_eval_set")
+        calib_x = calib["x"] if calib is not None else evalset["x"][:200]
+        work = self.models_dir / name / f".optimize-{version}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            result = optimize(Path(row["file"]), calib_x, evalset["x"], evalset["y"], work,
+                              target, progress=progress)
+            report = dict(result.report)
+            variant = "int8" if result.shipped == "int8" else "fp32"
+            metrics = {"accuracy": report.get(variant, {}).get("accuracy")}
+            staged = work / "shipped.onnx"
+            shutil.copyfile(result.shipped_path, staged)
+            return self._add(name, staged, inspect_model(staged), row["labels"], metrics,
+                             parent=version, variant=variant, report=report)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def ensure_bundle(self, name: str, version: int) -> str:
+        """Sign the bundle of a version (once); returns the manifest's target path.
+
+        Raises:
+            NotFoundError: unknown version.
+        """
+        row = self.store.get_model(name, version)
+        manifest_path, model_target = bundle_paths(name, version, _MODEL_FILE)
+        if row["bundled"]:
+            return manifest_path
+        model_bytes = Path(row["file"]).read_bytes()
+        manifest = Manifest(
+            name=name, version=version, runtime=row["runtime"], model_file=_MODEL_FILE,
+            model_sha256=row["sha256"], model_length=row["size_bytes"],
+            inputs=[TensorSpec(**t) for t in row["signature"]["inputs"]],
+            outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
+            labels=list(row["labels"]),
+            compatibility={"hardware_classes": [], "min_agent_version": "0.1.0"},
+            smoke_test=self._smoke_test(name, version, Path(row["file"]), row["variant"]),
+            parent=row["parent"], variant=row["variant"])
+        self.repo.add_targets({manifest_path: manifest.encode(), model_target: model_bytes})
+        self.store.mark_bundled(name, version)
+        return manifest_path
+
+    def _smoke_test(self, name: str, version: int, path: Path, variant: str) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        data = self.dataset(name, version, "eval") or self.dataset(name, version, "calibration")
+        if data is None:
+            return {}
+        x = data["x"][:1]
+        out = sess.run(None, {inp.name: x})[0]
+        return {"input": x.tolist(), "expected": out.tolist(),
+                "atol": 0.05 if variant == "int8" else 1e-3}
+
+    def get(self, name: str, version: int) -> dict[str, Any]:
+        """Raises: NotFoundError."""
+        return self.store.get_model(name, version)
+
+
