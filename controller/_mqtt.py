@@ -42,6 +42,7 @@ class ControllerLink:
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
         self._handler = handler
         self.connected = threading.Event()
+        self._stopping = False
         self.malformed = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
@@ -70,6 +71,7 @@ class ControllerLink:
                                  f"within {timeout_s:.0f}s")
 
     def stop(self) -> None:
+        self._stopping = True
         info = self._client.publish(CTL_STATE, json.dumps({"online": False, "ts": time.time()}),
                                     qos=1, retain=True)
         if self.connected.is_set():
@@ -90,7 +92,8 @@ class ControllerLink:
 
     def _on_disconnect(self, *_args: object) -> None:
         self.connected.clear()
-        log.warning("controller lost the broker; reconnecting")
+        if not self._stopping:
+            log.warning("controller lost the broker; reconnecting")
 
     def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
         parsed = parse_device_topic(msg.topic)

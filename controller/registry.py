@@ -74,8 +74,7 @@ class Registry:
             datasets["eval"] = load_datasets(eval_npz, need_labels=True)
         if calibration_npz is not None:
             datasets["calibration"] = load_datasets(calibration_npz, need_labels=False)
-        version = self.store.next_version(name)
-        directory = self._dir(name, version)
+        directory = self._dir(name, self.store.next_version(name))
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / _MODEL_FILE
         atomic_write(path, model)
@@ -95,16 +94,17 @@ class Registry:
              report: dict[str, Any] | None) -> dict[str, Any]:
         from edgefleet.contract import sha256_file
 
-        digest, size = sha256_file(str(path))
-        row = self.store.add_model(name=name, parent=parent, variant=variant,
-                                   runtime="onnxruntime", file=str(path), sha256=digest,
-                                   size_bytes=size, signature=signature, labels=labels,
-                                   metrics=metrics, report=report)
-        expected = self._dir(name, row["version"]) / _MODEL_FILE
-        if path != expected:  # the version number was only known after insert
-            expected.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), expected)
-        return self.store.get_model(name, row["version"])
+        version = self.store.next_version(name)
+        final = self._dir(name, version) / _MODEL_FILE
+        if path != final:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), final)
+        digest, size = sha256_file(str(final))
+        self.store.add_model(name=name, version=version, parent=parent, variant=variant,
+                             runtime="onnxruntime", file=str(final), sha256=digest,
+                             size_bytes=size, signature=signature, labels=labels,
+                             metrics=metrics, report=report)
+        return self.store.get_model(name, version)
 
     def dataset(self, name: str, version: int, kind: str) -> dict[str, np.ndarray] | None:
         """The eval/calibration set of a version or, failing that, of its ancestors."""

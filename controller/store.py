@@ -119,12 +119,12 @@ class Store:
 
     # -- models -----------------------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
-        """Insert a model version; ``version`` is the next free one for ``name``."""
+        """Insert a model version (``version`` defaults to the next free one for ``name``)."""
         with self.engine.begin() as c:
             current = c.execute(sa.select(sa.func.max(models.c.version))
                                 .where(models.c.name == values["name"])).scalar()
-            values = {"bundled": False, "report": None, "parent": None, **values,
-                      "version": (current or 0) + 1, "created_at": time.time()}
+            values = {"bundled": False, "report": None, "parent": None,
+                      "version": (current or 0) + 1, **values, "created_at": time.time()}
             c.execute(models.insert().values(**values))
         return values
 

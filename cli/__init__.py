@@ -1,0 +1,205 @@
+"""The ``edgefleet`` command line: a thin layer over the library and the controller API.
+
+Controller-side imports happen inside the commands that need them, so a device with
+only the ``[agent]`` extra can run ``edgefleet agent run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._admin import deployments_app, devices_app, model_app, register_deploy
+from ._output import console, emit, fail, table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="edgefleet: deploy ML models to fleets of edge devices.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Signing keys and the trust root devices pin.", no_args_is_help=True)
+controller_app = typer.Typer(help="Run the controller.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run or inspect the device agent.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(controller_app, name="controller")
+app.add_typer(agent_app, name="agent")
+app.add_typer(model_app, name="model")
+app.add_typer(devices_app, name="devices")
+app.add_typer(deployments_app, name="deployments")
+register_deploy(app)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+@keys_app.command("init")
+def keys_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the keys.")],
+    force: Annotated[bool, typer.Option(help="Replace existing keys.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create Ed25519 keys for the TUF roles and the root.json devices pin."""
+    from edgefleet.controller.signing import init_keys
+
+    try:
+        root = init_keys(directory, force=force)
+    except FileExistsError as exc:
+        fail(str(exc))
+    if not emit({"keys_dir": str(directory), "trust_root": str(root)}, as_json):
+        console.print(f"keys written to {directory}; devices pin [bold]{root}[/bold]")
+
+
+@controller_app.command("serve")
+def controller_serve(
+    keys: Annotated[Path, typer.Option("--keys", help="Directory from `keys init`.")],
+    broker: Annotated[str | None, typer.Option(help="mqtt://host:port; omit for the embedded "
+                                                    "broker.")] = None,
+    db: Annotated[str, typer.Option(help="SQLAlchemy URL of the store.")]
+    = "sqlite:///edgefleet-controller.db",
+    data: Annotated[Path, typer.Option(help="Models and signed repository.")]
+    = Path("controller-data"),
+    host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8080,
+    token: Annotated[str | None, typer.Option(help="Admin API token [env EDGEFLEET_TOKEN].")]
+    = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the controller: HTTP API + MQTT (+ the embedded broker without --broker)."""
+    _logging(verbose)
+    from edgefleet.contract import EdgefleetError
+    from edgefleet.controller import FleetController, Settings
+    from edgefleet.controller.api import create_app
+    from edgefleet.controller.http import ApiServer
+
+    admin = token or os.environ.get("EDGEFLEET_TOKEN", "")
+    if not admin:
+        fail("set an admin token with --token or EDGEFLEET_TOKEN")
+    if not (keys / "root.json").exists():
+        fail(f"no keys in {keys}; run `edgefleet keys init --dir {keys}` first")
+    try:
+        settings = Settings(db_url=db, broker_url=broker, keys_dir=keys, data_dir=data,
+                            admin_token=admin, api_host=host, api_port=port)
+        ctl = FleetController(settings)
+        ctl.start()
+    except (EdgefleetError, ValueError) as exc:
+        fail(str(exc))
+    server = ApiServer(create_app(ctl), host, port)
+    server.start()
+    console.print(f"controller API on {server.url} (OpenAPI: {server.url}/docs), "
+                  f"broker {ctl.broker_url}")
+    try:
+        _wait_for_signal()
+    finally:
+        server.stop()
+        ctl.stop()
+
+
+@agent_app.command("run")
+def agent_run(
+    config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False,
+                                         help="agent.toml")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the agent daemon until SIGTERM/SIGINT."""
+    _logging(verbose)
+    from edgefleet.agent import Agent, load_config
+
+    try:
+        cfg = load_config(config)
+        agent = Agent(cfg)
+        agent.start()
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    assert agent.server is not None
+    console.print(f"agent {cfg.device_id}: serving {agent.active or 'no model yet'} on "
+                  f"{agent.server.url}, broker {cfg.broker_url}")
+    try:
+        _wait_for_signal()
+    finally:
+        agent.stop()
+
+
+@agent_app.command("status")
+def agent_status(
+    url: Annotated[str, typer.Option(help="The agent's local API.")] = "http://127.0.0.1:8470",
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a running agent's state: model, connection, buffer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v2/agent/status", timeout=5) as resp:
+            status = json.load(resp)
+    except OSError as exc:
+        fail(f"cannot reach the agent at {url}: {exc}")
+    if not emit(status, as_json):
+        buf = status["buffer"]
+        table(f"agent {status['device_id']}", ["", ""], [
+            ("connected", status["connected"]),
+            ("active", status["active"]), ("last good", status["last_good"]),
+            ("inferences", status["inferences"]), ("errors", status["errors"]),
+            ("summaries unacked", buf["summaries_unacked"]), ("raw rows", buf["raw_rows"]),
+            ("dropped / evicted", f"{buf['dropped']} / {buf['evicted']}")])
+
+
+@app.command("demo")
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=50, help="Number of agents.")] = 3,
+    workdir: Annotated[Path | None, typer.Option(help="Keep state here (default: temp).")]
+    = None,
+    as_json: JsonOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the whole loop in one process: broker, controller, agents, deploy, offline."""
+    _logging(verbose)
+    from edgefleet.simulations.demo import run_demo
+
+    if as_json:
+        report = run_demo(devices, workdir=workdir)
+        emit(report, True)
+        return
+    with console.status("starting…") as status:
+        report = run_demo(devices, workdir=workdir,
+                          progress=lambda m: (status.update(m), console.print(f"• {m}")))
+    opt = report["optimization"]
+    table("optimization", ["", "size bytes", "accuracy", "p50 ms"],
+          [(k, f"{opt[k]['size_bytes']:,}", f"{opt[k]['accuracy']:.4f}", f"{opt[k]['p50_ms']:.4f}")
+           for k in ("fp32", "int8")])
+    console.print(f"shipped [bold]{opt['shipped']}[/bold] ({opt['method']}): {opt['reason']}")
+    table(f"devices — deployment {report['deployment']['id']} {report['deployment']['state']}",
+          ["device", "model version", "healthy", "inferences", "v2 accuracy", "summaries acked"],
+          [(d["id"], d["model_version"], d["healthy"], d["inferences"], d["accuracy_v2"],
+            d["summaries_acked"]) for d in report["devices"]])
+    off = report["offline_check"]
+    table("offline check", ["device", "inferences offline", "summaries offline", "replayed",
+                            "lost"],
+          [(off["device"], off["inferences_while_offline"], off["summaries_while_offline"],
+            off["summaries_replayed"], off["summaries_lost"])])
+    console.print(f"done in {report['elapsed_s']} s")
+    ok = all(d["healthy"] for d in report["devices"]) and off["summaries_lost"] == 0
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

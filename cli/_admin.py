@@ -1,0 +1,168 @@
+"""Admin commands: thin layers over the controller's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._client import ApiClient
+from ._output import console, emit, fail, table
+
+__all__ = ["deployments_app", "devices_app", "model_app", "register_deploy"]
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller URL [env EDGEFLEET_URL].")]
+TokenOpt = Annotated[str | None, typer.Option("--token",
+                                              help="API token [env EDGEFLEET_TOKEN].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+model_app = typer.Typer(help="Register, list and optimize model versions.", no_args_is_help=True)
+devices_app = typer.Typer(help="The fleet's devices.", no_args_is_help=True)
+deployments_app = typer.Typer(help="Deployments and their per-device jobs.",
+                              no_args_is_help=True)
+
+
+@model_app.command("register")
+def model_register(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. digits.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx file.")],
+    eval_set: Annotated[Path | None, typer.Option("--eval", exists=True,
+                                                  help=".npz with x and y.")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", exists=True,
+                                                     help=".npz with x.")] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels or a JSON file.")]
+    = None,
+    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Register a new version of a model."""
+    label_list: list[str] = []
+    if labels:
+        p = Path(labels)
+        label_list = json.loads(p.read_text()) if p.exists() else labels.split(",")
+    files = {"model": (model.name, model.read_bytes())}
+    if eval_set:
+        files["eval_set"] = (eval_set.name, eval_set.read_bytes())
+    if calibration:
+        files["calibration"] = (calibration.name, calibration.read_bytes())
+    row = ApiClient(url, token).call("POST", "/v1/models", files=files,
+                                     data={"name": name, "labels": json.dumps(label_list)})
+    if not emit(row, as_json):
+        console.print(f"registered [bold]{row['name']}:{row['version']}[/bold] "
+                      f"({row['size_bytes']:,} bytes, sha256 {row['sha256'][:12]}…)")
+
+
+@model_app.command("list")
+def model_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List model versions with their lineage."""
+    rows = ApiClient(url, token).call("GET", "/v1/models")
+    if not emit(rows, as_json):
+        table("model versions", ["name", "version", "parent", "variant", "size", "accuracy"],
+              [(r["name"], r["version"], r["parent"], r["variant"], f"{r['size_bytes']:,}",
+                (r["metrics"] or {}).get("accuracy")) for r in rows])
+
+
+@model_app.command("optimize")
+def model_optimize(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION to optimize.")],
+    method: Annotated[str, typer.Option(help="auto | static | dynamic | none")] = "auto",
+    sparsity: Annotated[float, typer.Option(help="Magnitude pruning target, 0..1.")] = 0.0,
+    budget: Annotated[float, typer.Option(help="Max accuracy drop in points.")] = 1.0,
+    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Quantize (and optionally prune) a version into a gated child version."""
+    name, version = _split_ref(ref)
+    with console.status(f"optimizing {ref} (quantize, evaluate, gate)…"):
+        row = ApiClient(url, token).call(
+            "POST", f"/v1/models/{name}/{version}/optimize",
+            json={"method": method, "sparsity": sparsity, "accuracy_budget_pt": budget})
+    if emit(row, as_json):
+        return
+    rep = row["report"]
+    table(f"{name}:{version} → {name}:{row['version']} ({rep['method']})",
+          ["", "size bytes", "accuracy", "p50 ms", "p95 ms"],
+          [(k, f"{rep[k]['size_bytes']:,}", rep[k]["accuracy"], rep[k]["p50_ms"], rep[k]["p95_ms"])
+           for k in ("fp32", "int8")])
+    console.print(f"shipped: [bold]{rep['shipped']}[/bold] — {rep.get('reason', '')}")
+
+
+def _split_ref(ref: str) -> tuple[str, int]:
+    name, _, version = ref.partition(":")
+    if not name or not version.isdigit():
+        fail(f"expected NAME:VERSION, got {ref!r}")
+    return name, int(version)
+
+
+def register_deploy(app: typer.Typer) -> None:
+    @app.command("deploy")
+    def deploy(
+        ref: Annotated[str, typer.Argument(help="NAME:VERSION to deploy.")],
+        device: Annotated[list[str] | None, typer.Option("--device", "-d",
+                                                         help="Target device id (repeat).")]
+        = None,
+        selector: Annotated[list[str] | None, typer.Option("--selector", "-s",
+                                                           help="Tag match key=value (repeat).")]
+        = None,
+        wait: Annotated[float, typer.Option(help="Seconds to wait for the result (0: don't).")]
+        = 0.0,
+        url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+    ) -> None:
+        """Sign a version's bundle and send it to devices (all devices if no target)."""
+        name, version = _split_ref(ref)
+        sel = {}
+        for s in selector or []:
+            k, eq, v = s.partition("=")
+            if not eq:
+                fail(f"selector must be key=value, got {s!r}")
+            sel[k] = v
+        client = ApiClient(url, token)
+        body = {"model": name, "version": version, "devices": device or None,
+                "selector": sel or None}
+        dep = client.call("POST", "/v1/deployments", json=body)
+        deadline = time.monotonic() + wait
+        while wait and dep["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            dep = client.call("GET", f"/v1/deployments/{dep['id']}")
+        _show_deployment(dep, as_json)
+
+
+def _show_deployment(dep: dict, as_json: bool) -> None:  # type: ignore[type-arg]
+    if emit(dep, as_json):
+        return
+    table(f"deployment {dep['id']}: {dep['model']}:{dep['version']} — {dep['state']}",
+          ["device", "state", "reason", "progress", "detail"],
+          [(j["device"], j["state"], j["reason"],
+            f"{j['progress'].get('bytes', 0):,}/{j['progress'].get('total', 0):,}"
+            if j["progress"] else "", j["detail"][:60]) for j in dep["jobs"]])
+
+
+@deployments_app.command("show")
+def deployments_show(dep_id: Annotated[str, typer.Argument(help="Deployment id.")],
+                     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a deployment and every device's job state."""
+    _show_deployment(ApiClient(url, token).call("GET", f"/v1/deployments/{dep_id}"), as_json)
+
+
+@deployments_app.command("list")
+def deployments_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List deployments."""
+    rows = ApiClient(url, token).call("GET", "/v1/deployments")
+    if not emit(rows, as_json):
+        table("deployments", ["id", "model", "state", "created by"],
+              [(r["id"], f"{r['model']}:{r['version']}", r["state"], r["created_by"])
+               for r in rows])
+
+
+@devices_app.command("list")
+def devices_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """List devices: online state, active model, agent version, tags."""
+    rows = ApiClient(url, token).call("GET", "/v1/devices")
+    if not emit(rows, as_json):
+        table("devices", ["id", "online", "active", "last good", "agent", "tags"],
+              [(d["id"], "yes" if d["online"] else "no",
+                f"{d['active']['name']}:{d['active']['version']}" if d["active"] else "-",
+                f"{d['last_good']['name']}:{d['last_good']['version']}" if d["last_good"]
+                else "-", d["agent_version"],
+                ",".join(f"{k}={v}" for k, v in (d["tags"] or {}).items())) for d in rows])
