@@ -1,0 +1,37 @@
+"""Helpers shared by the scenario tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgefleet.controller import FleetController
+from edgefleet.simulations.fleet import wait_until
+
+ASSETS = Path(__file__).resolve().parents[1] / "simulations" / "assets" / "digits"
+TOKEN = "test-admin-token"
+
+
+def register_digits(ctl: FleetController, model: Path | None = None) -> dict[str, Any]:
+    """Register the example model (or another ONNX file) with its eval/calibration sets."""
+    labels = json.loads((ASSETS / "digits.json").read_text())["labels"]
+    return ctl.registry.register(
+        "digits", (model or ASSETS / "digits.onnx").read_bytes(), labels=labels,
+        eval_npz=(ASSETS / "eval.npz").read_bytes(),
+        calibration_npz=(ASSETS / "calibration.npz").read_bytes())
+
+
+def wait_deployment(ctl: FleetController, dep_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Wait until a deployment has left ``running``; return it."""
+    wait_until(lambda: ctl.store.get_deployment(dep_id)["state"] != "running", timeout_s)
+    return ctl.store.get_deployment(dep_id)
+
+
+def wait_devices_known(ctl: FleetController, ids: list[str], timeout_s: float = 10) -> None:
+    wait_until(lambda: {d["id"] for d in ctl.store.list_devices() if d["online"]} >= set(ids),
+               timeout_s)
+
+
+def job_of(dep: dict[str, Any], device: str) -> dict[str, Any]:
+    return next(j for j in dep["jobs"] if j["device"] == device)

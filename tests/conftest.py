@@ -1,0 +1,65 @@
+"""Shared fixtures: a real Mosquitto on a free port, real keys, a real controller and agents."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _support import ASSETS, TOKEN
+from edgefleet.controller import FleetController, Settings, init_keys
+from edgefleet.simulations.brokers import MosquittoProcess
+from edgefleet.simulations.fleet import Fleet
+
+for _noisy in ("amqtt", "transitions"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    with MosquittoProcess(workdir=tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def trust_root(tmp_path: Path) -> Path:
+    return init_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def evalset() -> dict[str, np.ndarray]:
+    data = np.load(ASSETS / "eval.npz")
+    return {"x": data["x"], "y": data["y"]}
+
+
+@pytest.fixture
+def controller(tmp_path: Path, mosquitto: MosquittoProcess,
+               trust_root: Path) -> Iterator[FleetController]:
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'ctl.db'}", broker_url=mosquitto.url,
+                        keys_dir=trust_root.parent, data_dir=tmp_path / "ctl",
+                        admin_token=TOKEN, client_id=f"ctl-{tmp_path.name}"[:60])
+    ctl = FleetController(settings)
+    ctl.start()
+    yield ctl
+    ctl.stop()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path, mosquitto: MosquittoProcess,
+               trust_root: Path) -> Iterator[Callable[..., Fleet]]:
+    fleets: list[Fleet] = []
+
+    def make(size: int = 1, **kwargs: Any) -> Fleet:
+        fleet = Fleet(tmp_path / f"fleet{len(fleets)}", mosquitto.url, trust_root, size,
+                      prefix=kwargs.pop("prefix", f"dev{len(fleets)}"), **kwargs)
+        fleets.append(fleet)
+        fleet.start()
+        fleet.wait_connected(15)
+        return fleet
+
+    yield make
+    for fleet in fleets:
+        fleet.stop()
