@@ -234,6 +234,21 @@ def test_no_will_when_device_disconnects_cleanly(broker: Broker, probes: list[Pr
         assert link.bytes_up > 0 and link.bytes_down > 0
 
 
+def test_cloned_device_id_takes_over_and_old_connection_dies_with_its_will(
+    broker: Broker, probes: list[Probe]
+) -> None:
+    controller = make(probes, "controller", broker.port).connect()
+    controller.subscribe("fleet/v1/dev/+/death")
+    original = make(probes, "dev-1", broker.port, will=("fleet/v1/dev/dev-1/death", b"old"))
+    original.client.reconnect_delay_set(min_delay=30, max_delay=30)  # stay down once kicked
+    original.connect()
+
+    make(probes, "dev-1", broker.port).connect()
+
+    assert original.disconnected.wait(WAIT_S), "old connection still open"
+    assert controller.next_message().payload == b"old"
+
+
 def test_device_with_persistent_session_gets_commands_sent_while_offline(
     broker: Broker, probes: list[Probe]
 ) -> None:

@@ -1,0 +1,5 @@
+"""``python -m edgefleet.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,49 @@
+"""Each package's public surface is what its ``__all__`` says, and nothing is missing."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "edgefleet.contract": {
+        "CTL_STATE", "MAX_CHUNK_BYTES", "PREFIX", "Ack", "Birth", "ChunkResponse", "Clock",
+        "Command", "CompatibilityError", "Death", "DesiredState", "DeviceTopic",
+        "EdgefleetError", "ExpiredError", "FetchError", "FetchRequest", "InputError",
+        "IntegrityError", "JobState", "JobStatus", "Manifest", "ManualClock", "MessageError",
+        "ModelError", "ModelLoadError", "ModelRef", "NotFoundError", "OptimizationError",
+        "RegistryError", "RollbackError", "SignatureError", "SmokeTestError", "Summary",
+        "SystemClock", "TensorSpec", "TransportError", "TrustError", "bundle_paths",
+        "device_topic", "device_wildcard", "parse_device_topic", "sha256_file"},
+    "edgefleet.agent": {
+        "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",
+        "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime", "Prediction",
+        "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes", "load_config",
+        "summarize"},
+    "edgefleet.controller": {
+        "FleetController", "Settings", "Store", "TrustExpiry", "TrustRepository",
+        "deployment_state", "init_keys", "select_devices"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_surface_is_pinned(module):
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == PUBLIC[module]
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None
+
+
+def test_agent_imports_nothing_controller_side():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgefleet.agent, edgefleet.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'sqlalchemy', 'uvicorn', 'amqtt', 'onnx') "
+            "or m.startswith(('edgefleet.controller', 'edgefleet.optimizer', "
+            "'onnxruntime.quantization'))]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
