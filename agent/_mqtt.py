@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+
 from edgefleet.contract import (
     ChunkResponse,
     Death,
@@ -56,7 +57,9 @@ class AgentLink:
         self.connects = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
-        self._client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        # paho's stubs say int, its loop takes float seconds
+        self._client.reconnect_delay_set(config.reconnect_min_s,  # type: ignore[arg-type]
+                                         config.reconnect_max_s)  # type: ignore[arg-type]
         self._client.max_queued_messages_set(1000)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -110,9 +113,9 @@ class AgentLink:
         suffix = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
         try:
             if suffix == DeviceTopic.FETCH_RESP:
-                self._on_chunk(ChunkResponse.decode(msg.payload))
+                self._on_chunk(ChunkResponse.decode(bytes(msg.payload)))
             elif suffix in self._handlers:
-                self._handlers[suffix](msg.payload)
+                self._handlers[suffix](bytes(msg.payload))
             else:
                 log.warning("dropped message on unexpected topic %s", msg.topic)
         except EdgefleetError as exc:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+import edgefleet
 from edgefleet.contract import (
     Ack,
     Birth,
@@ -36,8 +38,6 @@ from edgefleet.contract import (
     SmokeTestError,
     SystemClock,
 )
-
-import edgefleet
 
 from ._mqtt import AgentLink
 from .config import AgentConfig
@@ -285,9 +285,11 @@ class Agent:
 
     def _on_progress(self, file: str, done: int, total: int) -> None:
         job = self._current_job
-        if job is not None and file.startswith("targets/") and not file.endswith("manifest.json"):
-            if done == total or done % (self.config.chunk_bytes * 8) < self.config.chunk_bytes:
-                self._report(job, JobState.DOWNLOADING, progress={"bytes": done, "total": total})
+        is_model = file.startswith("targets/") and not file.endswith("manifest.json")
+        every = self.config.chunk_bytes * 8  # report about every eight chunks
+        due = done == total or done % every < self.config.chunk_bytes
+        if job is not None and is_model and due:
+            self._report(job, JobState.DOWNLOADING, progress={"bytes": done, "total": total})
 
     def _job_worker(self) -> None:
         retry_at = 0.0
@@ -366,7 +368,7 @@ class Agent:
         spec = runtime.inputs[0]
         from .runtime import V2_TO_NUMPY
 
-        x = np.asarray(smoke["input"], dtype=V2_TO_NUMPY.get(spec.datatype, np.float32))
+        x: np.ndarray = np.asarray(smoke["input"], dtype=V2_TO_NUMPY.get(spec.datatype, np.float32))
         out = next(iter(runtime.run({spec.name: x}).values()))
         expected = np.asarray(smoke["expected"], dtype=np.float64)
         atol = float(smoke.get("atol", 1e-3))

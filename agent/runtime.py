@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from edgefleet.contract import InputError, ModelLoadError, TensorSpec
 
 __all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from edgefleet.contract import EdgefleetError, InputError, ModelError
 
 from .runtime import V2_TO_NUMPY
@@ -52,7 +53,7 @@ def decode_v2_inputs(body: Any) -> dict[str, np.ndarray]:
         if not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InputError(f"inputs[{i}].shape must be non-negative integers")
         try:
-            arr = np.asarray(tensor.get("data"), dtype=V2_TO_NUMPY[dtype])
+            arr: np.ndarray = np.asarray(tensor.get("data"), dtype=V2_TO_NUMPY[dtype])
             feeds[name] = arr.reshape(shape)
         except (TypeError, ValueError) as exc:
             raise InputError(f"inputs[{i}] data does not fit shape {shape} as {dtype}: "
@@ -128,7 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         outputs = [{"name": k, "datatype": _v2_type(v), "shape": list(v.shape),
                     "data": v.ravel().tolist()} for k, v in result.outputs.items()]
-        self._send(200, {"model_name": result.model.name, "model_version": str(result.model.version),
+        self._send(200, {"model_name": result.model.name,
+                         "model_version": str(result.model.version),
                          "id": body.get("id", ""), "outputs": outputs})
 
 
@@ -157,7 +159,7 @@ class InferenceServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self._thread.start()

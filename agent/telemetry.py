@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgefleet.contract import Summary
 
 __all__ = ["TelemetryBuffer", "summarize"]

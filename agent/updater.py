@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
+from tuf.api import exceptions as tuf_exc
+from tuf.ngclient import FetcherInterface, Updater
+
 from edgefleet.contract import (
     ChunkResponse,
     EdgefleetError,
@@ -35,8 +38,6 @@ from edgefleet.contract import (
     TrustError,
     bundle_paths,
 )
-from tuf.api import exceptions as tuf_exc
-from tuf.ngclient import FetcherInterface, Updater
 
 __all__ = ["BundleUpdater", "ChunkFetcher", "ChunkSource", "VerifiedBundle"]
 

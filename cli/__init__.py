@@ -179,8 +179,11 @@ def demo(
         emit(report, True)
         return
     with console.status("starting…") as status:
-        report = run_demo(devices, workdir=workdir,
-                          progress=lambda m: (status.update(m), console.print(f"• {m}")))
+        def step(message: str) -> None:
+            status.update(message)
+            console.print(f"• {message}")
+
+        report = run_demo(devices, workdir=workdir, progress=step)
     opt = report["optimization"]
     table("optimization", ["", "size bytes", "accuracy", "p50 ms"],
           [(k, f"{opt[k]['size_bytes']:,}", f"{opt[k]['accuracy']:.4f}", f"{opt[k]['p50_ms']:.4f}")

@@ -46,7 +46,7 @@ class ControllerLink:
         self.malformed = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
-        self._client.reconnect_delay_set(0.5, 10)
+        self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # float seconds
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
         self._client.will_set(CTL_STATE, json.dumps({"online": False}), qos=1, retain=True)
@@ -103,7 +103,7 @@ class ControllerLink:
             return
         device, suffix = parsed
         try:
-            self._handler(device, suffix, msg.payload)
+            self._handler(device, suffix, bytes(msg.payload))
         except EdgefleetError as exc:
             self.malformed += 1
             log.warning("dropped %s from %s: %s (%s)", suffix, device, exc, exc.reason)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import Manifest, NotFoundError, RegistryError, TensorSpec, bundle_paths
+from edgefleet.contract import Manifest, RegistryError, TensorSpec, bundle_paths
 from edgefleet.contract.files import atomic_write
 from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize
 

@@ -18,8 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from edgefleet.contract import Clock, NotFoundError, SystemClock
-from edgefleet.contract.files import atomic_write
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import (
     Metadata,
@@ -31,6 +29,9 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.api.serialization.json import JSONSerializer
+
+from edgefleet.contract import Clock, NotFoundError, SystemClock
+from edgefleet.contract.files import atomic_write
 
 __all__ = ["ROLES", "TrustExpiry", "TrustRepository", "init_keys", "load_signers"]
 

@@ -8,6 +8,7 @@ its network can be taken away (``cut``) and given back (``restore``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from edgefleet.contract import Clock
 from .netem import LinkProxy
 
 __all__ = ["Fleet", "wait_until"]
+
+log = logging.getLogger(__name__)
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
@@ -113,7 +116,7 @@ class Fleet:
             try:
                 self.stop_agent(device_id)
             except Exception:  # keep stopping the others
-                pass
+                log.exception("stopping %s failed", device_id)
         for link in self.links.values():
             link.stop()
         self.links.clear()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _support import ASSETS, TOKEN
+
 from edgefleet.controller import FleetController, Settings, init_keys
 from edgefleet.simulations.brokers import MosquittoProcess
 from edgefleet.simulations.fleet import Fleet

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import httpx
 import numpy as np
+from _support import job_of, register_digits, wait_deployment, wait_devices_known
 
 from edgefleet.simulations.fleet import wait_until
-
-from _support import job_of, register_digits, wait_deployment, wait_devices_known
 
 
 def _v2_infer(url: str, x: np.ndarray) -> dict:

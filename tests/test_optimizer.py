@@ -6,10 +6,12 @@ import gzip
 import json
 from pathlib import Path
 
-import edgefleet.optimizer as optimizer_pkg
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgefleet.optimizer as optimizer_pkg
 from edgefleet.contract.errors import OptimizationError
 from edgefleet.optimizer import (
     OptimizeTarget,
@@ -18,7 +20,6 @@ from edgefleet.optimizer import (
     inspect_model,
     optimize,
 )
-from onnx import TensorProto, helper, numpy_helper
 
 DIGITS = Path(__file__).resolve().parents[1] / "simulations" / "assets" / "digits"
 FAST = {"latency_runs": 20, "warmup_runs": 2}

@@ -1,0 +1,78 @@
+"""What the caller asks for (``OptimizeTarget``) and what it gets (``OptimizationResult``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgefleet.optimizer._decisions import METHODS
+
+__all__ = ["OptimizationResult", "OptimizeTarget"]
+
+
+@dataclass(frozen=True)
+class OptimizeTarget:
+    """How to optimize and what the result must satisfy to ship.
+
+    Attributes:
+        method: ``"auto"`` (static for conv nets, dynamic for MatMul/Gemm nets),
+            ``"static"``, ``"dynamic"`` or ``"none"`` (no quantization).
+        sparsity: magnitude-pruning target, fraction of zero weights in ``[0, 1)``.
+        accuracy_budget_pt: largest allowed top-1 accuracy drop, in percentage points.
+        latency_runs: timed single-sample runs per model.
+        warmup_runs: untimed runs per model before timing.
+        threads: onnxruntime intra-op threads used when timing (match the device).
+        require_faster: the int8 model ships only if its p50 latency beats fp32.
+    """
+
+    method: str = "auto"
+    sparsity: float = 0.0
+    accuracy_budget_pt: float = 1.0
+    latency_runs: int = 200
+    warmup_runs: int = 20
+    threads: int = 1
+    require_faster: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings.
+
+        Raises:
+            ValueError: if any field is out of range.
+        """
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not (math.isfinite(self.accuracy_budget_pt) and self.accuracy_budget_pt >= 0):
+            raise ValueError(
+                f"accuracy_budget_pt must be a finite number >= 0, got {self.accuracy_budget_pt}"
+            )
+        if self.latency_runs < 1 or self.warmup_runs < 0 or self.threads < 1:
+            raise ValueError(
+                "need latency_runs >= 1, warmup_runs >= 0, threads >= 1, got "
+                f"{self.latency_runs}, {self.warmup_runs}, {self.threads}"
+            )
+
+
+@dataclass
+class OptimizationResult:
+    """The outcome of :func:`~edgefleet.optimizer.optimize`.
+
+    Attributes:
+        shipped: ``"int8"`` if the quantized model passed every gate, else ``"fp32"``.
+        shipped_path: the file to register as the optimized version (a copy of the
+            fp32 model when a gate failed).
+        candidate_path: the optimized candidate (the int8 file, even when it did
+            not ship; the pruned fp32 file when ``method == "none"``).
+        method: ``"static"``, ``"dynamic"`` or ``"none"``.
+        report: JSON-serializable figures, gates and reasons (also written to
+            ``report.json`` in the output folder).
+    """
+
+    shipped: str
+    shipped_path: Path
+    candidate_path: Path
+    method: str
+    report: dict[str, Any] = field(default_factory=dict)
