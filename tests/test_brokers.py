@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import pytest
+
 from edgefleet.contract import TransportError
 from edgefleet.controller.broker import EmbeddedBroker
 from edgefleet.simulations import brokers as brokers_module
