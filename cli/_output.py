@@ -36,5 +36,5 @@ def fail(message: str, code: int = 1) -> None:
     """Print an error to stderr and exit with ``code``."""
     import typer
 
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)

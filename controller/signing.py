@@ -62,7 +62,7 @@ def init_keys(key_dir: Path, *, expiry: TrustExpiry | None = None, clock: Clock 
     clock = clock or SystemClock()
     key_dir.mkdir(parents=True, exist_ok=True)
     if (key_dir / "root.json").exists() and not force:
-        raise FileExistsError(f"{key_dir} already holds keys (use force to replace them)")
+        raise FileExistsError(f"{key_dir} already holds keys (--force replaces them)")
     signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
     public = {}
     for role, signer in signers.items():
