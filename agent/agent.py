@@ -265,8 +265,10 @@ class Agent:
 
     def _want(self, desired: DesiredState) -> None:
         with self._lock:
-            if self._done_jobs.get(desired.job) in JobState.TERMINAL:
-                return
+            current = self._current_job
+            if self._done_jobs.get(desired.job) in JobState.TERMINAL or (
+                    current is not None and current.job == desired.job):
+                return  # the command and the retained desired state both carry each job
             self._wanted = desired
         self._wake.set()
 
@@ -298,8 +300,9 @@ class Agent:
             self._wake.clear()
             with self._lock:
                 desired = self._wanted
-            if desired is None or time.monotonic() < retry_at:
-                continue
+                if desired is None or time.monotonic() < retry_at:
+                    continue
+                self._current_job = desired
             try:
                 self._apply(desired)
                 retry_at = 0.0
@@ -315,9 +318,10 @@ class Agent:
                 log.exception("job %s crashed", desired.job)
                 self._report(desired, JobState.FAILED, reason="agent_error", detail=repr(exc))
             finally:
-                self._current_job = None
+                with self._lock:
+                    self._current_job = None
             with self._lock:
-                if self._wanted is desired:
+                if self._wanted is not None and self._wanted.job == desired.job:
                     self._wanted = None
 
     def _apply(self, d: DesiredState) -> None:
@@ -325,7 +329,6 @@ class Agent:
         if active is not None and (active.name, active.version) == (d.model, d.version):
             self._report(d, JobState.HEALTHY, detail="already active")
             return
-        self._current_job = d
         self._report(d, JobState.DOWNLOADING)
         bundle = self.updater.fetch(d.model, d.version)
         self._report(d, JobState.VERIFYING)

@@ -103,8 +103,12 @@ def controller_serve(
         ctl.start()
     except (EdgefleetError, ValueError) as exc:
         fail(str(exc))
-    server = ApiServer(create_app(ctl), host, port)
-    server.start()
+    try:
+        server = ApiServer(create_app(ctl), host, port)
+        server.start()
+    except (OSError, EdgefleetError) as exc:
+        ctl.stop()
+        fail(f"cannot serve the API on {host}:{port}: {exc}")
     console.print(f"controller API on {server.url} (OpenAPI: {server.url}/docs), "
                   f"broker {ctl.broker_url}")
     try:
@@ -156,10 +160,14 @@ def agent_status(
         buf = status["buffer"]
         table(f"agent {status['device_id']}", ["", ""], [
             ("connected", status["connected"]),
-            ("active", status["active"]), ("last good", status["last_good"]),
+            ("active", _ref(status["active"])), ("last good", _ref(status["last_good"])),
             ("inferences", status["inferences"]), ("errors", status["errors"]),
             ("summaries unacked", buf["summaries_unacked"]), ("raw rows", buf["raw_rows"]),
             ("dropped / evicted", f"{buf['dropped']} / {buf['evicted']}")])
+
+
+def _ref(ref: dict | None) -> str:  # type: ignore[type-arg]
+    return f"{ref['name']}:{ref['version']} (sha256 {ref['sha256'][:12]}…)" if ref else "-"
 
 
 @app.command("demo")

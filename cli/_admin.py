@@ -83,8 +83,9 @@ def model_optimize(
     rep = row["report"]
     table(f"{name}:{version} → {name}:{row['version']} ({rep['method']})",
           ["", "size bytes", "accuracy", "p50 ms", "p95 ms"],
-          [(k, f"{rep[k]['size_bytes']:,}", rep[k]["accuracy"], rep[k]["p50_ms"], rep[k]["p95_ms"])
-           for k in ("fp32", "int8")])
+          [(k, f"{rep[k]['size_bytes']:,}", f"{rep[k]['accuracy']:.4f}",
+            f"{rep[k]['p50_ms']:.4f}", f"{rep[k]['p95_ms']:.4f}")
+           for k in ("fp32", "int8") if rep.get(k)])
     console.print(f"shipped: [bold]{rep['shipped']}[/bold] — {rep.get('reason', '')}")
 
 

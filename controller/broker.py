@@ -14,6 +14,10 @@ What it gives the rest of edgefleet, matching Mosquitto where it matters:
 - persistent sessions (``clean_session=False``): subscriptions survive a
   disconnect and QoS 1/2 messages are queued for the client while it is away.
 
+Still unlike Mosquitto (amqtt 0.12): messages go out at the subscription's QoS
+even if published lower; no packet size limit; a QoS 1 message not acknowledged
+within 5 s is dropped, not redelivered on the next connection.
+
 Example::
 
     with EmbeddedBroker() as broker:
@@ -47,8 +51,7 @@ _LISTENER = "default"
 _CONNECT_TIMEOUT_S = 10.0
 # Mosquitto and the MQTT spec drop a client after 1.5 x its keep-alive of silence.
 _KEEPALIVE_GRACE = 1.5
-# The first bytes of a CONNECT always hold its keep-alive (MQTT 3.1 and 3.1.1).
-_CONNECT_PREFIX_MAX = 32
+_CONNECT_PREFIX_MAX = 32  # a CONNECT's keep-alive is within its first bytes (3.1 and 3.1.1)
 # Upper bound for handing a reconnecting client the messages queued while it was away.
 _QUEUE_FLUSH_TIMEOUT_S = 30.0
 
@@ -62,14 +65,7 @@ class _OpenAuthPlugin(BaseAuthPlugin):
     """
 
     async def authenticate(self, *, session: Session) -> bool:
-        """Accept the client.
-
-        Args:
-            session: The connecting client's session.
-
-        Returns:
-            Always True.
-        """
+        """Accept ``session``'s client; always True."""
         session.is_anonymous = False
         return True
 
@@ -202,15 +198,7 @@ class _FleetBroker(Broker):
         self._fresh_subscriptions: set[tuple[str | None, str]] = set()
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
-        """Subscribe ``session``, remembering that its retained messages are due.
-
-        Args:
-            subscription: (topic filter, requested QoS).
-            session: The subscribing client's session.
-
-        Returns:
-            The granted QoS, or 0x80 for a refused filter.
-        """
+        """Subscribe ``session``; returns the granted QoS or 0x80 (refused)."""
         granted = await super().add_subscription(subscription, session)
         if granted != 0x80:
             self._fresh_subscriptions.add((session.client_id, subscription[0]))
