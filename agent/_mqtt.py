@@ -7,14 +7,17 @@ and dropped by the dispatcher; a handler error never reaches paho's loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.contract import (
+    CTL_STATE,
     ChunkResponse,
     Death,
     DeviceTopic,
@@ -52,7 +55,9 @@ class AgentLink:
         self._pending: dict[str, tuple[threading.Event, list[ChunkResponse]]] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
-        self.bd_seq = 0
+        # Birth/death sequence numbers start from the clock, so a late death from a
+        # previous process can never match this process's birth.
+        self.bd_seq = int(time.time() * 1000)
         self.malformed = 0
         self.connects = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
@@ -81,8 +86,12 @@ class AgentLink:
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect cleanly (no will) and stop the network thread."""
+        """Publish our death (a clean disconnect sends no will), disconnect, stop the thread."""
         try:
+            if self.connected.is_set():
+                info = self._client.publish(self.topic(DeviceTopic.DEATH),
+                                            Death(bd_seq=self.bd_seq).encode(), qos=1)
+                info.wait_for_publish(2.0)
             self._client.disconnect()
         finally:
             self._client.loop_stop()
@@ -95,6 +104,7 @@ class AgentLink:
         for suffix in (DeviceTopic.CMD, DeviceTopic.DESIRED, DeviceTopic.FETCH_RESP,
                        DeviceTopic.TELEMETRY_ACK):
             client.subscribe(self.topic(suffix), qos=1)
+        client.subscribe(CTL_STATE, qos=1)
         client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
         self.connects += 1
         self.connected.set()
@@ -112,7 +122,9 @@ class AgentLink:
         prefix = self.topic("")
         suffix = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
         try:
-            if suffix == DeviceTopic.FETCH_RESP:
+            if msg.topic == CTL_STATE:
+                self._on_controller_state(bytes(msg.payload), retained=bool(msg.retain))
+            elif suffix == DeviceTopic.FETCH_RESP:
                 self._on_chunk(ChunkResponse.decode(bytes(msg.payload)))
             elif suffix in self._handlers:
                 self._handlers[suffix](bytes(msg.payload))
@@ -124,6 +136,20 @@ class AgentLink:
         except Exception:  # a handler bug must not kill paho's network thread
             self.malformed += 1
             log.exception("handler for %s failed", msg.topic)
+
+    def _on_controller_state(self, payload: bytes, *, retained: bool) -> None:
+        """A controller that comes up after us may have missed our birth: send it again.
+
+        The retained copy delivered on subscribe is old news (our birth just went out).
+        """
+        try:
+            online = json.loads(payload).get("online") is True
+        except (ValueError, AttributeError):
+            self.malformed += 1
+            log.warning("dropped malformed controller state")
+            return
+        if online and not retained and self.connected.is_set():
+            self._client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
 
     def _on_chunk(self, chunk: ChunkResponse) -> None:
         with self._lock:

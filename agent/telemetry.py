@@ -250,17 +250,25 @@ class TelemetryBuffer:
         with self._lock:
             self._db.execute("UPDATE summaries SET sent_at = NULL WHERE acked = 0")
 
-    def ack(self, seqs: list[int]) -> int:
-        """Mark summaries as stored by the controller; returns how many were newly acked."""
+    def ack(self, seqs: list[int], *, keep_acked: int = 1000) -> int:
+        """Mark summaries as stored by the controller; returns how many were newly acked.
+
+        Only the newest ``keep_acked`` acknowledged summaries are kept (for ``status``).
+        """
         with self._lock:
             cur = self._db.executemany("UPDATE summaries SET acked = 1 WHERE seq = ? AND acked = 0",
                                        [(s,) for s in seqs])
-            return cur.rowcount
+            newly = cur.rowcount
+            self._db.execute("DELETE FROM summaries WHERE acked = 1 AND seq <= "
+                             "(SELECT MAX(seq) FROM summaries) - ?", (keep_acked,))
+            return newly
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            total, unacked = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(acked = 0), 0) FROM summaries").fetchone()
+            unacked, last_seq = self._db.execute(
+                "SELECT COALESCE(SUM(acked = 0), 0), COALESCE(MAX(seq), 0) FROM summaries"
+            ).fetchone()
+            total = max(last_seq, int(self._get("next_seq") or 1) - 1)
             oldest = self._db.execute(
                 "SELECT MIN(window_end) FROM summaries WHERE acked = 0").fetchone()[0]
         return {"raw_rows": self._raw_rows, "summaries": total, "summaries_unacked": unacked,

@@ -80,7 +80,7 @@ def controller_serve(
     = Path("controller-data"),
     host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8080,
-    token: Annotated[str | None, typer.Option(help="Admin API token [env EDGEFLEET_TOKEN].")]
+    token: Annotated[str | None, typer.Option(help="Admin API token (env EDGEFLEET_TOKEN).")]
     = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -185,6 +185,8 @@ def demo(
     if as_json:
         report = run_demo(devices, workdir=workdir)
         emit(report, True)
+        if not _demo_ok(report):
+            raise typer.Exit(1)
         return
     with console.status("starting…") as status:
         def step(message: str) -> None:
@@ -207,9 +209,13 @@ def demo(
           [(off["device"], off["inferences_while_offline"], off["summaries_while_offline"],
             off["summaries_replayed"], off["summaries_lost"])])
     console.print(f"done in {report['elapsed_s']} s")
-    ok = all(d["healthy"] for d in report["devices"]) and off["summaries_lost"] == 0
-    if not ok:
+    if not _demo_ok(report):
         raise typer.Exit(1)
+
+
+def _demo_ok(report: dict) -> bool:  # type: ignore[type-arg]
+    return (all(d["healthy"] for d in report["devices"])
+            and report["offline_check"]["summaries_lost"] == 0)
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from ._output import console, emit, fail, table
 
 __all__ = ["deployments_app", "devices_app", "model_app", "register_deploy"]
 
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller URL [env EDGEFLEET_URL].")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller URL (env EDGEFLEET_URL).")]
 TokenOpt = Annotated[str | None, typer.Option("--token",
-                                              help="API token [env EDGEFLEET_TOKEN].")]
+                                              help="API token (env EDGEFLEET_TOKEN).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 model_app = typer.Typer(help="Register, list and optimize model versions.", no_args_is_help=True)

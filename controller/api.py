@@ -11,6 +11,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -107,9 +108,9 @@ def create_app(ctl: FleetController) -> FastAPI:
             if data is not None and len(data) > limit:
                 raise HTTPException(413, f"upload larger than {limit} bytes")
             blobs.append(data)
-        row = ctl.registry.register(name, blobs[0] or b"", labels=[str(x) for x in label_list],
-                                    eval_npz=blobs[1], calibration_npz=blobs[2],
-                                    metrics=metric_map)
+        row = await run_in_threadpool(
+            ctl.registry.register, name, blobs[0] or b"", labels=[str(x) for x in label_list],
+            eval_npz=blobs[1], calibration_npz=blobs[2], metrics=metric_map)
         return _public(row)
 
     @app.get("/v1/models")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -60,6 +61,12 @@ def run_demo(devices: int = 3, *, workdir: Path | None = None, inferences: int =
     say = progress or (lambda _m: None)
     started = time.monotonic()
     root = Path(workdir or tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    for stale in ("keys", "controller", "devices", "controller.db"):  # a re-used workdir
+        path = root / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     token = secrets.token_urlsafe(16)
     trust_root = init_keys(root / "keys", force=True)
     settings = Settings(db_url=f"sqlite:///{root / 'controller.db'}", broker_url=None,

@@ -101,3 +101,25 @@ def test_agent_serves_installed_model_at_once_with_no_broker(controller, serving
         assert not again.link.connected.is_set()
     finally:
         again.stop()
+
+
+def test_agents_started_before_the_controller_are_known_once_it_starts(
+        tmp_path, mosquitto, trust_root, make_fleet):
+    from _support import TOKEN
+
+    from edgefleet.controller import FleetController, Settings
+
+    fleet = make_fleet(2)  # births go out while no controller listens
+    ctl = FleetController(Settings(db_url=f"sqlite:///{tmp_path / 'late.db'}",
+                                   broker_url=mosquitto.url, keys_dir=trust_root.parent,
+                                   data_dir=tmp_path / "late", admin_token=TOKEN,
+                                   client_id="late-controller"))
+    ctl.start()
+    try:
+        wait_devices_known(ctl, fleet.ids, 10)
+        agent = fleet.agents[fleet.ids[0]]
+        fleet.stop_agent(fleet.ids[0])  # a clean stop announces its death
+        wait_until(lambda: not ctl.store.get_device(agent.config.device_id)["online"], 10)
+        assert ctl.store.get_device(fleet.ids[1])["online"]
+    finally:
+        ctl.stop()
