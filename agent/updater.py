@@ -58,17 +58,20 @@ class ChunkFetcher(FetcherInterface):
         deadline_s: total time one file may take, retries included.
         max_bytes_per_s: bandwidth cap (0: none), for metered links.
         progress: called with ``(file, bytes_so_far, total)``.
+        sleep: how to wait between retries and for the bandwidth cap (tests pass a no-op).
     """
 
     def __init__(self, source: ChunkSource, *, chunk_bytes: int = 64 * 1024,
                  timeout_s: float = 5.0, deadline_s: float = 600.0, max_bytes_per_s: int = 0,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._source = source
         self._chunk = chunk_bytes
         self._timeout = timeout_s
         self._deadline = deadline_s
         self._rate = max_bytes_per_s
         self._progress = progress
+        self._sleep = sleep
         self._limit: int | None = None
         self.retries = 0
         self.bytes_received = 0
@@ -100,7 +103,7 @@ class ChunkFetcher(FetcherInterface):
                                      f"at byte {offset}: {exc}") from exc
                 self.retries += 1
                 log.info("fetch %s@%d failed (%s); retrying in %.1fs", file, offset, exc, backoff)
-                time.sleep(backoff * random.uniform(0.5, 1.0))
+                self._sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
@@ -118,7 +121,7 @@ class ChunkFetcher(FetcherInterface):
             if self._rate:
                 ahead = offset / self._rate - (time.monotonic() - started)
                 if ahead > 0:
-                    time.sleep(ahead)
+                    self._sleep(ahead)
             yield chunk.data
 
 

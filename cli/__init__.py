@@ -80,7 +80,8 @@ def controller_serve(
     = Path("controller-data"),
     host: Annotated[str, typer.Option(help="API listen address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8080,
-    token: Annotated[str | None, typer.Option(help="Admin API token (env EDGEFLEET_TOKEN).")]
+    token: Annotated[str | None, typer.Option(
+        help="Admin API token (env EDGEFLEET_TOKEN; default: DATA/admin-token, generated).")]
     = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -91,9 +92,7 @@ def controller_serve(
     from edgefleet.controller.api import create_app
     from edgefleet.controller.http import ApiServer
 
-    admin = token or os.environ.get("EDGEFLEET_TOKEN", "")
-    if not admin:
-        fail("set an admin token with --token or EDGEFLEET_TOKEN")
+    admin = token or os.environ.get("EDGEFLEET_TOKEN", "") or _stored_token(data)
     if not (keys / "root.json").exists():
         fail(f"no keys in {keys}; run `edgefleet keys init --dir {keys}` first")
     try:
@@ -116,6 +115,21 @@ def controller_serve(
     finally:
         server.stop()
         ctl.stop()
+
+
+def _stored_token(data: Path) -> str:
+    """The admin token kept in the data directory, generated (0600) on first use."""
+    import secrets
+
+    from edgefleet.contract.files import atomic_write
+
+    path = data / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(24)
+    atomic_write(path, value.encode() + b"\n", mode=0o600)
+    console.print(f"generated an admin API token in {path} (export EDGEFLEET_TOKEN=$(cat {path}))")
+    return value
 
 
 @agent_app.command("run")
