@@ -1,12 +1,14 @@
 """The agent: serves the installed model at once, applies desired state, reports.
 
-Threads: paho's network thread (``AgentLink``), the v2 HTTP server, one job worker
-(download → verify → install → smoke test → switch) and one loop (telemetry windows
-and publishing). Inference never waits on the network or on a disk commit.
+Threads: paho's network thread (``AgentLink``), the v2 HTTP server, the job worker
+(``JobRunner``), the shadow worker when a candidate is shadowed, the telemetry writer
+and one loop (telemetry windows, publishing, the health window). Inference never
+waits on the network or on a disk commit.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -25,25 +27,23 @@ from edgefleet.contract import (
     Birth,
     Clock,
     Command,
-    CompatibilityError,
     DesiredState,
     DeviceTopic,
-    EdgefleetError,
-    FetchError,
+    InputError,
     JobState,
-    JobStatus,
     ModelError,
     ModelRef,
-    RollbackError,
-    SmokeTestError,
     SystemClock,
 )
 
+from ._jobs import JobRunner
 from ._mqtt import AgentLink
 from .config import AgentConfig
+from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
 from .runtime import Runtime, available_runtimes, load_runtime
 from .server import InferenceServer
+from .shadow import ShadowRunner
 from .telemetry import TelemetryBuffer
 from .updater import BundleUpdater, ChunkFetcher
 
@@ -66,8 +66,17 @@ class _Loaded:
     runtime: Runtime
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split(".") if p.isdigit())
+@dataclasses.dataclass
+class _Trial:
+    """A health window in progress (mirrored in state.json for restarts)."""
+
+    desired: DesiredState
+    policy: HealthPolicy
+    started_at: float
+    baseline_p95: float | None
+    count: int = 0
+    errors: int = 0
+    latencies: list[float] = dataclasses.field(default_factory=list)
 
 
 class Agent:
@@ -75,7 +84,7 @@ class Agent:
 
     Args:
         config: the agent configuration.
-        clock: time source for telemetry windows and command expiry (tests move it).
+        clock: time source for telemetry windows, health windows and command expiry.
     """
 
     def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
@@ -89,10 +98,13 @@ class Agent:
             shutil.copyfile(config.trust_root, tuf_dir / "root.json")
         self.store = ModelStore(state)
         self._proc = psutil.Process()
+        self.jobs = JobRunner(self)
+        self._shadow: ShadowRunner | None = None
         self.buffer = TelemetryBuffer(state / "telemetry.db", window_s=config.summary_window_s,
                                       queue_max=config.telemetry_queue_max,
                                       max_raw_rows=config.max_raw_rows,
-                                      system_metrics=self._system_metrics)
+                                      system_metrics=self._system_metrics,
+                                      shadow_stats=self._shadow_stats)
         self.link = AgentLink(config, birth=self._birth, on_connected=self._on_connected,
                               handlers={DeviceTopic.CMD: self._on_cmd,
                                         DeviceTopic.DESIRED: self._on_desired,
@@ -101,17 +113,15 @@ class Agent:
                                     timeout_s=config.fetch_timeout_s,
                                     deadline_s=config.download_deadline_s,
                                     max_bytes_per_s=config.max_download_bytes_per_s,
-                                    progress=self._on_progress)
+                                    progress=self.jobs.on_progress)
         self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher)
         self._active: _Loaded | None = None
-        self._wanted: DesiredState | None = None
-        self._wake = threading.Event()
+        self._previous: _Loaded | None = None  # kept loaded for an instant rollback
+        self._trial: _Trial | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=512)
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._done_jobs: dict[str, str] = {}  # job id → terminal state
-        self._last_status: dict[str, bytes] = {}
+        self._switch_lock = threading.RLock()
         self._seen_cmds: dict[str, float] = {}
-        self._current_job: DesiredState | None = None
         self._threads: list[threading.Thread] = []
         self.server: InferenceServer | None = None
         self.inferences = 0
@@ -124,7 +134,7 @@ class Agent:
         self.buffer.start()
         self.server = InferenceServer(self, self.config.api_host, self.config.api_port)
         self.server.start()
-        for target, name in ((self._job_worker, "jobs"), (self._loop, "loop")):
+        for target, name in ((lambda: self.jobs.run(self._stop), "jobs"), (self._loop, "loop")):
             t = threading.Thread(target=target, name=f"{self.config.device_id}-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -132,15 +142,23 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self.jobs.wake()
         self.link.stop()
         if self.server is not None:
             self.server.stop()
         for t in self._threads:
             t.join(5.0)
+        self.stop_shadow()
         self.buffer.stop()
 
+    def _load(self, installed: InstalledModel) -> _Loaded:
+        return _Loaded(installed, load_runtime(installed.manifest.runtime, installed.model_path,
+                                               intra_op_threads=self.config.intra_op_threads))
+
     def _load_installed(self) -> None:
+        trial = self.store.read_trial()
+        if trial is not None:
+            self._resume_trial(trial)
         state = self.store.read_state()
         for key in ("active", "last_good"):
             ref = state[key]
@@ -148,16 +166,29 @@ class Agent:
             if installed is None:
                 continue
             try:
-                runtime = load_runtime(installed.manifest.runtime, installed.model_path,
-                                       intra_op_threads=self.config.intra_op_threads)
+                self._active = self._load(installed)
             except ModelError as exc:
                 log.error("installed %s model %s cannot load: %s", key, ref, exc)
                 continue
-            self._active = _Loaded(installed, runtime)
             if key == "last_good":
                 self.store.rollback()
             log.info("serving %s:%d", installed.manifest.name, installed.manifest.version)
             return
+
+    def _resume_trial(self, trial: dict[str, Any]) -> None:
+        """A restart inside a health window: resume it once, roll back if it repeats."""
+        desired = DesiredState(**{k: v for k, v in trial["desired"].items()})
+        policy = HealthPolicy.from_dict(desired.health)
+        attempts = int(trial.get("attempts", 0)) + 1
+        if attempts > policy.max_trial_restarts:
+            self.store.rollback()
+            self.jobs.report(desired, JobState.ROLLED_BACK, reason="crashed_during_health_window",
+                             detail=f"agent restarted {attempts} times inside the health window")
+            return
+        self.store.update_trial({**trial, "attempts": attempts})
+        self._trial = _Trial(desired, policy, self.clock.time(), trial.get("baseline_p95"))
+        self.jobs.report(desired, JobState.ACTIVATED, detail="agent restarted; health window "
+                                                             "starts again")
 
     # -- inference --------------------------------------------------------------------
     @property
@@ -165,9 +196,14 @@ class Agent:
         loaded = self._active
         return loaded.installed.ref if loaded else None
 
+    @property
+    def shadow_ref(self) -> ModelRef | None:
+        shadow = self._shadow
+        return shadow.ref if shadow else None
+
     def predict(self, feeds: dict[str, np.ndarray] | np.ndarray, *,
                 model: str | None = None) -> Prediction:
-        """Run the active model; records the inference for telemetry.
+        """Run the active model; records the inference for telemetry and health.
 
         Args:
             feeds: named input arrays, or one array for a single-input model.
@@ -175,7 +211,8 @@ class Agent:
 
         Raises:
             InputError: the input does not match the model's signature.
-            ModelError: no model is installed, or ``model`` is not the one served.
+            ModelError: no model is installed, ``model`` is not the one served, or the
+                model failed.
         """
         loaded = self._active
         if loaded is None:
@@ -187,21 +224,37 @@ class Agent:
         if isinstance(feeds, np.ndarray):
             feeds = {loaded.runtime.inputs[0].name: feeds}
         start = time.perf_counter()
-        ok, top = False, None
+        ok, top, model_error = False, None, False
         try:
             outputs = loaded.runtime.run(feeds)
             ok = True
-            first = next(iter(outputs.values()))
-            if first.ndim == 2 and first.shape[0] >= 1 and first.dtype.kind == "f":
-                idx = int(first[0].argmax())
-                top = manifest.labels[idx] if idx < len(manifest.labels) else str(idx)
-            return Prediction(outputs, loaded.installed.ref, 0.0, top)
+        except InputError:
+            raise
+        except ModelError:
+            model_error = True
+            raise
         finally:
             latency_ms = (time.perf_counter() - start) * 1000.0
             self.inferences += 1
             self.errors += not ok
+            if ok:
+                first = next(iter(outputs.values()))
+                if first.ndim == 2 and first.shape[0] >= 1 and first.dtype.kind == "f":
+                    idx = int(first[0].argmax())
+                    top = manifest.labels[idx] if idx < len(manifest.labels) else str(idx)
             self.buffer.record(self.clock.time(), manifest.name, manifest.version, latency_ms,
                                ok, top)
+            trial = self._trial
+            if trial is not None and (ok or model_error):
+                trial.count += 1
+                trial.errors += model_error
+                trial.latencies.append(latency_ms)
+            if ok:
+                self._recent.append(latency_ms)
+        shadow = self._shadow
+        if shadow is not None:
+            shadow.offer(feeds, first, latency_ms)
+        return Prediction(outputs, loaded.installed.ref, latency_ms, top)
 
     def model_metadata(self, name: str) -> dict[str, Any] | None:
         loaded = self._active
@@ -214,12 +267,113 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         state = self.store.read_state()
+        trial = self._trial
         return {"device_id": self.config.device_id, "connected": self.link.connected.is_set(),
                 "active": state["active"].to_dict() if state["active"] else None,
                 "last_good": state["last_good"].to_dict() if state["last_good"] else None,
+                "shadow": self.shadow_ref.to_dict() if self.shadow_ref else None,
+                "health_window": {"job": trial.desired.job, "inferences": trial.count,
+                                  "errors": trial.errors} if trial else None,
                 "inferences": self.inferences, "errors": self.errors,
                 "malformed_messages": self.link.malformed, "buffer": self.buffer.stats(),
-                "jobs": dict(self._done_jobs)}
+                "jobs": dict(self.jobs.done)}
+
+    # -- switching (job worker and loop) --------------------------------------------------
+    def activate(self, installed: InstalledModel, runtime: Runtime, d: DesiredState) -> None:
+        """Switch to a verified, smoke-tested model and start its health window."""
+        policy = HealthPolicy.from_dict(d.health)
+        with self._switch_lock:
+            baseline = p95(list(self._recent)) if len(self._recent) >= policy.min_samples \
+                else None
+            trial = None
+            if policy.window_s > 0:
+                trial = {"desired": d.to_dict(), "attempts": 0, "baseline_p95": baseline}
+            self.store.activate(installed.ref, trial=trial)
+            self._previous, self._active = self._active, _Loaded(installed, runtime)
+            self._recent.clear()
+            shadow = self._shadow
+            if shadow is not None and shadow.ref == installed.ref:
+                self.stop_shadow()  # promoted
+            self._trial = _Trial(d, policy, self.clock.time(), baseline) if trial else None
+        self.jobs.report(d, JobState.ACTIVATED)
+        if trial is None:
+            self.jobs.report(d, JobState.HEALTHY)
+        self._announce()
+        state = self.store.read_state()
+        self.store.prune({r for r in state.values() if r is not None} |
+                         ({self._shadow.ref} if self._shadow else set()))
+
+    def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None:
+        """Controller-ordered switch to a model already on disk (a rollback)."""
+        with self._switch_lock:
+            previous = self._previous
+            if previous is not None and previous.installed.ref == installed.ref:
+                loaded = previous  # kept hot: instant
+            else:
+                loaded = self._load(installed)
+            self.store.activate(installed.ref)
+            self._previous, self._active = self._active, loaded
+            self._trial = None
+            self._recent.clear()
+        self.stop_shadow()
+        self.jobs.report(d, JobState.HEALTHY, detail=reason)
+        self._announce()
+
+    def rollback(self, reason: str = "command") -> ModelRef | None:
+        """Switch to the last known good model; returns it, or ``None`` if there is none."""
+        with self._switch_lock:
+            state = self.store.read_state()
+            target = state["last_good"]
+            installed = self.store.get(target) if target else None
+            if installed is None:
+                return None
+            previous = self._previous
+            loaded = previous if previous and previous.installed.ref == target else \
+                self._load(installed)
+            self.store.rollback()
+            self._previous, self._active = self._active, loaded
+            self._trial = None
+            self._recent.clear()
+        log.warning("rolled back to %s (%s)", target, reason)
+        self._announce()
+        return target
+
+    def start_shadow(self, installed: InstalledModel, runtime: Runtime, sample: float) -> None:
+        self.stop_shadow()
+        self._shadow = ShadowRunner(installed.ref, runtime, sample)
+
+    def stop_shadow(self) -> None:
+        shadow, self._shadow = self._shadow, None
+        if shadow is not None:
+            shadow.stop()
+
+    def _shadow_stats(self) -> dict[str, Any]:
+        shadow = self._shadow
+        return shadow.take_stats() if shadow is not None else {}
+
+    def _check_trial(self, now: float) -> None:
+        trial = self._trial
+        if trial is None:
+            return
+        verdict = judge(trial.policy, started_at=trial.started_at, now=now, count=trial.count,
+                        errors=trial.errors, latency_p95=p95(trial.latencies),
+                        baseline_p95=trial.baseline_p95)
+        if verdict.state == "healthy":
+            with self._switch_lock:
+                if self._trial is not trial:
+                    return
+                self.store.commit()
+                self._trial = None
+            self.jobs.report(trial.desired, JobState.HEALTHY,
+                             detail=f"health window passed ({trial.count} inferences)")
+        elif verdict.state == "unhealthy":
+            with self._switch_lock:
+                if self._trial is not trial:
+                    return
+                self.rollback(verdict.reason)
+            self.jobs.report(trial.desired, JobState.ROLLED_BACK, reason=verdict.reason,
+                             detail=f"{trial.errors} errors in {trial.count} inferences; "
+                                    f"p95 {p95(trial.latencies)} ms vs {trial.baseline_p95} ms")
 
     # -- MQTT handlers (paho's thread) --------------------------------------------------
     def _birth(self, bd_seq: int) -> bytes:
@@ -231,16 +385,17 @@ class Agent:
                      last_good=state["last_good"],
                      api_url=self.server.url if self.server else "").encode()
 
+    def _announce(self) -> None:
+        self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
+
     def _on_connected(self) -> None:
         self.buffer.reset_sent()
-        for job, payload in list(self._last_status.items())[-5:]:
-            self.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
-        self._wake.set()
+        self.jobs.republish()
+        self.jobs.wake()
 
     def _on_desired(self, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained message
-        self._want(DesiredState.decode(payload))
+        if payload:  # an empty payload clears a retained message
+            self.jobs.want(DesiredState.decode(payload))
 
     def _on_cmd(self, payload: bytes) -> None:
         cmd = Command.decode(payload)
@@ -254,142 +409,14 @@ class Agent:
         self._seen_cmds[cmd.id] = cmd.expires_at
         self._seen_cmds = {k: v for k, v in self._seen_cmds.items() if v >= now}
         if cmd.action == "deploy" and cmd.desired is not None:
-            self._want(cmd.desired)
+            self.jobs.want(cmd.desired)
         elif cmd.action == "rollback":
-            self.rollback()
+            self.rollback("command")
         elif cmd.action == "rebirth":
-            self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
+            self._announce()
 
     def _on_ack(self, payload: bytes) -> None:
         self.buffer.ack(Ack.decode(payload).seqs)
-
-    def _want(self, desired: DesiredState) -> None:
-        with self._lock:
-            current = self._current_job
-            if self._done_jobs.get(desired.job) in JobState.TERMINAL or (
-                    current is not None and current.job == desired.job):
-                return  # the command and the retained desired state both carry each job
-            self._wanted = desired
-        self._wake.set()
-
-    # -- jobs -------------------------------------------------------------------------
-    def _report(self, d: DesiredState, state: str, *, reason: str = "", detail: str = "",
-                progress: dict[str, Any] | None = None) -> None:
-        payload = JobStatus(job=d.job, deployment=d.deployment, state=state, ts=self.clock.time(),
-                            model=d.model, version=d.version, reason=reason, detail=detail[:500],
-                            progress=progress or {}).encode()
-        self._last_status[d.job] = payload
-        while len(self._last_status) > 20:
-            self._last_status.pop(next(iter(self._last_status)))
-        if state in JobState.TERMINAL:
-            self._done_jobs[d.job] = state
-        self.link.publish(DeviceTopic.JOB_STATUS, payload, job=d.job)
-
-    def _on_progress(self, file: str, done: int, total: int) -> None:
-        job = self._current_job
-        is_model = file.startswith("targets/") and not file.endswith("manifest.json")
-        every = self.config.chunk_bytes * 8  # report about every eight chunks
-        due = done == total or done % every < self.config.chunk_bytes
-        if job is not None and is_model and due:
-            self._report(job, JobState.DOWNLOADING, progress={"bytes": done, "total": total})
-
-    def _job_worker(self) -> None:
-        retry_at = 0.0
-        while not self._stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            with self._lock:
-                desired = self._wanted
-                if desired is None or time.monotonic() < retry_at:
-                    continue
-                self._current_job = desired
-            try:
-                self._apply(desired)
-                retry_at = 0.0
-            except FetchError as exc:
-                log.warning("job %s: %s; will retry", desired.job, exc)
-                self._report(desired, JobState.DOWNLOADING, reason=exc.reason, detail=str(exc))
-                retry_at = time.monotonic() + 5.0
-                continue
-            except EdgefleetError as exc:
-                log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
-                self._report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
-            except Exception as exc:  # never let a bad bundle kill the worker
-                log.exception("job %s crashed", desired.job)
-                self._report(desired, JobState.FAILED, reason="agent_error", detail=repr(exc))
-            finally:
-                with self._lock:
-                    self._current_job = None
-            with self._lock:
-                if self._wanted is not None and self._wanted.job == desired.job:
-                    self._wanted = None
-
-    def _apply(self, d: DesiredState) -> None:
-        active = self.active
-        if active is not None and (active.name, active.version) == (d.model, d.version):
-            self._report(d, JobState.HEALTHY, detail="already active")
-            return
-        self._report(d, JobState.DOWNLOADING)
-        bundle = self.updater.fetch(d.model, d.version)
-        self._report(d, JobState.VERIFYING)
-        m = bundle.manifest
-        if active is not None and active.name == m.name and m.version < active.version:
-            raise RollbackError(f"{m.name}:{m.version} is older than the installed "
-                                f"{active.name}:{active.version}")
-        self._check_compatible(m.runtime, m.compatibility)
-        self._report(d, JobState.INSTALLING)
-        installed = self.store.install(m, bundle.manifest_bytes, bundle.model_path)
-        runtime = load_runtime(m.runtime, installed.model_path,
-                               intra_op_threads=self.config.intra_op_threads)
-        self._smoke_test(installed, runtime)
-        self.store.activate(installed.ref)
-        self._active = _Loaded(installed, runtime)
-        self.updater.clear()
-        self._report(d, JobState.ACTIVATED)
-        state = self.store.read_state()
-        self.store.prune({r for r in state.values() if r is not None})
-        self._report(d, JobState.HEALTHY)
-        self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
-
-    def _check_compatible(self, runtime: str, compat: dict[str, Any]) -> None:
-        have = {r.split(":")[0] for r in available_runtimes()}
-        if runtime not in have:
-            raise CompatibilityError(f"runtime {runtime} is not installed on this device",
-                                     reason="runtime_unavailable")
-        classes = compat.get("hardware_classes") or []
-        if classes and self.config.hardware_class not in classes:
-            raise CompatibilityError(f"bundle is for {classes}, this device is "
-                                     f"{self.config.hardware_class}", reason="wrong_hardware")
-        need = str(compat.get("min_agent_version", "0"))
-        if _version_tuple(need) > _version_tuple(edgefleet.__version__):
-            raise CompatibilityError(f"bundle needs agent ≥ {need}", reason="agent_too_old")
-
-    def _smoke_test(self, installed: InstalledModel, runtime: Runtime) -> None:
-        smoke = installed.manifest.smoke_test
-        if not smoke:
-            return
-        spec = runtime.inputs[0]
-        from .runtime import V2_TO_NUMPY
-
-        x: np.ndarray = np.asarray(smoke["input"], dtype=V2_TO_NUMPY.get(spec.datatype, np.float32))
-        out = next(iter(runtime.run({spec.name: x}).values()))
-        expected = np.asarray(smoke["expected"], dtype=np.float64)
-        atol = float(smoke.get("atol", 1e-3))
-        if out.shape != expected.shape or not np.allclose(out, expected, atol=atol):
-            raise SmokeTestError("the model's output on its smoke-test sample is not the "
-                                 "expected one")
-
-    def rollback(self) -> ModelRef | None:
-        """Switch to the last known good model; returns it, or ``None`` if there is none."""
-        ref = self.store.rollback()
-        if ref is not None:
-            installed = self.store.get(ref)
-            assert installed is not None
-            self._active = _Loaded(installed, load_runtime(
-                installed.manifest.runtime, installed.model_path,
-                intra_op_threads=self.config.intra_op_threads))
-            self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
-        return ref
 
     # -- telemetry loop ---------------------------------------------------------------
     def _system_metrics(self) -> dict[str, float]:
@@ -402,11 +429,12 @@ class Agent:
             try:
                 self.tick()
             except Exception:
-                log.exception("telemetry loop error")
+                log.exception("agent loop error")
 
     def tick(self) -> None:
-        """Close due windows and publish unacked summaries (oldest first)."""
+        """Judge the health window, close due windows, publish unacked summaries."""
         now = self.clock.time()
+        self._check_trial(now)
         self.buffer.close_windows(now)
         if not self.link.connected.is_set():
             return

@@ -4,7 +4,7 @@ Layout under ``state_dir``::
 
     models/{name}/{version}-{sha12}/manifest.json + model file   complete installs only
     models/.staging-*/                                          in-progress installs
-    state.json                                                  {"active": …, "last_good": …}
+    state.json          {"active": …, "last_good": …, "trial": … while a health window runs}
 
 An install is written into a staging directory, fsynced, then renamed into place;
 ``state.json`` is replaced atomically. An agent killed at any instant therefore
@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edgefleet.contract import IntegrityError, Manifest, ModelRef, sha256_file
 from edgefleet.contract.files import atomic_write
@@ -102,24 +103,59 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
         return InstalledModel(manifest, final)
 
-    def activate(self, ref: ModelRef) -> None:
-        """Make ``ref`` active; the previously active model becomes last known good."""
+    def read_trial(self) -> dict[str, Any] | None:
+        """The health trial in progress (job, deployment, policy, attempts…), if any."""
+        try:
+            trial = json.loads(self.state_path.read_text()).get("trial")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return trial if isinstance(trial, dict) else None
+
+    def activate(self, ref: ModelRef, *, trial: dict[str, Any] | None = None) -> None:
+        """Make ``ref`` active; the previously active model becomes last known good.
+
+        Args:
+            trial: what to remember while the health window runs (cleared by ``commit``).
+        """
         state = self.read_state()
         previous = state["active"]
         last_good = previous if previous is not None and previous != ref else state["last_good"]
-        self._write(active=ref, last_good=last_good)
+        self._write(active=ref, last_good=last_good, trial=trial)
+
+    def update_trial(self, trial: dict[str, Any] | None) -> None:
+        state = self.read_state()
+        self._write(active=state["active"], last_good=state["last_good"], trial=trial)
+
+    def commit(self) -> None:
+        """The health window passed: forget the trial."""
+        self.update_trial(None)
 
     def rollback(self) -> ModelRef | None:
         """Switch back to the last known good model; returns it (``None`` if there is none)."""
         state = self.read_state()
         if state["last_good"] is None or self.get(state["last_good"]) is None:
             return None
-        self._write(active=state["last_good"], last_good=state["active"])
+        self._write(active=state["last_good"], last_good=state["active"], trial=None)
         return state["last_good"]
 
-    def _write(self, *, active: ModelRef | None, last_good: ModelRef | None) -> None:
+    def find(self, name: str, version: int) -> InstalledModel | None:
+        """Any complete install of ``name:version`` on this device."""
+        for d in sorted((self.root / name).glob(f"{version}-*")):
+            sha_prefix = d.name.split("-", 1)[1]
+            try:
+                manifest = Manifest.decode((d / "manifest.json").read_bytes())
+            except (FileNotFoundError, ValueError):
+                continue
+            if manifest.model_sha256.startswith(sha_prefix):
+                found = self.get(ModelRef(name, version, manifest.model_sha256))
+                if found is not None:
+                    return found
+        return None
+
+    def _write(self, *, active: ModelRef | None, last_good: ModelRef | None,
+               trial: dict[str, Any] | None = None) -> None:
         data = {"active": active.to_dict() if active else None,
-                "last_good": last_good.to_dict() if last_good else None}
+                "last_good": last_good.to_dict() if last_good else None, "trial": trial}
         atomic_write(self.state_path, json.dumps(data, indent=2).encode())
 
     def prune(self, keep: set[ModelRef]) -> int:

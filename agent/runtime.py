@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgefleet.contract import InputError, ModelLoadError, TensorSpec
+from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
 
 __all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]
 
@@ -80,13 +80,14 @@ class OnnxRuntime:
 
         Raises:
             InputError: the feeds do not match the model's signature.
-            ModelError: the runtime failed on valid-looking input.
+            ModelError: the runtime failed on input that matches the signature.
         """
         check_feeds(self.inputs, feeds)
         try:
             results = self._session.run(self._output_names, feeds)
         except Exception as exc:
-            raise InputError(f"the model could not run on this input: {exc}") from exc
+            raise ModelError(f"the model failed on this input: {exc}",
+                             reason="inference_failed") from exc
         return dict(zip(self._output_names, results, strict=True))
 
     def run_unchecked(self, feeds: dict[str, np.ndarray]) -> list[Any]:

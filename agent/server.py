@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": str(exc)})
             return
         except ModelError as exc:
-            status = 404 if exc.reason == "unknown_model" else 503
+            status = {"unknown_model": 404, "no_model": 503}.get(exc.reason, 500)
             self._send(status, {"error": str(exc)})
             return
         except EdgefleetError as exc:

@@ -45,7 +45,8 @@ Record = tuple[float, str, int, float, int, str | None]
 
 
 def summarize(rows: list[tuple[str, int, float, int, str | None]], *, seq: int, start: float,
-              end: float, system: dict[str, float]) -> Summary:
+              end: float, system: dict[str, float],
+              shadow: dict[str, Any] | None = None) -> Summary:
     """Build one window's summary from its ``(model, version, latency_ms, ok, top)`` rows."""
     latencies = np.array([r[2] for r in rows], dtype=np.float64)
     errors = sum(1 for r in rows if not r[3])
@@ -59,7 +60,8 @@ def summarize(rows: list[tuple[str, int, float, int, str | None]], *, seq: int, 
         pct["max"] = round(float(latencies.max()), 4)
     return Summary(seq=seq, window_start=start, window_end=end, count=len(rows), errors=errors,
                    model=model, version=version, latency_ms=pct,
-                   predictions={str(k): v for k, v in sorted(preds.items())}, system=system)
+                   predictions={str(k): v for k, v in sorted(preds.items())}, system=system,
+                   shadow=shadow or {})
 
 
 class TelemetryBuffer:
@@ -71,15 +73,18 @@ class TelemetryBuffer:
         queue_max: bound of the in-memory queue between inference and the writer.
         max_raw_rows: raw records kept; the oldest are evicted (and counted) beyond it.
         system_metrics: called when a window closes, returns CPU/RAM figures.
+        shadow_stats: called when a window closes, returns (and resets) shadow figures.
     """
 
     def __init__(self, path: Path, *, window_s: float = 60.0, queue_max: int = 10_000,
                  max_raw_rows: int = 200_000,
-                 system_metrics: Callable[[], dict[str, float]] | None = None) -> None:
+                 system_metrics: Callable[[], dict[str, float]] | None = None,
+                 shadow_stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.path = path
         self.window_s = window_s
         self.max_raw_rows = max_raw_rows
         self._system = system_metrics or (lambda: {})
+        self._shadow_stats = shadow_stats or (lambda: {})
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_max)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -210,8 +215,10 @@ class TelemetryBuffer:
                         "WHERE ts >= ? AND ts < ? ORDER BY id", (start, start + w)).fetchall()
                     if rows:
                         seq = int(self._get("next_seq") or 1)
+                        last = start + 2 * w > now  # the newest window gets the shadow figures
                         summary = summarize(rows, seq=seq, start=start, end=start + w,
-                                            system=self._system())
+                                            system=self._system(),
+                                            shadow=self._shadow_stats() if last else None)
                         self._db.execute(
                             "INSERT INTO summaries(seq, window_end, payload) VALUES (?,?,?)",
                             (seq, start + w, json.dumps(summary.to_dict())))

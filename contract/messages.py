@@ -180,6 +180,20 @@ class DesiredState(Message):
     version: int
     manifest: str
     issued_at: float
+    # "active": install and serve; "shadow": install beside the active model, run it on
+    # a sample of live inputs, never serve it.
+    mode: str = "active"
+    # A controller-ordered rollback may go to an older version (normally refused).
+    allow_downgrade: bool = False
+    # On-device health window after activation (see agent.health.HealthPolicy).
+    health: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shadow_sample: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("active", "shadow"):
+            raise ValueError(f"unknown mode {self.mode!r}")
+        if not 0.0 <= self.shadow_sample <= 1.0:
+            raise ValueError("shadow_sample must be within 0..1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,11 +275,14 @@ class JobState:
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     INSTALLING = "installing"
-    ACTIVATED = "activated"
-    HEALTHY = "healthy"
-    FAILED = "failed"
-    TERMINAL = frozenset({"healthy", "failed"})
-    ALL = frozenset({"downloading", "verifying", "installing", "activated", "healthy", "failed"})
+    ACTIVATED = "activated"  # switched; watching the health window
+    HEALTHY = "healthy"  # the health window passed
+    FAILED = "failed"  # never switched (download, trust, smoke test…)
+    ROLLED_BACK = "rolled_back"  # switched, then went back to the last known good model
+    SHADOWING = "shadowing"  # installed beside the active model, running on samples
+    TERMINAL = frozenset({"healthy", "failed", "rolled_back"})
+    ALL = frozenset({"downloading", "verifying", "installing", "activated", "healthy", "failed",
+                     "rolled_back", "shadowing"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +319,9 @@ class Summary(Message):
     predictions: dict[str, int] = dataclasses.field(default_factory=dict)
     system: dict[str, float] = dataclasses.field(default_factory=dict)
     historical: bool = False
+    # shadow runs in this window: {model, version, samples, agree, distance_sum,
+    # candidate_ms_sum, active_ms_sum, dropped}
+    shadow: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.seq < 1 or self.count < 0 or self.errors < 0:

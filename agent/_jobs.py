@@ -1,0 +1,207 @@
+"""Applying desired state: download → verify → install → smoke test → switch or shadow.
+
+One worker thread takes the newest desired state and applies it; every step is
+reported as a job status. A job whose status could not be published (offline) is
+published again on the next connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import edgefleet
+from edgefleet.contract import (
+    CompatibilityError,
+    DesiredState,
+    DeviceTopic,
+    EdgefleetError,
+    FetchError,
+    JobState,
+    JobStatus,
+    RollbackError,
+    SmokeTestError,
+)
+
+from .models import InstalledModel
+from .runtime import V2_TO_NUMPY, Runtime, available_runtimes, load_runtime
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+__all__ = ["JobRunner", "smoke_test"]
+
+log = logging.getLogger(__name__)
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split(".") if p.isdigit())
+
+
+def smoke_test(installed: InstalledModel, runtime: Runtime) -> None:
+    """Run the bundle's smoke-test sample and compare with its expected output and labels.
+
+    Raises:
+        SmokeTestError: output not finite, not the expected one, or too few labels right.
+    """
+    smoke = installed.manifest.smoke_test
+    if not smoke:
+        return
+    spec = runtime.inputs[0]
+    x: np.ndarray = np.asarray(smoke["input"], dtype=V2_TO_NUMPY.get(spec.datatype, np.float32))
+    out = next(iter(runtime.run({spec.name: x}).values()))
+    if not np.all(np.isfinite(out)):
+        raise SmokeTestError("the model's smoke-test output is not finite")
+    if "expected" in smoke:
+        expected = np.asarray(smoke["expected"], dtype=np.float64)
+        atol = float(smoke.get("atol", 1e-3))
+        if out.shape != expected.shape or not np.allclose(out, expected, atol=atol):
+            raise SmokeTestError("the model's smoke-test output is not the expected one")
+    if "labels" in smoke and out.ndim == 2:
+        labels = np.asarray(smoke["labels"])
+        hits = float(np.mean(out.argmax(axis=1) == labels))
+        if hits < float(smoke.get("min_accuracy", 0.0)):
+            raise SmokeTestError(f"smoke-test accuracy {hits:.2f} is below "
+                                 f"{smoke['min_accuracy']}")
+
+
+class JobRunner:
+    """Applies desired states for one agent, one at a time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._wanted: DesiredState | None = None
+        self.current: DesiredState | None = None
+        self.done: dict[str, str] = {}  # job id → terminal state
+        self._last_status: dict[str, bytes] = {}
+
+    # -- intake -------------------------------------------------------------------------
+    def want(self, desired: DesiredState) -> None:
+        with self._lock:
+            current = self.current
+            if self.done.get(desired.job) in JobState.TERMINAL or (
+                    current is not None and current.job == desired.job):
+                return  # the command and the retained desired state both carry each job
+            self._wanted = desired
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- reporting ----------------------------------------------------------------------
+    def report(self, d: DesiredState, state: str, *, reason: str = "", detail: str = "",
+               progress: dict[str, Any] | None = None) -> None:
+        payload = JobStatus(job=d.job, deployment=d.deployment, state=state,
+                            ts=self.agent.clock.time(), model=d.model, version=d.version,
+                            reason=reason, detail=detail[:500], progress=progress or {}).encode()
+        self._last_status[d.job] = payload
+        while len(self._last_status) > 20:
+            self._last_status.pop(next(iter(self._last_status)))
+        if state in JobState.TERMINAL:
+            self.done[d.job] = state
+        self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=d.job)
+
+    def republish(self) -> None:
+        """After a reconnect: the latest status of recent jobs, in case they were lost."""
+        for job, payload in list(self._last_status.items())[-5:]:
+            self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
+
+    def on_progress(self, file: str, done: int, total: int) -> None:
+        job = self.current
+        cfg = self.agent.config
+        is_model = file.startswith("targets/") and not file.endswith("manifest.json")
+        due = done == total or done % (cfg.chunk_bytes * 8) < cfg.chunk_bytes
+        if job is not None and is_model and due:
+            self.report(job, JobState.DOWNLOADING, progress={"bytes": done, "total": total})
+
+    # -- worker -------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        retry_at = 0.0
+        while not stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            with self._lock:
+                desired = self._wanted
+                if desired is None or time.monotonic() < retry_at:
+                    continue
+                self.current = desired
+            try:
+                self._apply(desired)
+                retry_at = 0.0
+            except FetchError as exc:
+                log.warning("job %s: %s; will retry", desired.job, exc)
+                self.report(desired, JobState.DOWNLOADING, reason=exc.reason, detail=str(exc))
+                retry_at = time.monotonic() + 5.0
+                continue
+            except EdgefleetError as exc:
+                log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
+                self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
+            except Exception as exc:  # never let a bad bundle kill the worker
+                log.exception("job %s crashed", desired.job)
+                self.report(desired, JobState.FAILED, reason="agent_error", detail=repr(exc))
+            finally:
+                with self._lock:
+                    self.current = None
+            with self._lock:
+                if self._wanted is not None and self._wanted.job == desired.job:
+                    self._wanted = None
+
+    def _apply(self, d: DesiredState) -> None:
+        agent = self.agent
+        active = agent.active
+        if d.mode == "active" and active is not None and (active.name, active.version) == (
+                d.model, d.version):
+            agent.stop_shadow()
+            self.report(d, JobState.HEALTHY, detail="already active")
+            return
+        shadow = agent.shadow_ref
+        if d.mode == "shadow" and shadow is not None and (shadow.name, shadow.version) == (
+                d.model, d.version):
+            self.report(d, JobState.SHADOWING, detail="already shadowing")
+            return
+        if d.allow_downgrade:  # a controller-ordered rollback: prefer what is on disk
+            local = agent.store.find(d.model, d.version)
+            if local is not None:
+                agent.switch_to(local, d, reason="rollback")
+                return
+        self.report(d, JobState.DOWNLOADING)
+        bundle = agent.updater.fetch(d.model, d.version)
+        self.report(d, JobState.VERIFYING)
+        m = bundle.manifest
+        if (active is not None and active.name == m.name and m.version < active.version
+                and not d.allow_downgrade):
+            raise RollbackError(f"{m.name}:{m.version} is older than the installed "
+                                f"{active.name}:{active.version}")
+        self.check_compatible(m.runtime, m.compatibility)
+        self.report(d, JobState.INSTALLING)
+        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path)
+        agent.updater.clear()
+        runtime = load_runtime(m.runtime, installed.model_path,
+                               intra_op_threads=agent.config.intra_op_threads)
+        smoke_test(installed, runtime)
+        if d.mode == "shadow":
+            agent.start_shadow(installed, runtime, d.shadow_sample or 0.1)
+            self.report(d, JobState.SHADOWING)
+            return
+        agent.activate(installed, runtime, d)
+
+    def check_compatible(self, runtime: str, compat: dict[str, Any]) -> None:
+        """Raises: CompatibilityError naming what does not fit this device."""
+        have = {r.split(":")[0] for r in available_runtimes()}
+        if runtime not in have:
+            raise CompatibilityError(f"runtime {runtime} is not installed on this device",
+                                     reason="runtime_unavailable")
+        classes = compat.get("hardware_classes") or []
+        if classes and self.agent.config.hardware_class not in classes:
+            raise CompatibilityError(f"bundle is for {classes}, this device is "
+                                     f"{self.agent.config.hardware_class}",
+                                     reason="wrong_hardware")
+        need = str(compat.get("min_agent_version", "0"))
+        if _version_tuple(need) > _version_tuple(edgefleet.__version__):
+            raise CompatibilityError(f"bundle needs agent ≥ {need}", reason="agent_too_old")
