@@ -24,7 +24,6 @@ from edgefleet.contract import (
     DesiredState,
     DeviceTopic,
     FetchRequest,
-    JobState,
     JobStatus,
     MessageError,
     NotFoundError,
@@ -34,12 +33,14 @@ from edgefleet.contract import (
 from edgefleet.contract.topics import valid_device_id
 
 from ._mqtt import ControllerLink
+from .orchestrator import Orchestrator
 from .registry import Registry
+from .rollout import RolloutPolicy, needs_redrive
 from .settings import Settings
 from .signing import TrustRepository
 from .store import Store
 
-__all__ = ["FleetController", "deployment_state", "select_devices"]
+__all__ = ["FleetController", "select_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,6 @@ def select_devices(devices: list[dict[str, Any]], *, ids: list[str] | None,
     return sorted(chosen)
 
 
-def deployment_state(job_states: list[str]) -> str:
-    """``running`` until every job is terminal, then ``succeeded``/``failed``/``partial``."""
-    if not job_states or any(s not in JobState.TERMINAL for s in job_states):
-        return "running"
-    healthy = sum(s == JobState.HEALTHY for s in job_states)
-    if healthy == len(job_states):
-        return "succeeded"
-    return "failed" if healthy == 0 else "partial"
-
-
 class FleetController:
     """Everything the controller does, behind the HTTP API and the CLI.
 
@@ -84,6 +75,8 @@ class FleetController:
         self.repo = TrustRepository(settings.data_dir / "repo", settings.keys_dir,
                                     clock=self.clock)
         self.registry = Registry(self.store, self.repo, settings.data_dir / "models")
+        self.orchestrator = Orchestrator(self.store, self._publish_desired,
+                                         self.registry.ensure_bundle, clock=self.clock)
         self.broker: Any = None
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
@@ -91,6 +84,7 @@ class FleetController:
                          "malformed": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._rollouts: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the embedded broker if no broker URL was given, then connect.
@@ -109,9 +103,15 @@ class FleetController:
         self._refresher = threading.Thread(target=self._refresh_loop, name="trust-refresh",
                                            daemon=True)
         self._refresher.start()
+        self._rollouts = threading.Thread(
+            target=self.orchestrator.run, args=(self._stop, self.settings.rollout_tick_s),
+            name="rollouts", daemon=True)
+        self._rollouts.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._rollouts is not None:
+            self._rollouts.join(5.0)
         if self.link is not None:
             self.link.stop()
         if self.broker is not None:
@@ -148,19 +148,41 @@ class FleetController:
             agent_version=birth.agent_version, hw=hw, tags=tags, api_url=birth.api_url,
             active=birth.active.to_dict() if birth.active else None,
             last_good=birth.last_good.to_dict() if birth.last_good else None)
+        self._reconcile(device, birth)
+
+    def _reconcile(self, device: str, birth: Birth) -> None:
+        """Re-drive the desired state when a device reports something else."""
+        want = self.store.get_desired(device)
+        if want is None:
+            return
+        job_state = None
+        try:
+            dep = self.store.get_deployment(want["deployment"])
+            job_state = next((j["state"] for j in dep["jobs"]
+                              if j["device"] == device and j["job"] == want["job"]), None)
+        except NotFoundError:
+            pass
+        reported = (birth.active.name, birth.active.version) if birth.active else None
+        if needs_redrive(desired_model=want["model"], desired_version=want["version"],
+                         mode=want["mode"], reported=reported, job_state=job_state):
+            assert self.link is not None
+            self.link.publish(device, DeviceTopic.DESIRED,
+                              DesiredState(**want["payload"]).encode(), retain=True)
 
     def _on_status(self, device: str, status: JobStatus) -> None:
-        fields: dict[str, Any] = {"state": status.state, "reason": status.reason,
-                                  "detail": status.detail}
+        state = status.state
+        if status.job.endswith(".rb"):  # a rollback job: where the device ends up
+            state = {"healthy": "reverted", "failed": "revert_failed",
+                     "rolled_back": "reverted"}.get(state, "reverting")
+        elif status.job.endswith(".s"):
+            state = "shadow_stopped"
+        fields: dict[str, Any] = {"state": state}
+        if not status.job.endswith(".rb"):  # a rollback keeps the reason it was needed
+            fields.update(reason=status.reason, detail=status.detail)
         if status.progress:
             fields["progress"] = status.progress
-        if not self.store.update_job(status.deployment, device, **fields):
-            log.info("status for unknown job %s on %s ignored", status.deployment, device)
-            return
-        dep = self.store.get_deployment(status.deployment)
-        state = deployment_state([j["state"] for j in dep["jobs"]])
-        if state != dep["state"]:
-            self.store.set_deployment_state(status.deployment, state)
+        if not self.store.update_job(status.deployment, device, only_job=status.job, **fields):
+            log.info("status for job %s on %s is not current; ignored", status.job, device)
 
     def _on_summary(self, device: str, summary: Summary) -> None:
         if self.store.add_summary(device, summary.to_dict()):
@@ -184,9 +206,20 @@ class FleetController:
         self.link.publish(device, DeviceTopic.FETCH_RESP, resp.encode())
 
     # -- operations (API workers) -------------------------------------------------------
+    def _publish_desired(self, device: str, desired: DesiredState) -> None:
+        """Record and send one device's desired state (retained) plus a deploy command."""
+        self.store.set_desired(device, desired.to_dict())
+        assert self.link is not None
+        self.link.publish(device, DeviceTopic.DESIRED, desired.encode(), retain=True)
+        now = self.clock.time()
+        cmd = Command(id=secrets.token_hex(8), action="deploy", issued_at=now,
+                      expires_at=now + self.settings.command_ttl_s, desired=desired)
+        self.link.publish(device, DeviceTopic.CMD, cmd.encode())
+
     def deploy(self, model: str, version: int, *, devices: list[str] | None = None,
-               selector: dict[str, str] | None = None, created_by: str = "admin") -> dict[str, Any]:
-        """Sign the bundle if needed and send every target device its desired state.
+               selector: dict[str, str] | None = None, created_by: str = "admin",
+               policy: RolloutPolicy | None = None) -> dict[str, Any]:
+        """Create a deployment; the orchestrator sends desired states wave by wave.
 
         Raises:
             NotFoundError: unknown model version.
@@ -199,16 +232,7 @@ class FleetController:
         targets = select_devices(self.store.list_devices(), ids=devices, selector=selector)
         if not targets:
             raise ValueError("no device matches this deployment's target")
-        manifest = self.registry.ensure_bundle(model, version)
+        self.registry.ensure_bundle(model, version)
         dep_id = f"dep-{int(self.clock.time())}-{secrets.token_hex(3)}"
-        self.store.add_deployment(dep_id, model, version, targets, created_by)
-        now = self.clock.time()
-        desired = DesiredState(deployment=dep_id, job=dep_id, model=model, version=version,
-                               manifest=manifest, issued_at=now)
-        assert self.link is not None
-        for device in targets:
-            self.link.publish(device, DeviceTopic.DESIRED, desired.encode(), retain=True)
-            cmd = Command(id=secrets.token_hex(8), action="deploy", issued_at=now,
-                          expires_at=now + self.settings.command_ttl_s, desired=desired)
-            self.link.publish(device, DeviceTopic.CMD, cmd.encode())
-        return self.store.get_deployment(dep_id)
+        return self.orchestrator.create(dep_id, model, version, targets,
+                                        policy or RolloutPolicy(), created_by)

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     client_id: str = "edgefleet-controller"
     command_ttl_s: float = 3600.0
     trust_refresh_interval_s: float = 300.0
+    rollout_tick_s: float = 0.5
     max_upload_bytes: int = 200 * 1024 * 1024
 
     @field_validator("broker_url")

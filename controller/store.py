@@ -1,13 +1,14 @@
-"""The controller's store: SQLAlchemy Core tables (SQLite by default, PostgreSQL-ready).
+"""The controller's store: data access over SQLAlchemy Core (SQLite default, PostgreSQL-ready).
 
-Pure data access; decisions live in the service. Every method opens its own short
-transaction, so the store can be shared by the API workers and the MQTT thread.
+Pure data access; decisions live in ``rollout`` and the services. Every method opens
+its own short transaction, so the store can be shared by the API workers, the MQTT
+thread and the orchestrator.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,83 +16,18 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.contract import NotFoundError
 
+from ._tables import deployments, desired, devices, events, jobs, migrate, models, telemetry
+from .rollout import CohortMetrics, ShadowMetrics
+
 __all__ = ["Store"]
-
-meta = sa.MetaData()
-
-models = sa.Table(
-    "model_versions", meta,
-    sa.Column("name", sa.String(128), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("parent", sa.Integer, nullable=True),
-    sa.Column("variant", sa.String(32), nullable=False, default="fp32"),
-    sa.Column("runtime", sa.String(32), nullable=False, default="onnxruntime"),
-    sa.Column("file", sa.String(512), nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("size_bytes", sa.BigInteger, nullable=False),
-    sa.Column("signature", sa.JSON, nullable=False),
-    sa.Column("labels", sa.JSON, nullable=False),
-    sa.Column("metrics", sa.JSON, nullable=False),
-    sa.Column("report", sa.JSON, nullable=True),
-    sa.Column("bundled", sa.Boolean, nullable=False, default=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-devices = sa.Table(
-    "devices", meta,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("online", sa.Boolean, nullable=False, default=False),
-    sa.Column("bd_seq", sa.Integer, nullable=False, default=0),
-    sa.Column("last_seen", sa.Float, nullable=True),
-    sa.Column("agent_version", sa.String(32), nullable=True),
-    sa.Column("active", sa.JSON, nullable=True),
-    sa.Column("last_good", sa.JSON, nullable=True),
-    sa.Column("hw", sa.JSON, nullable=False, default=dict),
-    sa.Column("tags", sa.JSON, nullable=False, default=dict),
-    sa.Column("api_url", sa.String(256), nullable=True),
-)
-deployments = sa.Table(
-    "deployments", meta,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("model", sa.String(128), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("created_by", sa.String(64), nullable=False, default="admin"),
-)
-jobs = sa.Table(
-    "jobs", meta,
-    sa.Column("deployment", sa.String(64), primary_key=True),
-    sa.Column("device", sa.String(64), primary_key=True),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("reason", sa.String(64), nullable=False, default=""),
-    sa.Column("detail", sa.Text, nullable=False, default=""),
-    sa.Column("progress", sa.JSON, nullable=False, default=dict),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
-telemetry = sa.Table(
-    "telemetry", meta,
-    sa.Column("device", sa.String(64), primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("window_start", sa.Float, nullable=False),
-    sa.Column("window_end", sa.Float, nullable=False),
-    sa.Column("historical", sa.Boolean, nullable=False),
-    sa.Column("model", sa.String(128), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("errors", sa.Integer, nullable=False),
-    sa.Column("payload", sa.JSON, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-)
-schema_info = sa.Table(
-    "schema_info", meta,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.Float, nullable=False),
-)
-SCHEMA_VERSION = 1
 
 
 def _row(r: sa.Row[Any] | None) -> dict[str, Any] | None:
     return dict(r._mapping) if r is not None else None
+
+
+def _rows(result: Iterable[sa.Row[Any]]) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in result]
 
 
 class Store:
@@ -112,10 +48,7 @@ class Store:
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
                 dbapi_conn.execute("PRAGMA synchronous=NORMAL")
         with self.engine.begin() as c:
-            meta.create_all(c)
-            if c.execute(sa.select(sa.func.max(schema_info.c.version))).scalar() is None:
-                c.execute(schema_info.insert().values(version=SCHEMA_VERSION,
-                                                      applied_at=time.time()))
+            self.schema_version = migrate(c)
 
     # -- models -----------------------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
@@ -145,8 +78,7 @@ class Store:
 
     def list_models(self) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(models).order_by(models.c.name, models.c.version))
-            return [dict(r._mapping) for r in rows]
+            return _rows(c.execute(sa.select(models).order_by(models.c.name, models.c.version)))
 
     def mark_bundled(self, name: str, version: int) -> None:
         with self.engine.begin() as c:
@@ -181,46 +113,82 @@ class Store:
 
     def list_devices(self) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(sa.select(devices).order_by(devices.c.id))]
+            return _rows(c.execute(sa.select(devices).order_by(devices.c.id)))
 
     # -- deployments ------------------------------------------------------------------
-    def add_deployment(self, dep_id: str, model: str, version: int, targets: list[str],
-                       created_by: str) -> None:
+    def add_deployment(self, dep_id: str, model: str, version: int, *, strategy: str,
+                       policy: dict[str, Any], plan: dict[str, Any],
+                       targets: list[dict[str, Any]], created_by: str) -> None:
+        """Insert a deployment and one job row per target (``device``, ``wave``, ``arm``…)."""
         now = time.time()
         with self.engine.begin() as c:
-            c.execute(deployments.insert().values(id=dep_id, model=model, version=version,
-                                                  state="running", created_at=now,
-                                                  created_by=created_by))
+            c.execute(deployments.insert().values(
+                id=dep_id, model=model, version=version, state="running", created_at=now,
+                created_by=created_by, strategy=strategy, policy=policy, plan=plan,
+                phase="start", wave=-1, phase_started_at=now, updated_at=now))
             if targets:
                 c.execute(jobs.insert(), [
-                    {"deployment": dep_id, "device": d, "state": "pending", "reason": "",
-                     "detail": "", "progress": {}, "updated_at": now} for d in targets])
+                    {"deployment": dep_id, "state": "pending", "reason": "", "detail": "",
+                     "progress": {}, "updated_at": now, "job": None, **t} for t in targets])
 
-    def get_deployment(self, dep_id: str) -> dict[str, Any]:
+    def get_deployment(self, dep_id: str, *, with_events: bool = False) -> dict[str, Any]:
         """Raises: NotFoundError."""
         with self.engine.connect() as c:
             row = _row(c.execute(sa.select(deployments).where(deployments.c.id == dep_id)).first())
             if row is None:
                 raise NotFoundError(f"no deployment {dep_id}")
-            row["jobs"] = [dict(r._mapping) for r in c.execute(
-                sa.select(jobs).where(jobs.c.deployment == dep_id).order_by(jobs.c.device))]
+            row["jobs"] = _rows(c.execute(
+                sa.select(jobs).where(jobs.c.deployment == dep_id).order_by(jobs.c.device)))
+            if with_events:
+                row["events"] = _rows(c.execute(sa.select(events).where(
+                    events.c.deployment == dep_id).order_by(events.c.id)))
         return row
 
-    def list_deployments(self) -> list[dict[str, Any]]:
+    def list_deployments(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        q = sa.select(deployments).order_by(deployments.c.created_at)
+        if states is not None:
+            q = q.where(deployments.c.state.in_(list(states)))
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(
-                sa.select(deployments).order_by(deployments.c.created_at))]
+            return _rows(c.execute(q))
 
-    def update_job(self, dep_id: str, device: str, **values: Any) -> bool:
+    def update_deployment(self, dep_id: str, **values: Any) -> None:
         with self.engine.begin() as c:
-            res = c.execute(jobs.update().where(jobs.c.deployment == dep_id,
-                                                jobs.c.device == device)
-                            .values(updated_at=time.time(), **values))
-            return bool(res.rowcount)
+            c.execute(deployments.update().where(deployments.c.id == dep_id)
+                      .values(updated_at=time.time(), **values))
 
-    def set_deployment_state(self, dep_id: str, state: str) -> None:
+    def update_job(self, dep_id: str, device: str, *, only_job: str | None = None,
+                   **values: Any) -> bool:
+        """Update a job row; with ``only_job``, only while that device-side job is in force."""
+        q = jobs.update().where(jobs.c.deployment == dep_id, jobs.c.device == device)
+        if only_job is not None:
+            q = q.where(jobs.c.job == only_job)
         with self.engine.begin() as c:
-            c.execute(deployments.update().where(deployments.c.id == dep_id).values(state=state))
+            return bool(c.execute(q.values(updated_at=time.time(), **values)).rowcount)
+
+    def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
+        with self.engine.begin() as c:
+            c.execute(events.insert().values(deployment=dep_id, ts=time.time(), actor=actor,
+                                             kind=kind, detail=detail))
+
+    def events(self, dep_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return _rows(c.execute(sa.select(events).where(events.c.deployment == dep_id)
+                                   .order_by(events.c.id)))
+
+    # -- desired state ----------------------------------------------------------------
+    def set_desired(self, device: str, payload: dict[str, Any]) -> None:
+        values = {"deployment": payload["deployment"], "job": payload["job"],
+                  "model": payload["model"], "version": payload["version"],
+                  "mode": payload.get("mode", "active"), "payload": payload,
+                  "updated_at": time.time()}
+        with self.engine.begin() as c:
+            if c.execute(desired.update().where(desired.c.device == device)
+                         .values(**values)).rowcount == 0:
+                c.execute(desired.insert().values(device=device, **values))
+
+    def get_desired(self, device: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(sa.select(desired).where(desired.c.device == device)).first())
 
     # -- telemetry --------------------------------------------------------------------
     def add_summary(self, device: str, summary: dict[str, Any]) -> bool:
@@ -241,14 +209,51 @@ class Store:
         if device is not None:
             q = q.where(telemetry.c.device == device)
         with self.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q)]
+            return _rows(c.execute(q))
+
+    def _window_rows(self, devices_: list[str], since: float,
+                     version: int | None = None, model: str | None = None) -> list[Any]:
+        if not devices_:
+            return []
+        q = sa.select(telemetry.c.count, telemetry.c.errors, telemetry.c.payload).where(
+            telemetry.c.device.in_(devices_), telemetry.c.received_at >= since)
+        if version is not None:
+            q = q.where(telemetry.c.version == version)
+        if model is not None:
+            q = q.where(telemetry.c.model == model)
+        with self.engine.connect() as c:
+            return list(c.execute(q))
+
+    def cohort_metrics(self, devices_: list[str], model: str, version: int,
+                       since: float) -> CohortMetrics:
+        """Inferences, errors and a count-weighted p95 of a cohort on one version.
+
+        The p95 is the count-weighted mean of the windows' p95s — an approximation
+        until summaries carry mergeable sketches.
+        """
+        count = errors = 0
+        weighted = 0.0
+        for n, e, payload in self._window_rows(devices_, since, version, model):
+            count += n
+            errors += e
+            p = (payload.get("latency_ms") or {}).get("p95")
+            if p is not None:
+                weighted += p * n
+        return CohortMetrics(count, errors, weighted / count if count else None)
+
+    def shadow_metrics(self, devices_: list[str], model: str, version: int,
+                       since: float) -> ShadowMetrics:
+        totals = {"samples": 0, "agree": 0, "distance_sum": 0.0, "candidate_ms_sum": 0.0,
+                  "active_ms_sum": 0.0}
+        for _n, _e, payload in self._window_rows(devices_, since):
+            sh = payload.get("shadow") or {}
+            if sh.get("model") == model and sh.get("version") == version:
+                for k in totals:
+                    totals[k] += sh.get(k, 0)
+        return ShadowMetrics(**totals)  # type: ignore[arg-type]
 
     def telemetry_counts(self) -> dict[str, int]:
         with self.engine.connect() as c:
             rows = c.execute(sa.select(telemetry.c.device, sa.func.count())
                              .group_by(telemetry.c.device))
             return {r[0]: r[1] for r in rows}
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str)

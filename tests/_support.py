@@ -22,10 +22,16 @@ def register_digits(ctl: FleetController, model: Path | None = None) -> dict[str
         calibration_npz=(ASSETS / "calibration.npz").read_bytes())
 
 
-def wait_deployment(ctl: FleetController, dep_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    """Wait until a deployment has left ``running``; return it."""
-    wait_until(lambda: ctl.store.get_deployment(dep_id)["state"] != "running", timeout_s)
-    return ctl.store.get_deployment(dep_id)
+def wait_deployment(ctl: FleetController, dep_id: str, timeout_s: float = 60,
+                    states: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Wait until a deployment has finished (or reached one of ``states``); return it."""
+    from edgefleet.controller.orchestrator import ACTIVE
+
+    def done() -> bool:
+        state = ctl.store.get_deployment(dep_id)["state"]
+        return state in states if states else state not in ACTIVE
+    wait_until(done, timeout_s)
+    return ctl.store.get_deployment(dep_id, with_events=True)
 
 
 def wait_devices_known(ctl: FleetController, ids: list[str], timeout_s: float = 10) -> None:

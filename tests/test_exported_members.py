@@ -22,8 +22,8 @@ PUBLIC = {
         "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes", "load_config",
         "summarize"},
     "edgefleet.controller": {
-        "FleetController", "Settings", "Store", "TrustExpiry", "TrustRepository",
-        "deployment_state", "init_keys", "select_devices"},
+        "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
+        "TrustRepository", "init_keys", "select_devices"},
 }
 
 

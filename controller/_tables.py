@@ -1,0 +1,159 @@
+"""The controller's tables and their migrations (SQLAlchemy Core, SQLite or PostgreSQL).
+
+The schema carries a version in ``schema_info``; ``migrate`` brings an older store up
+to date in one transaction together with the record that it ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+__all__ = ["SCHEMA_VERSION", "deployments", "desired", "devices", "events", "jobs", "meta",
+           "migrate", "models", "telemetry"]
+
+meta = sa.MetaData()
+
+models = sa.Table(
+    "model_versions", meta,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("parent", sa.Integer, nullable=True),
+    sa.Column("variant", sa.String(32), nullable=False, default="fp32"),
+    sa.Column("runtime", sa.String(32), nullable=False, default="onnxruntime"),
+    sa.Column("file", sa.String(512), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("report", sa.JSON, nullable=True),
+    sa.Column("bundled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+devices = sa.Table(
+    "devices", meta,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("online", sa.Boolean, nullable=False, default=False),
+    sa.Column("bd_seq", sa.BigInteger, nullable=False, default=0),
+    sa.Column("last_seen", sa.Float, nullable=True),
+    sa.Column("agent_version", sa.String(32), nullable=True),
+    sa.Column("active", sa.JSON, nullable=True),
+    sa.Column("last_good", sa.JSON, nullable=True),
+    sa.Column("hw", sa.JSON, nullable=False, default=dict),
+    sa.Column("tags", sa.JSON, nullable=False, default=dict),
+    sa.Column("api_url", sa.String(256), nullable=True),
+)
+deployments = sa.Table(
+    "deployments", meta,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False, default="admin"),
+    sa.Column("strategy", sa.String(32), nullable=False, server_default="all-at-once"),
+    sa.Column("policy", sa.JSON, nullable=True),
+    sa.Column("plan", sa.JSON, nullable=True),
+    sa.Column("phase", sa.String(32), nullable=False, server_default="waves"),
+    sa.Column("wave", sa.Integer, nullable=False, server_default="-1"),
+    sa.Column("phase_started_at", sa.Float, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=True),
+)
+jobs = sa.Table(
+    "jobs", meta,
+    sa.Column("deployment", sa.String(64), primary_key=True),
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False, default=""),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+    sa.Column("progress", sa.JSON, nullable=False, default=dict),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("job", sa.String(80), nullable=True),  # the device-side job id now in force
+    sa.Column("wave", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("arm", sa.String(16), nullable=False, server_default=""),
+    sa.Column("from_model", sa.String(128), nullable=True),
+    sa.Column("from_version", sa.Integer, nullable=True),
+)
+telemetry = sa.Table(
+    "telemetry", meta,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("window_end", sa.Float, nullable=False),
+    sa.Column("historical", sa.Boolean, nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Index("telemetry_received", "received_at"),
+)
+events = sa.Table(
+    "deployment_events", meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("deployment", sa.String(64), nullable=False, index=True),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+)
+desired = sa.Table(
+    "desired_state", meta,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("deployment", sa.String(64), nullable=False),
+    sa.Column("job", sa.String(80), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+schema_info = sa.Table(
+    "schema_info", meta,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+SCHEMA_VERSION = 2
+
+
+def _v2(conn: sa.Connection) -> None:
+    """Rollouts: strategy/policy/plan on deployments, wave/arm/job on jobs, events, desired."""
+    cols = {
+        "deployments": ["strategy VARCHAR(32) NOT NULL DEFAULT 'all-at-once'", "policy JSON",
+                        "plan JSON", "phase VARCHAR(32) NOT NULL DEFAULT 'waves'",
+                        "wave INTEGER NOT NULL DEFAULT -1", "phase_started_at FLOAT",
+                        "result JSON", "updated_at FLOAT"],
+        "jobs": ["job VARCHAR(80)", "wave INTEGER NOT NULL DEFAULT 0",
+                 "arm VARCHAR(16) NOT NULL DEFAULT ''", "from_model VARCHAR(128)",
+                 "from_version INTEGER"],
+    }
+    for table, defs in cols.items():
+        for d in defs:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {d}"))
+    meta.create_all(conn, tables=[events, desired])
+
+
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2}
+
+
+def migrate(conn: sa.Connection) -> int:
+    """Create or upgrade the schema inside the caller's transaction; returns its version."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("schema_info"):
+        meta.create_all(conn)
+        conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
+        return SCHEMA_VERSION
+    current = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar() or 1
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"store schema {current} is newer than this controller "
+                           f"({SCHEMA_VERSION})")
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        _MIGRATIONS[version](conn)
+        conn.execute(schema_info.insert().values(version=version, applied_at=time.time()))
+    return SCHEMA_VERSION

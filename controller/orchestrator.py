@@ -1,0 +1,411 @@
+"""The rollout orchestrator: drives deployments from the store, one tick at a time.
+
+Each tick reads every active deployment from the store, asks the pure rules in
+``rollout`` what to do and does it (publish desired states, record events, change
+state). All of a deployment's progress lives in the store, so a controller killed at
+any point carries on where it was when it starts again.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edgefleet.contract import Clock, DesiredState, SystemClock
+
+from .rollout import (
+    CohortMetrics,
+    RolloutPolicy,
+    evaluate_shadow,
+    evaluate_wave,
+    plan_waves,
+    split_arms,
+)
+from .store import Store
+
+__all__ = ["ACTIVE", "Orchestrator"]
+
+log = logging.getLogger(__name__)
+ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision")
+WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
+Publish = Callable[[str, DesiredState], None]
+
+
+class Orchestrator:
+    """Creates deployments and moves them forward.
+
+    Args:
+        store: the controller store.
+        publish: sends one device its desired state (retained) and a deploy command.
+        manifest_for: signs a version's bundle if needed; returns its manifest path.
+        clock: time source (wave timeouts, durations).
+    """
+
+    def __init__(self, store: Store, publish: Publish, manifest_for: Callable[[str, int], str],
+                 *, clock: Clock | None = None) -> None:
+        self.store = store
+        self._publish = publish
+        self._manifest_for = manifest_for
+        self.clock = clock or SystemClock()
+        self.lock = threading.RLock()
+
+    # -- creation -----------------------------------------------------------------------
+    def create(self, dep_id: str, model: str, version: int, targets: list[str],
+               policy: RolloutPolicy, created_by: str) -> dict[str, Any]:
+        devices = {d["id"]: d for d in self.store.list_devices()}
+        plan: dict[str, Any] = {"targets": targets}
+        rows = []
+        if policy.strategy in WAVE_STRATEGIES:
+            waves = policy.waves if policy.strategy != "all-at-once" else (100.0,)
+            plan["waves"] = plan_waves(targets, dep_id, waves)
+            wave_of = {d: i for i, ds in enumerate(plan["waves"]) for d in ds}
+        elif policy.strategy == "ab":
+            new, control = split_arms(targets, dep_id, policy.split)
+            plan["arms"] = {"new": new, "control": control}
+        for d in targets:
+            active = (devices.get(d) or {}).get("active") or {}
+            rows.append({"device": d, "wave": wave_of.get(d, 0) if "waves" in plan else 0,
+                         "arm": ("new" if d in plan["arms"]["new"] else "control")
+                         if "arms" in plan else "",
+                         "from_model": active.get("name"), "from_version": active.get("version")})
+        with self.lock:
+            self.store.add_deployment(dep_id, model, version, strategy=policy.strategy,
+                                      policy=policy.to_dict(), plan=plan, targets=rows,
+                                      created_by=created_by)
+            self.store.add_event(dep_id, "created", created_by, strategy=policy.strategy,
+                                 targets=len(targets), model=model, version=version)
+            self.tick_one(dep_id)
+        return self.store.get_deployment(dep_id)
+
+    # -- sending ------------------------------------------------------------------------
+    def _send(self, dep: dict[str, Any], devices: list[str], *, job: str, model: str,
+              version: int, policy: RolloutPolicy, mode: str = "active",
+              downgrade: bool = False, state: str = "pending") -> None:
+        desired = DesiredState(deployment=dep["id"], job=job, model=model, version=version,
+                               manifest=self._manifest_for(model, version),
+                               issued_at=self.clock.time(), mode=mode,
+                               allow_downgrade=downgrade, health=policy.device_health(),
+                               shadow_sample=policy.sample if mode == "shadow" else 0.0)
+        for device in devices:
+            fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
+            if not downgrade:  # a rollback keeps the reason the device failed with
+                fields.update(reason="", detail="")
+            self.store.update_job(dep["id"], device, **fields)
+            self._publish(device, desired)
+
+    def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
+                actor: str, reason: str, final: str) -> None:
+        """Send devices back to the version they ran before this deployment."""
+        jobs = {j["device"]: j for j in dep["jobs"]}
+        by_version: dict[tuple[str, int], list[str]] = collections.defaultdict(list)
+        for d in devices:
+            j = jobs[d]
+            if j["from_model"] and j["from_version"]:
+                by_version[(j["from_model"], j["from_version"])].append(d)
+            else:
+                self.store.update_job(dep["id"], d, state="no_previous",
+                                      reason="nothing to roll back to")
+        quiet = RolloutPolicy.from_dict({**policy.to_dict(), "health_window_s": 0.0})
+        for (model, version), ds in by_version.items():
+            self._send(dep, ds, job=f"{dep['id']}.rb", model=model, version=version,
+                       policy=quiet, downgrade=True, state="reverting")
+        self._set(dep, "rolling_back", actor, "rollback_started", phase="rollback",
+                  devices=sorted(devices), reason=reason, final=final)
+
+    def _set(self, dep: dict[str, Any], state: str, actor: str, event: str, *,
+             phase: str | None = None, **detail: Any) -> None:
+        now = self.clock.time()
+        values: dict[str, Any] = {"state": state}
+        if phase is not None:
+            values.update(phase=phase, phase_started_at=now)
+        result = dict(dep.get("result") or {})
+        if "final" in detail:
+            result["final"] = detail["final"]
+        if "reason" in detail:
+            result["reason"] = detail["reason"]
+        values["result"] = result
+        self.store.update_deployment(dep["id"], **values)
+        self.store.add_event(dep["id"], event, actor, state=state, **detail)
+        dep.update(values)
+
+    # -- ticking ------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Move every active deployment forward (called periodically)."""
+        for dep in self.store.list_deployments(ACTIVE):
+            try:
+                with self.lock:
+                    self.tick_one(dep["id"])
+            except Exception:
+                log.exception("rollout step for %s failed", dep["id"])
+
+    def tick_one(self, dep_id: str) -> None:
+        dep = self.store.get_deployment(dep_id)
+        policy = RolloutPolicy.from_dict(dep["policy"])
+        state = dep["state"]
+        if state == "running":
+            if dep["strategy"] in WAVE_STRATEGIES:
+                self._step_waves(dep, policy)
+            elif dep["strategy"] == "shadow":
+                self._step_shadow(dep, policy)
+            else:
+                self._step_ab(dep, policy)
+        elif state in ("promoting", "rolling_back"):
+            self._step_finish(dep, policy)
+
+    def _wave_devices(self, dep: dict[str, Any], k: int) -> list[str]:
+        return list(dep["plan"]["waves"][k])
+
+    def _start_wave(self, dep: dict[str, Any], policy: RolloutPolicy, k: int) -> None:
+        devices = self._wave_devices(dep, k)
+        self._send(dep, devices, job=dep["id"], model=dep["model"], version=dep["version"],
+                   policy=policy)
+        self.store.update_deployment(dep["id"], wave=k, phase="waves",
+                                     phase_started_at=self.clock.time())
+        self.store.add_event(dep["id"], "wave_started", "orchestrator", wave=k,
+                             devices=len(devices))
+
+    def _metrics(self, dep: dict[str, Any], cohort: list[str], others: list[str],
+                 since: float) -> tuple[CohortMetrics, CohortMetrics]:
+        jobs = {j["device"]: j for j in dep["jobs"]}
+        olds = collections.Counter((jobs[d]["from_model"], jobs[d]["from_version"])
+                                   for d in cohort if jobs[d]["from_version"])
+        new = self.store.cohort_metrics(cohort, dep["model"], dep["version"], since)
+        if not olds:
+            return new, CohortMetrics()
+        (old_model, old_version), _ = olds.most_common(1)[0]
+        base = self.store.cohort_metrics(others, old_model, old_version, since)
+        if base.count == 0:  # nobody left on the old version: the cohort's own recent past
+            base = self.store.cohort_metrics(cohort, old_model, old_version, since - 600)
+        return new, base
+
+    def _step_waves(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
+        k = dep["wave"]
+        if k < 0:
+            self._start_wave(dep, policy, 0)
+            return
+        waves = dep["plan"]["waves"]
+        cohort = self._wave_devices(dep, k)
+        later = [d for w in waves[k + 1:] for d in w]
+        now = self.clock.time()
+        states = {j["device"]: j["state"] for j in dep["jobs"] if j["wave"] == k}
+        new, base = self._metrics(dep, cohort, later, dep["phase_started_at"])
+        decision = evaluate_wave(states, started_at=dep["phase_started_at"], now=now,
+                                 policy=policy, new=new, base=base)
+        result = dict(dep.get("result") or {})
+        result.setdefault("waves", {})[str(k)] = {"outcome": decision.outcome,
+                                                 "counts": decision.counts,
+                                                 "detail": decision.detail}
+        result["metrics"] = {"new": new.__dict__, "base": base.__dict__}
+        self.store.update_deployment(dep["id"], result=result)
+        dep["result"] = result
+        if decision.outcome == "running":
+            return
+        self._mark_silent(dep, states, now, policy)
+        if decision.outcome == "passed":
+            self.store.add_event(dep["id"], "wave_passed", "orchestrator", wave=k,
+                                 detail=decision.detail, **decision.counts)
+            if k + 1 < len(waves):
+                self._start_wave(dep, policy, k + 1)
+            else:
+                self._set(dep, "succeeded", "orchestrator", "succeeded", phase="done")
+            return
+        self.store.add_event(dep["id"], "wave_breached", "orchestrator", wave=k,
+                             reason=decision.reason, detail=decision.detail, **decision.counts)
+        self._breach(dep, policy, decision.reason, [d for w in waves[:k + 1] for d in w])
+
+    def _breach(self, dep: dict[str, Any], policy: RolloutPolicy, reason: str,
+                touched: list[str]) -> None:
+        if policy.on_breach == "pause":
+            self._set(dep, "paused", "orchestrator", "paused", reason=reason)
+        elif policy.on_breach == "abort":
+            self._set(dep, "aborted", "orchestrator", "aborted", phase="done", reason=reason)
+        else:
+            self._revert(dep, touched, policy, "orchestrator", reason, final="rolled_back")
+
+    def _mark_silent(self, dep: dict[str, Any], states: dict[str, str], now: float,
+                     policy: RolloutPolicy) -> None:
+        if now - dep["phase_started_at"] < policy.wave_timeout_s:
+            return
+        for device, s in states.items():
+            if s not in ("healthy", "failed", "rolled_back"):
+                self.store.update_job(dep["id"], device, state="timed_out",
+                                      reason=f"silent_{policy.silent}",
+                                      detail=f"no answer within {policy.wave_timeout_s:.0f}s")
+
+    def _step_shadow(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
+        targets = list(dep["plan"]["targets"])
+        if dep["phase"] == "start":
+            self._send(dep, targets, job=dep["id"], model=dep["model"], version=dep["version"],
+                       policy=policy, mode="shadow")
+            self._set(dep, "running", "orchestrator", "shadow_started", phase="shadow",
+                      devices=len(targets), sample=policy.sample)
+            return
+        m = self.store.shadow_metrics(targets, dep["model"], dep["version"],
+                                      dep["phase_started_at"])
+        decision = evaluate_shadow(m, started_at=dep["phase_started_at"],
+                                   now=self.clock.time(), policy=policy)
+        result = dict(dep.get("result") or {})
+        result["shadow"] = {"samples": m.samples, "agreement": m.agreement,
+                            "latency_ratio": m.latency_ratio,
+                            "mean_distance": m.distance_sum / m.samples if m.samples else None}
+        self.store.update_deployment(dep["id"], result=result)
+        dep["result"] = result
+        if decision.outcome == "running":
+            return
+        if decision.outcome == "promote" and policy.auto_promote:
+            self._promote(dep, policy, targets, "orchestrator", decision.detail)
+        elif decision.outcome == "promote":
+            self._set(dep, "awaiting_decision", "orchestrator", "shadow_passed",
+                      detail=decision.detail)
+        else:
+            self._stop_shadow(dep, policy, targets)
+            self._set(dep, "rejected", "orchestrator", "shadow_rejected", phase="done",
+                      reason=decision.reason, detail=decision.detail)
+
+    def _stop_shadow(self, dep: dict[str, Any], policy: RolloutPolicy,
+                     devices: list[str]) -> None:
+        jobs = {j["device"]: j for j in dep["jobs"]}
+        for d in devices:
+            j = jobs[d]
+            if j["from_model"] and j["from_version"]:
+                self._send(dep, [d], job=f"{dep['id']}.s", model=j["from_model"],
+                           version=j["from_version"], policy=policy, state="shadow_stopped")
+
+    def _promote(self, dep: dict[str, Any], policy: RolloutPolicy, devices: list[str],
+                 actor: str, detail: str = "") -> None:
+        self._send(dep, devices, job=f"{dep['id']}.p", model=dep["model"],
+                   version=dep["version"], policy=policy)
+        self._set(dep, "promoting", actor, "promotion_started", phase="promote",
+                  devices=len(devices), detail=detail, final="succeeded")
+
+    def _step_ab(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
+        arms = dep["plan"]["arms"]
+        if dep["phase"] == "start":
+            self._send(dep, arms["new"], job=dep["id"], model=dep["model"],
+                       version=dep["version"], policy=policy)
+            for d in arms["control"]:
+                self.store.update_job(dep["id"], d, state="control")
+            self._set(dep, "running", "orchestrator", "ab_started", phase="ab",
+                      new=len(arms["new"]), control=len(arms["control"]))
+            return
+        now = self.clock.time()
+        states = {j["device"]: j["state"] for j in dep["jobs"] if j["arm"] == "new"}
+        new, base = self._metrics(dep, arms["new"], arms["control"], dep["phase_started_at"])
+        decision = evaluate_wave(states, started_at=dep["phase_started_at"], now=now,
+                                 policy=policy, new=new, base=base)
+        result = dict(dep.get("result") or {})
+        result["arms"] = self.arm_metrics(dep)
+        self.store.update_deployment(dep["id"], result=result)
+        dep["result"] = result
+        if decision.outcome == "breached":
+            self.store.add_event(dep["id"], "arm_breached", "orchestrator",
+                                 reason=decision.reason, detail=decision.detail)
+            self._breach(dep, policy, decision.reason, arms["new"])
+        elif decision.outcome == "passed" and now - dep["phase_started_at"] >= policy.duration_s:
+            self._set(dep, "awaiting_decision", "orchestrator", "ab_ready",
+                      detail="arms compared; promote or drop")
+
+    def arm_metrics(self, dep: dict[str, Any]) -> dict[str, Any]:
+        """Per-arm figures since the A/B started (inferences, errors, p95, versions)."""
+        out = {}
+        since = dep["phase_started_at"] or dep["created_at"]
+        jobs = {j["device"]: j for j in dep["jobs"]}
+        for arm, devices in dep["plan"]["arms"].items():
+            if arm == "new":
+                model, version = dep["model"], dep["version"]
+            else:
+                olds = collections.Counter((jobs[d]["from_model"], jobs[d]["from_version"])
+                                           for d in devices if jobs[d]["from_version"])
+                if not olds:
+                    continue
+                (model, version), _ = olds.most_common(1)[0]
+            m = self.store.cohort_metrics(devices, model, version, since)
+            out[arm] = {"devices": len(devices), "model": model, "version": version,
+                        "inferences": m.count, "errors": m.errors, "p95_ms": m.p95_ms,
+                        "error_rate": m.errors / m.count if m.count else None}
+        return out
+
+    def _step_finish(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
+        """Promotion or rollback: done when every sent device answered or timed out."""
+        job_suffix = ".p" if dep["state"] == "promoting" else ".rb"
+        sent = [j for j in dep["jobs"] if (j["job"] or "").endswith(job_suffix)]
+        done_states = {"healthy", "failed", "rolled_back", "reverted", "revert_failed"}
+        timed_out = self.clock.time() - dep["phase_started_at"] >= policy.wave_timeout_s
+        if all(j["state"] in done_states for j in sent) or timed_out:
+            final = (dep.get("result") or {}).get("final", "succeeded")
+            self._set(dep, final, "orchestrator", final, phase="done",
+                      answered=sum(j["state"] in done_states for j in sent), sent=len(sent))
+
+    # -- operator actions ---------------------------------------------------------------
+    def act(self, dep_id: str, action: str, actor: str) -> dict[str, Any]:
+        """pause | resume | abort | rollback | promote | drop.
+
+        Raises:
+            NotFoundError: unknown deployment.
+            RegistryError: the action does not apply in the deployment's state.
+        """
+        from edgefleet.contract import RegistryError
+
+        with self.lock:
+            dep = self.store.get_deployment(dep_id)
+            policy = RolloutPolicy.from_dict(dep["policy"])
+            state, strategy = dep["state"], dep["strategy"]
+
+            def refuse() -> RegistryError:
+                return RegistryError(f"cannot {action} a {strategy} deployment that is {state}",
+                                     reason="invalid_transition")
+
+            if action == "pause":
+                if state != "running":
+                    raise refuse()
+                self._set(dep, "paused", actor, "paused")
+            elif action == "resume":
+                if state != "paused":
+                    raise refuse()
+                breached = (dep.get("result") or {}).get("reason")
+                self._set(dep, "running", actor, "resumed")
+                if breached and strategy in WAVE_STRATEGIES:  # the operator accepts the wave
+                    nxt = dep["wave"] + 1
+                    if nxt < len(dep["plan"]["waves"]):
+                        self._start_wave(dep, policy, nxt)
+                    else:
+                        self._set(dep, "succeeded", actor, "succeeded", phase="done")
+            elif action == "abort":
+                if state not in ACTIVE:
+                    raise refuse()
+                self._set(dep, "aborted", actor, "aborted", phase="done")
+            elif action == "rollback":
+                if state in ("rolling_back", "rolled_back", "dropped"):
+                    raise refuse()
+                touched = [j["device"] for j in dep["jobs"]
+                           if j["job"] and j["state"] not in ("control",)]
+                self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
+            elif action == "promote":
+                if strategy not in ("shadow", "ab") or state not in ("running",
+                                                                     "awaiting_decision"):
+                    raise refuse()
+                devices = dep["plan"]["targets"] if strategy == "shadow" else \
+                    dep["plan"]["arms"]["control"]
+                self._promote(dep, policy, list(devices), actor)
+            elif action == "drop":
+                if strategy not in ("shadow", "ab") or state not in ("running",
+                                                                     "awaiting_decision"):
+                    raise refuse()
+                if strategy == "shadow":
+                    self._stop_shadow(dep, policy, list(dep["plan"]["targets"]))
+                    self._set(dep, "dropped", actor, "dropped", phase="done")
+                else:
+                    self._revert(dep, list(dep["plan"]["arms"]["new"]), policy, actor,
+                                 "dropped", final="dropped")
+            else:
+                raise ValueError(f"unknown action {action!r}")
+            return self.store.get_deployment(dep_id, with_events=True)
+
+    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
+        while not stop.wait(interval_s):
+            self.tick()
+
+
