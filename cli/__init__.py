@@ -16,8 +16,9 @@ from typing import Annotated
 
 import typer
 
-from ._admin import deployments_app, devices_app, model_app, register_deploy
+from ._admin import devices_app, model_app
 from ._output import console, emit, fail, table
+from ._rollouts import deployments_app, register_deploy
 
 __all__ = ["app", "main"]
 

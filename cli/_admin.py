@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ import typer
 from ._client import ApiClient
 from ._output import console, emit, fail, table
 
-__all__ = ["deployments_app", "devices_app", "model_app", "register_deploy"]
+__all__ = ["devices_app", "model_app", "split_ref"]
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller URL (env EDGEFLEET_URL).")]
 TokenOpt = Annotated[str | None, typer.Option("--token",
@@ -21,8 +20,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 model_app = typer.Typer(help="Register, list and optimize model versions.", no_args_is_help=True)
 devices_app = typer.Typer(help="The fleet's devices.", no_args_is_help=True)
-deployments_app = typer.Typer(help="Deployments and their per-device jobs.",
-                              no_args_is_help=True)
 
 
 @model_app.command("register")
@@ -73,7 +70,7 @@ def model_optimize(
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Quantize (and optionally prune) a version into a gated child version."""
-    name, version = _split_ref(ref)
+    name, version = split_ref(ref)
     with console.status(f"optimizing {ref} (quantize, evaluate, gate)…"):
         row = ApiClient(url, token).call(
             "POST", f"/v1/models/{name}/{version}/optimize",
@@ -89,71 +86,11 @@ def model_optimize(
     console.print(f"shipped: [bold]{rep['shipped']}[/bold] — {rep.get('reason', '')}")
 
 
-def _split_ref(ref: str) -> tuple[str, int]:
+def split_ref(ref: str) -> tuple[str, int]:
     name, _, version = ref.partition(":")
     if not name or not version.isdigit():
         fail(f"expected NAME:VERSION, got {ref!r}")
     return name, int(version)
-
-
-def register_deploy(app: typer.Typer) -> None:
-    @app.command("deploy")
-    def deploy(
-        ref: Annotated[str, typer.Argument(help="NAME:VERSION to deploy.")],
-        device: Annotated[list[str] | None, typer.Option("--device", "-d",
-                                                         help="Target device id (repeat).")]
-        = None,
-        selector: Annotated[list[str] | None, typer.Option("--selector", "-s",
-                                                           help="Tag match key=value (repeat).")]
-        = None,
-        wait: Annotated[float, typer.Option(help="Seconds to wait for the result (0: don't).")]
-        = 0.0,
-        url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-    ) -> None:
-        """Sign a version's bundle and send it to devices (all devices if no target)."""
-        name, version = _split_ref(ref)
-        sel = {}
-        for s in selector or []:
-            k, eq, v = s.partition("=")
-            if not eq:
-                fail(f"selector must be key=value, got {s!r}")
-            sel[k] = v
-        client = ApiClient(url, token)
-        body = {"model": name, "version": version, "devices": device or None,
-                "selector": sel or None}
-        dep = client.call("POST", "/v1/deployments", json=body)
-        deadline = time.monotonic() + wait
-        while wait and dep["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.5)
-            dep = client.call("GET", f"/v1/deployments/{dep['id']}")
-        _show_deployment(dep, as_json)
-
-
-def _show_deployment(dep: dict, as_json: bool) -> None:  # type: ignore[type-arg]
-    if emit(dep, as_json):
-        return
-    table(f"deployment {dep['id']}: {dep['model']}:{dep['version']} — {dep['state']}",
-          ["device", "state", "reason", "progress", "detail"],
-          [(j["device"], j["state"], j["reason"],
-            f"{j['progress'].get('bytes', 0):,}/{j['progress'].get('total', 0):,}"
-            if j["progress"] else "", j["detail"][:60]) for j in dep["jobs"]])
-
-
-@deployments_app.command("show")
-def deployments_show(dep_id: Annotated[str, typer.Argument(help="Deployment id.")],
-                     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Show a deployment and every device's job state."""
-    _show_deployment(ApiClient(url, token).call("GET", f"/v1/deployments/{dep_id}"), as_json)
-
-
-@deployments_app.command("list")
-def deployments_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """List deployments."""
-    rows = ApiClient(url, token).call("GET", "/v1/deployments")
-    if not emit(rows, as_json):
-        table("deployments", ["id", "model", "state", "created by"],
-              [(r["id"], f"{r['model']}:{r['version']}", r["state"], r["created_by"])
-               for r in rows])
 
 
 @devices_app.command("list")

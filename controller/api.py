@@ -8,7 +8,7 @@ input gets a 4xx with a reason, never a 500.
 
 import hmac
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
 from edgefleet.optimizer import OptimizeTarget
 
+from .orchestrator import describe
+from .rollout import RolloutPolicy
 from .service import FleetController
 
 __all__ = ["create_app"]
@@ -40,6 +42,9 @@ class DeployBody(BaseModel):
     version: int = Field(ge=1)
     devices: list[str] | None = None
     selector: dict[str, str] | None = None
+    strategy: str = Field("all-at-once", pattern="^(all-at-once|staged|canary|shadow|ab)$")
+    policy: dict[str, Any] = Field(default_factory=dict,
+                                   description="RolloutPolicy fields (waves, health_window_s…)")
 
     @model_validator(mode="after")
     def _one_target(self) -> "DeployBody":
@@ -130,8 +135,10 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.post("/v1/deployments", status_code=201)
     def create_deployment(user: Auth, body: DeployBody) -> dict[str, Any]:
-        return ctl.deploy(body.model, body.version, devices=body.devices,
-                          selector=body.selector, created_by=user)
+        policy = RolloutPolicy.from_dict({**body.policy, "strategy": body.strategy})
+        dep = ctl.deploy(body.model, body.version, devices=body.devices,
+                         selector=body.selector, created_by=user, policy=policy)
+        return describe(ctl.store.get_deployment(dep["id"], with_events=True))
 
     @app.get("/v1/deployments")
     def list_deployments(_: Auth) -> list[dict[str, Any]]:
@@ -139,7 +146,18 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.get("/v1/deployments/{dep_id}")
     def get_deployment(_: Auth, dep_id: str) -> dict[str, Any]:
-        return ctl.store.get_deployment(dep_id)
+        return describe(ctl.store.get_deployment(dep_id, with_events=True))
+
+    @app.get("/v1/deployments/{dep_id}/events")
+    def deployment_events(_: Auth, dep_id: str) -> list[dict[str, Any]]:
+        ctl.store.get_deployment(dep_id)
+        return ctl.store.events(dep_id)
+
+    @app.post("/v1/deployments/{dep_id}/{action}")
+    def deployment_action(user: Auth, dep_id: str,
+                          action: Literal["pause", "resume", "abort", "rollback", "promote",
+                                          "drop"]) -> dict[str, Any]:
+        return describe(ctl.orchestrator.act(dep_id, action, user))
 
     @app.get("/v1/devices")
     def list_devices(_: Auth) -> list[dict[str, Any]]:

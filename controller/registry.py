@@ -28,6 +28,8 @@ __all__ = ["Registry", "load_datasets"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILE = "model.onnx"
+_SMOKE_SAMPLES = 16
+_SMOKE_MIN_ACCURACY = 0.75
 
 
 def load_datasets(data: bytes, *, need_labels: bool) -> dict[str, np.ndarray]:
@@ -180,10 +182,15 @@ class Registry:
         data = self.dataset(name, version, "eval") or self.dataset(name, version, "calibration")
         if data is None:
             return {}
-        x = data["x"][:1]
+        x = data["x"][:_SMOKE_SAMPLES]
         out = sess.run(None, {inp.name: x})[0]
-        return {"input": x.tolist(), "expected": out.tolist(),
-                "atol": 0.05 if variant == "int8" else 1e-3}
+        smoke: dict[str, Any] = {"input": x.tolist(), "expected": out.tolist(),
+                                 "atol": 0.05 if variant == "int8" else 1e-3}
+        if "y" in data and out.ndim == 2:
+            # labelled samples: the model must also get most of them right
+            smoke["labels"] = [int(v) for v in data["y"][:_SMOKE_SAMPLES]]
+            smoke["min_accuracy"] = _SMOKE_MIN_ACCURACY
+        return smoke
 
     def get(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""

@@ -181,8 +181,14 @@ class FleetController:
             fields.update(reason=status.reason, detail=status.detail)
         if status.progress:
             fields["progress"] = status.progress
-        if not self.store.update_job(status.deployment, device, only_job=status.job, **fields):
-            log.info("status for job %s on %s is not current; ignored", status.job, device)
+        if self.store.update_job(status.deployment, device, only_job=status.job, **fields):
+            return
+        if status.state in (JobState.FAILED, JobState.ROLLED_BACK) and status.reason:
+            # the controller moved on (e.g. a rollback) before this failure arrived:
+            # keep why the device failed, without changing where it is now
+            self.store.update_job(status.deployment, device, only_reason="",
+                                  reason=status.reason, detail=status.detail)
+        log.info("status %s for job %s on %s is not current", status.state, status.job, device)
 
     def _on_summary(self, device: str, summary: Summary) -> None:
         if self.store.add_summary(device, summary.to_dict()):

@@ -157,11 +157,14 @@ class Store:
                       .values(updated_at=time.time(), **values))
 
     def update_job(self, dep_id: str, device: str, *, only_job: str | None = None,
-                   **values: Any) -> bool:
-        """Update a job row; with ``only_job``, only while that device-side job is in force."""
+                   only_reason: str | None = None, **values: Any) -> bool:
+        """Update a job row; with ``only_job``, only while that device-side job is in force
+        (and with ``only_reason``, only while its reason is that)."""
         q = jobs.update().where(jobs.c.deployment == dep_id, jobs.c.device == device)
         if only_job is not None:
             q = q.where(jobs.c.job == only_job)
+        if only_reason is not None:
+            q = q.where(jobs.c.reason == only_reason)
         with self.engine.begin() as c:
             return bool(c.execute(q.values(updated_at=time.time(), **values)).rowcount)
 

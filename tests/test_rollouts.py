@@ -1,0 +1,234 @@
+"""Safe rollouts on 20 real agents and a real Mosquitto, with live traffic on every agent.
+
+The scenarios share one fleet (module scope) and run in order; each starts from
+whatever version the fleet runs when it begins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from _models import broken, save, slowed, train_small
+from _support import ASSETS, TOKEN, register_digits, wait_deployment, wait_devices_known
+
+from edgefleet.controller import FleetController, RolloutPolicy, Settings, init_keys
+from edgefleet.simulations.brokers import MosquittoProcess
+from edgefleet.simulations.fleet import Fleet, wait_until
+
+N = 20
+
+
+class Traffic:
+    """Keeps every agent answering inferences on eval samples, as applications would."""
+
+    def __init__(self, fleet: Fleet, x: np.ndarray) -> None:
+        self.fleet, self.x = fleet, x
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(0.004):
+            for agent in list(self.fleet.agents.values()):
+                try:
+                    agent.predict(self.x[i % len(self.x)][None, :])
+                except Exception:
+                    pass  # between models or no model yet: the agent records it
+                i += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rollouts")
+    models = root / "models"
+    models.mkdir()
+    good = train_small((32,), 1)
+    files = {
+        "good": save(good, models / "good.onnx"),
+        "broken": save(broken(good), models / "broken.onnx"),
+        "slow": save(slowed(good, 512), models / "slow.onnx"),
+        "twin": save(train_small((32,), 1), models / "twin.onnx"),
+        "weak": save(train_small((4,), 4), models / "weak.onnx"),
+        "alt": save(train_small((32,), 2), models / "alt.onnx"),
+    }
+    trust_root = init_keys(root / "keys")
+    broker = MosquittoProcess(workdir=root / "mq")
+    broker.start()
+    ctl = FleetController(Settings(db_url=f"sqlite:///{root / 'ctl.db'}", broker_url=broker.url,
+                                   keys_dir=root / "keys", data_dir=root / "ctl",
+                                   admin_token=TOKEN, client_id="rollout-ctl",
+                                   rollout_tick_s=0.2))
+    ctl.start()
+    fleet = Fleet(root / "fleet", broker.url, trust_root, N, with_links=True,
+                  tags={"site": "lab"}, summary_window_s=1.0, resend_after_s=2.0)
+    fleet.start()
+    fleet.wait_connected(30)
+    wait_devices_known(ctl, fleet.ids, 20)
+    base = register_digits(ctl, files["good"])
+    dep = wait_deployment(ctl, ctl.deploy("digits", base["version"])["id"], 90)
+    assert dep["state"] == "succeeded"
+    x = np.load(ASSETS / "eval.npz")["x"]
+    traffic = Traffic(fleet, x)
+    yield {"ctl": ctl, "fleet": fleet, "files": files, "broker": broker, "x": x}
+    traffic.stop()
+    fleet.stop()
+    ctl.stop()
+    broker.stop()
+
+
+def _versions(fleet: Fleet) -> dict[str, int]:
+    return {d: a.active.version for d, a in fleet.agents.items()}
+
+
+def _current(fleet: Fleet) -> int:
+    (version,) = set(_versions(fleet).values())
+    return version
+
+
+def test_staged_rollout_with_a_model_failing_its_smoke_test_stops_at_the_first_wave(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    before = _current(fleet)
+    bad = register_digits(ctl, env["files"]["broken"])
+    policy = RolloutPolicy(strategy="staged", waves=(20, 50, 100), health_window_s=1.0,
+                           max_failure_rate=0.0, wave_timeout_s=60, on_breach="rollback")
+
+    dep = wait_deployment(ctl, ctl.deploy("digits", bad["version"], selector={"site": "lab"},
+                                          policy=policy)["id"], 90)
+
+    assert dep["state"] == "rolled_back"
+    breach = next(e for e in dep["events"] if e["kind"] == "wave_breached")
+    assert breach["detail"]["wave"] == 0 and breach["detail"]["reason"] == "failure_rate"
+    first = {j["device"] for j in dep["jobs"] if j["wave"] == 0}
+    assert len(first) == 4
+    for j in dep["jobs"]:
+        if j["device"] in first:
+            assert j["reason"] == "smoke_test_failed" and j["state"] == "reverted", j
+        else:  # never touched: no job sent, no desired state for this deployment
+            assert j["job"] is None and j["state"] == "pending", j
+            assert (ctl.store.get_desired(j["device"]) or {}).get("deployment") != dep["id"]
+    assert _versions(fleet) == {d: before for d in fleet.ids}
+    assert not any(e["kind"] == "wave_started" and e["detail"]["wave"] == 1
+                   for e in dep["events"])
+
+
+def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    before = _current(fleet)
+    x = env["x"][:1]
+    lat = {}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # as the agent runs it
+    for name in ("good", "slow"):  # the candidate really is (at least) twice as slow
+        s = ort.InferenceSession(str(env["files"][name]), opts,
+                                 providers=["CPUExecutionProvider"])
+        for _ in range(100):
+            s.run(None, {"pixels": x})
+        t = time.perf_counter()
+        for _ in range(1000):
+            s.run(None, {"pixels": x})
+        lat[name] = time.perf_counter() - t
+    assert lat["slow"] >= 2 * lat["good"]
+    slow = register_digits(ctl, env["files"]["slow"])
+    policy = RolloutPolicy(strategy="staged", waves=(20, 100), health_window_s=3.0,
+                           max_p95_regression=0.2, min_samples=100, wave_timeout_s=60,
+                           device_max_latency_ratio=50.0, on_breach="rollback")
+
+    dep = wait_deployment(ctl, ctl.deploy("digits", slow["version"], policy=policy)["id"], 90)
+
+    assert dep["state"] == "rolled_back"
+    breach = next(e for e in dep["events"] if e["kind"] == "wave_breached")
+    assert breach["detail"]["reason"] == "p95_regression", breach
+    wave0 = [j for j in dep["jobs"] if j["wave"] == 0]
+    assert all(j["reason"] != "smoke_test_failed" for j in wave0)
+    assert all(j["state"] == "reverted" for j in wave0)
+    assert _versions(fleet) == {d: before for d in fleet.ids}
+
+
+def test_a_silent_device_does_not_hold_the_rollout_past_the_wave_timeout(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    silent = fleet.ids[7]
+    fleet.cut(silent)
+    wait_until(lambda: not ctl.store.get_device(silent)["online"], 15)
+    alt = register_digits(ctl, env["files"]["alt"])
+    policy = RolloutPolicy(strategy="all-at-once", wave_timeout_s=8.0, silent="skipped",
+                           max_failure_rate=0.0)
+    started = time.monotonic()
+    dep = wait_deployment(ctl, ctl.deploy("digits", alt["version"], policy=policy)["id"], 60)
+    elapsed = time.monotonic() - started
+
+    assert dep["state"] == "succeeded"
+    assert elapsed < 8.0 + 6.0
+    states = {j["device"]: j["state"] for j in dep["jobs"]}
+    assert states.pop(silent) == "timed_out"
+    assert set(states.values()) == {"healthy"}
+
+    fleet.restore(silent)  # it catches up from its retained desired state
+    wait_until(lambda: fleet.agents[silent].active.version == alt["version"], 30)
+
+
+def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    twin = register_digits(ctl, env["files"]["twin"])
+    policy = RolloutPolicy(strategy="shadow", sample=0.5, min_agreement=0.98, duration_s=4.0,
+                           min_samples=200, max_latency_ratio=3.0, wave_timeout_s=60)
+
+    dep = ctl.deploy("digits", twin["version"], policy=policy)
+    wait_until(lambda: fleet.agents[fleet.ids[0]].shadow_ref is not None, 30)
+    assert fleet.agents[fleet.ids[0]].active.version != twin["version"]  # never served
+    dep = wait_deployment(ctl, dep["id"], 90)
+
+    assert dep["state"] == "succeeded", dep["events"]
+    shadow = dep["result"]["shadow"]
+    assert shadow["samples"] >= 200 and shadow["agreement"] >= 0.98
+    assert shadow["latency_ratio"] is not None and shadow["mean_distance"] is not None
+    assert any(e["kind"] == "promotion_started" for e in dep["events"])
+    wait_until(lambda: set(_versions(fleet).values()) == {twin["version"]}, 30)
+    assert all(a.shadow_ref is None for a in fleet.agents.values())
+
+
+def test_shadow_does_not_promote_a_model_that_disagrees(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    before = _current(fleet)
+    weak = register_digits(ctl, env["files"]["weak"])
+    policy = RolloutPolicy(strategy="shadow", sample=0.5, min_agreement=0.98, duration_s=4.0,
+                           min_samples=200, wave_timeout_s=60)
+
+    dep = wait_deployment(ctl, ctl.deploy("digits", weak["version"], policy=policy)["id"], 90)
+
+    assert dep["state"] == "rejected"
+    assert dep["result"]["reason"] == "disagreement"
+    assert dep["result"]["shadow"]["agreement"] < 0.95
+    assert _versions(fleet) == {d: before for d in fleet.ids}
+    wait_until(lambda: all(a.shadow_ref is None for a in fleet.agents.values()), 20)
+
+
+def test_ab_reports_per_arm_metrics_and_promote_moves_the_other_arm_over(env):
+    ctl, fleet = env["ctl"], env["fleet"]
+    before = _current(fleet)
+    cand = register_digits(ctl, env["files"]["good"])
+    policy = RolloutPolicy(strategy="ab", split=50, duration_s=3.0, min_samples=50,
+                           wave_timeout_s=60)
+
+    dep = wait_deployment(ctl, ctl.deploy("digits", cand["version"], policy=policy)["id"], 60,
+                          states=("awaiting_decision",))
+    arms = dep["result"]["arms"]
+    assert arms["new"]["version"] == cand["version"] and arms["control"]["version"] == before
+    assert arms["new"]["devices"] + arms["control"]["devices"] == N
+    assert arms["new"]["inferences"] > 0 and arms["control"]["inferences"] > 0
+    new_arm = set(dep["plan"]["arms"]["new"])
+    assert {d for d, v in _versions(fleet).items() if v == cand["version"]} == new_arm
+
+    ctl.orchestrator.act(dep["id"], "promote", "tester")
+    dep = wait_deployment(ctl, dep["id"], 60)
+    assert dep["state"] == "succeeded"
+    assert set(_versions(fleet).values()) == {cand["version"]}
+    assert [e["actor"] for e in dep["events"] if e["kind"] == "promotion_started"] == ["tester"]
