@@ -85,9 +85,14 @@ class JobRunner:
     def want(self, desired: DesiredState) -> None:
         with self._lock:
             current = self.current
-            if self.done.get(desired.job) in JobState.TERMINAL or (
-                    current is not None and current.job == desired.job):
+            if current is not None and current.job == desired.job:
                 return  # the command and the retained desired state both carry each job
+            if self.done.get(desired.job) in JobState.TERMINAL:
+                # asked again (e.g. by a restarted controller): say again how it ended
+                payload = self._last_status.get(desired.job)
+                if payload is not None:
+                    self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=desired.job)
+                return
             self._wanted = desired
         self._wake.set()
 
@@ -158,7 +163,10 @@ class JobRunner:
         if d.mode == "active" and active is not None and (active.name, active.version) == (
                 d.model, d.version):
             agent.stop_shadow()
-            self.report(d, JobState.HEALTHY, detail="already active")
+            if agent.on_trial(d.job):  # its health window is still running
+                self.report(d, JobState.ACTIVATED, detail="health window running")
+            else:
+                self.report(d, JobState.HEALTHY, detail="already active")
             return
         shadow = agent.shadow_ref
         if d.mode == "shadow" and shadow is not None and (shadow.name, shadow.version) == (

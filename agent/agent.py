@@ -303,6 +303,11 @@ class Agent:
         self.store.prune({r for r in state.values() if r is not None} |
                          ({self._shadow.ref} if self._shadow else set()))
 
+    def on_trial(self, job: str) -> bool:
+        """Whether ``job``'s model is active and its health window has not ended yet."""
+        trial = self._trial
+        return trial is not None and trial.desired.job == job
+
     def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None:
         """Controller-ordered switch to a model already on disk (a rollback)."""
         with self._switch_lock:

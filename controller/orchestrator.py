@@ -89,11 +89,13 @@ class Orchestrator:
                                issued_at=self.clock.time(), mode=mode,
                                allow_downgrade=downgrade, health=policy.device_health(),
                                shadow_sample=policy.sample if mode == "shadow" else 0.0)
+        current = {j["device"]: j for j in dep["jobs"]}
         for device in devices:
             fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
             if not downgrade:  # a rollback keeps the reason the device failed with
                 fields.update(reason="", detail="")
-            self.store.update_job(dep["id"], device, **fields)
+            if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know
+                self.store.update_job(dep["id"], device, **fields)
             self._publish(device, desired)
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,

@@ -24,6 +24,7 @@ from edgefleet.contract import (
     DesiredState,
     DeviceTopic,
     FetchRequest,
+    JobState,
     JobStatus,
     MessageError,
     NotFoundError,

@@ -51,7 +51,8 @@ def broken(model: onnx.ModelProto) -> onnx.ModelProto:
     """Same network with its output classes shifted by one: confidently wrong."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    last = max(int(i.name[2:].split(".")[0]) for i in m.graph.initializer if i.name.startswith("fc"))
+    last = max(int(i.name[2:].split(".")[0])
+               for i in m.graph.initializer if i.name.startswith("fc"))
     w, b = _init(m, f"fc{last}.weight"), _init(m, f"fc{last}.bias")
     _set_init(m, f"fc{last}.weight", np.roll(w, 1, axis=1))
     _set_init(m, f"fc{last}.bias", np.roll(b, 1))

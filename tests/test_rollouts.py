@@ -6,6 +6,7 @@ whatever version the fleet runs when it begins.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -35,10 +36,8 @@ class Traffic:
         i = 0
         while not self._stop.wait(0.004):
             for agent in list(self.fleet.agents.values()):
-                try:
+                with contextlib.suppress(Exception):  # the agent records any failure
                     agent.predict(self.x[i % len(self.x)][None, :])
-                except Exception:
-                    pass  # between models or no model yet: the agent records it
                 i += 1
 
     def stop(self) -> None:
