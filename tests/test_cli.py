@@ -71,3 +71,50 @@ def test_keys_init_refuses_to_overwrite(tmp_path):
     assert first.exit_code == 0 and json.loads(first.stdout)["trust_root"].endswith("root.json")
     again = runner.invoke(app, ["keys", "init", "--dir", str(tmp_path / "k")])
     assert again.exit_code == 1 and "already holds keys" in again.output
+
+
+def test_deployments_watch_follows_a_staged_rollout_live(cli, controller, make_fleet):
+    fleet = make_fleet(3, tags={"site": "lab"})
+    wait_devices_known(controller, fleet.ids)
+    cli("model", "register", "digits", str(ASSETS / "digits.onnx"), "--eval",
+        str(ASSETS / "eval.npz"))
+    dep = json.loads(cli("deploy", "digits:1", "--strategy", "staged", "--waves", "34%,67%,100%",
+                         "--health-window", "1s", "--max-failure-rate", "0%",
+                         "--wave-timeout", "1m", "--json").stdout)
+    assert dep["strategy"] == "staged" and len(dep["waves"]) == 3
+    assert dep["policy"]["health_window_s"] == 1.0 and dep["policy"]["wave_timeout_s"] == 60
+
+    lines = cli("deployments", "watch", dep["id"], "--json", "--interval", "0.2",
+                "--timeout", "60").stdout.splitlines()
+    snapshots = [json.loads(line) for line in lines]
+    assert snapshots[-1]["state"] == "succeeded"
+    assert len(snapshots) >= 3  # it printed progress, not just the end
+    waves_seen = {s["wave"] for s in snapshots}
+    assert {1, 2} <= waves_seen
+    assert [w["outcome"] for w in snapshots[-1]["waves"]] == ["passed"] * 3
+    kinds = [e["kind"] for e in snapshots[-1]["events"]]
+    assert kinds[0] == "created" and kinds[-1] == "succeeded"
+    assert kinds.count("wave_started") == 3
+
+    human = cli("deployments", "watch", dep["id"], "--interval", "0.2")
+    assert "wave 1" in human.stdout and "succeeded" in human.stdout
+    shown = cli("deployments", "show", dep["id"])
+    assert "timeline" in shown.stdout and "wave_passed" in shown.stdout
+
+
+def test_rollout_actions_from_the_cli(cli, controller, make_fleet):
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    cli("model", "register", "digits", str(ASSETS / "digits.onnx"), "--eval",
+        str(ASSETS / "eval.npz"))
+    dep = json.loads(cli("deploy", "digits:1", "--strategy", "staged", "--waves", "50%,100%",
+                         "--health-window", "30s", "--json").stdout)
+    paused = json.loads(cli("deployments", "pause", dep["id"], "--json").stdout)
+    assert paused["state"] == "paused"
+    again = cli("deployments", "pause", dep["id"], ok=False)
+    assert again.exit_code == 1 and "cannot pause" in again.output
+    rolled = json.loads(cli("deployments", "rollback", dep["id"], "--json").stdout)
+    assert rolled["state"] in ("rolling_back", "rolled_back")
+    assert [e["actor"] for e in rolled["events"] if e["kind"] == "paused"] == ["admin"]
+    bad = cli("deploy", "digits:1", "--strategy", "staged", "--waves", "50%,20%", ok=False)
+    assert bad.exit_code == 1 and "increasing" in bad.output

@@ -1,0 +1,110 @@
+"""The agent's own health judgement and shadow runs, without a controller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _support import ASSETS  # noqa: I001
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgefleet.agent.health import HealthPolicy, judge
+from edgefleet.agent.runtime import OnnxRuntime
+from edgefleet.agent.shadow import ShadowRunner
+from edgefleet.contract import ModelRef
+from edgefleet.simulations.fleet import wait_until
+
+
+@given(count=st.integers(0, 500), errors=st.integers(0, 500), elapsed=st.floats(0, 100),
+       p95=st.floats(0.01, 100), base=st.one_of(st.none(), st.floats(0.01, 100)))
+def test_judge_is_healthy_only_after_the_window_and_without_breaches(count, errors, elapsed,
+                                                                     p95, base):
+    errors = min(errors, count)
+    policy = HealthPolicy(window_s=30, max_error_rate=0.05, max_latency_ratio=2.0,
+                          min_samples=20)
+    v = judge(policy, started_at=0, now=elapsed, count=count, errors=errors,
+              latency_p95=p95, baseline_p95=base)
+    too_slow = base is not None and count >= 20 and p95 > 2.0 * base
+    erring = (count >= 20 or errors > 1) and errors > 0.05 * max(count, 1)
+    if erring:
+        assert v.reason == "error_rate"
+    elif too_slow:
+        assert v.reason == "latency_regression"
+    elif elapsed >= 30:
+        assert v.state == "healthy"
+    else:
+        assert v.state == "watching"
+
+
+def test_a_single_error_in_a_quiet_window_is_not_judged_alone():
+    policy = HealthPolicy(window_s=10, min_samples=20, max_error_rate=0.05)
+    assert judge(policy, started_at=0, now=1, count=1, errors=1, latency_p95=1.0,
+                 baseline_p95=None).state == "watching"
+    assert judge(policy, started_at=0, now=1, count=3, errors=2, latency_p95=1.0,
+                 baseline_p95=None).reason == "error_rate"
+
+
+def test_health_policy_from_a_desired_state_ignores_unknown_keys_and_checks_values():
+    assert HealthPolicy.from_dict({"window_s": 5, "future_knob": 1}).window_s == 5
+    with pytest.raises(ValueError):
+        HealthPolicy.from_dict({"window_s": -1})
+    with pytest.raises(ValueError):
+        HealthPolicy.from_dict({"max_error_rate": "lots"})
+
+
+def test_shadow_runner_counts_what_it_mirrors_and_what_matches():
+    rt = OnnxRuntime(ASSETS / "digits.onnx")
+    x = np.load(ASSETS / "eval.npz")["x"]
+    runner = ShadowRunner(ModelRef("digits", 2), rt, sample=0.5, queue_max=1000)
+    try:
+        for i in range(200):
+            feeds = {"pixels": x[i][None, :]}
+            out = rt.run(feeds)["probs"]
+            # the sample takes every other input (i = 1, 3, 5…); the "active" answer
+            # differs from the candidate's on half of those (i = 1, 5, 9…)
+            runner.offer(feeds, np.roll(out, 1, axis=1) if i % 4 == 1 else out, 0.05)
+        wait_until(lambda: runner._stats["samples"] + runner._stats["errors"] == 100, 10)
+        stats = runner.take_stats()
+    finally:
+        runner.stop()
+    assert stats["samples"] == 100  # exactly half of 200 mirrored
+    assert stats["agree"] == 50
+    assert stats["dropped"] == 0 and stats["candidate_ms_sum"] > 0
+    assert json.loads(json.dumps(stats)) == stats
+
+
+def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, trust_root):
+    from edgefleet.agent import Agent, AgentConfig
+    from edgefleet.agent.models import ModelStore
+    from edgefleet.contract import DesiredState, Manifest, TensorSpec, sha256_file
+
+    store = ModelStore(tmp_path / "state")
+    refs = []
+    for v in (1, 2):
+        digest, length = sha256_file(str(ASSETS / "digits.onnx"))
+        m = Manifest(name="digits", version=v, runtime="onnxruntime", model_file="model.onnx",
+                     model_sha256=digest, model_length=length,
+                     inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                     outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
+        refs.append(store.install(m, m.encode(), ASSETS / "digits.onnx").ref)
+    store.activate(refs[0])
+    d = DesiredState(deployment="dep-x", job="dep-x", model="digits", version=2,
+                     manifest="m", issued_at=0.0, health={"window_s": 60,
+                                                          "max_trial_restarts": 1})
+    # v2 was activated and the agent has already restarted once inside its window
+    store.activate(refs[1], trial={"desired": d.to_dict(), "attempts": 1, "baseline_p95": None})
+
+    agent = Agent(AgentConfig(device_id="pi-loop", state_dir=tmp_path / "state",
+                              trust_root=trust_root, broker_url="mqtt://127.0.0.1:1",
+                              api_port=0))
+    agent.start()
+    try:
+        assert agent.active == refs[0]  # back on the last known good model
+        assert store.read_trial() is None
+        assert agent.jobs.done["dep-x"] == "rolled_back"
+        status = json.loads(agent.jobs._last_status["dep-x"])
+        assert status["reason"] == "crashed_during_health_window"
+    finally:
+        agent.stop()
