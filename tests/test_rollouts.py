@@ -76,12 +76,30 @@ def env(tmp_path_factory):
     dep = wait_deployment(ctl, ctl.deploy("digits", base["version"])["id"], 90)
     assert dep["state"] == "succeeded"
     x = np.load(ASSETS / "eval.npz")["x"]
+    raw_latency = {name: _raw_latency(files[name], x[:1]) for name in ("good", "slow")}
     traffic = Traffic(fleet, x)
-    yield {"ctl": ctl, "fleet": fleet, "files": files, "broker": broker, "x": x}
+    yield {"ctl": ctl, "fleet": fleet, "files": files, "broker": broker, "x": x,
+           "raw_latency": raw_latency}
     traffic.stop()
     fleet.stop()
     ctl.stop()
     broker.stop()
+
+
+def _raw_latency(path, x: np.ndarray) -> float:
+    """Best-of-five mean seconds per single-sample run, one thread (as the agent runs it)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    for _ in range(100):
+        s.run(None, {"pixels": x})
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(300):
+            s.run(None, {"pixels": x})
+        best = min(best, (time.perf_counter() - t) / 300)
+    return best
 
 
 def _versions(fleet: Fleet) -> dict[str, int]:
@@ -122,20 +140,8 @@ def test_staged_rollout_with_a_model_failing_its_smoke_test_stops_at_the_first_w
 def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env):
     ctl, fleet = env["ctl"], env["fleet"]
     before = _current(fleet)
-    x = env["x"][:1]
-    lat = {}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # as the agent runs it
-    for name in ("good", "slow"):  # the candidate really is (at least) twice as slow
-        s = ort.InferenceSession(str(env["files"][name]), opts,
-                                 providers=["CPUExecutionProvider"])
-        for _ in range(100):
-            s.run(None, {"pixels": x})
-        t = time.perf_counter()
-        for _ in range(1000):
-            s.run(None, {"pixels": x})
-        lat[name] = time.perf_counter() - t
-    assert lat["slow"] >= 2 * lat["good"]
+    lat = env["raw_latency"]  # measured before the traffic started
+    assert lat["slow"] >= 2 * lat["good"], lat  # the candidate really is twice as slow
     slow = register_digits(ctl, env["files"]["slow"])
     policy = RolloutPolicy(strategy="staged", waves=(20, 100), health_window_s=3.0,
                            max_p95_regression=0.2, min_samples=100, wave_timeout_s=60,
@@ -143,7 +149,7 @@ def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env)
 
     dep = wait_deployment(ctl, ctl.deploy("digits", slow["version"], policy=policy)["id"], 90)
 
-    assert dep["state"] == "rolled_back"
+    assert dep["state"] == "rolled_back", (dep["result"], dep["events"])
     breach = next(e for e in dep["events"] if e["kind"] == "wave_breached")
     assert breach["detail"]["reason"] == "p95_regression", breach
     wave0 = [j for j in dep["jobs"] if j["wave"] == 0]
