@@ -251,13 +251,16 @@ def evaluate_shadow(m: ShadowMetrics, *, started_at: float, now: float,
 
 def needs_redrive(*, desired_model: str, desired_version: int, mode: str,
                   reported: tuple[str, int] | None, job_state: str | None) -> bool:
-    """Whether a device's birth shows it is not where the controller wants it.
+    """Whether to send a device its desired state again when it (re)appears.
 
     A device whose job already ended (healthy, failed, rolled back) is left alone: its
-    outcome stands until the controller decides something new.
+    outcome stands until the controller decides something new. An unfinished job is
+    re-sent even when the device already runs the version: the agent then reports how
+    the job stands (its last status may have been lost with a broker restart).
+    Without a job, only a device that runs something else is re-driven.
     """
     if job_state in TERMINAL_OK | TERMINAL_BAD:
         return False
-    if mode == "shadow":
-        return True  # the birth does not carry the shadow; re-send, the agent dedupes
+    if job_state is not None or mode == "shadow":
+        return True
     return reported != (desired_model, desired_version)

@@ -82,7 +82,7 @@ class FleetController:
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
         self.counters = {"summaries_stored": 0, "summaries_duplicate": 0, "chunks_served": 0,
-                         "malformed": 0}
+                         "malformed": 0, "desired_redriven": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
@@ -169,6 +169,7 @@ class FleetController:
             assert self.link is not None
             self.link.publish(device, DeviceTopic.DESIRED,
                               DesiredState(**want["payload"]).encode(), retain=True)
+            self.counters["desired_redriven"] += 1
 
     def _on_status(self, device: str, status: JobStatus) -> None:
         state = status.state

@@ -158,3 +158,28 @@ def _agent_status(port: int) -> dict | None:
         return httpx.get(f"http://127.0.0.1:{port}/v2/agent/status", timeout=2).json()
     except httpx.HTTPError:
         return None
+
+
+def test_a_device_that_lost_its_desired_state_is_driven_again_on_birth(controller, make_fleet,
+                                                                         mosquitto):
+    from _support import register_digits
+
+    fleet = make_fleet(2, with_links=True)
+    wait_devices_known(controller, fleet.ids)
+    away = fleet.ids[1]
+    fleet.cut(away)
+    wait_until(lambda: not controller.store.get_device(away)["online"], 15)
+    row = register_digits(controller)
+    dep = controller.deploy("digits", row["version"])
+    wait_until(lambda: fleet.agents[fleet.ids[0]].active is not None, 30)
+
+    mosquitto.restart()  # no persistence: the retained desired state for `away` is gone
+    fleet.restore(away)
+
+    wait_until(lambda: (fleet.agents[away].active or None) is not None, 30)
+    assert fleet.agents[away].active.version == row["version"]
+    final = wait_until(lambda: controller.store.get_deployment(dep["id"])
+                       if controller.store.get_deployment(dep["id"])["state"] == "succeeded"
+                       else None, 30)
+    assert {j["state"] for j in final["jobs"]} == {"healthy"}
+    assert controller.counters["desired_redriven"] >= 1  # the birth, not a retained message

@@ -143,6 +143,7 @@ def test_shadow_promotes_only_when_agreement_latency_and_duration_hold(samples, 
 @pytest.mark.parametrize("mode,reported,job_state,expected", [
     ("active", ("m", 2), None, False),
     ("active", ("m", 1), None, True),
+    ("active", ("m", 2), "downloading", True),  # there, but its last status was lost
     ("active", None, "downloading", True),
     ("active", ("m", 1), "failed", False),
     ("active", ("m", 1), "healthy", False),
