@@ -108,3 +108,33 @@ def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, t
         assert status["reason"] == "crashed_during_health_window"
     finally:
         agent.stop()
+
+
+def test_blue_green_keeps_the_previous_model_loaded_for_an_instant_rollback(tmp_path,
+                                                                           trust_root):
+    from edgefleet.agent import Agent, AgentConfig
+    from edgefleet.agent.runtime import load_runtime
+    from edgefleet.contract import DesiredState, Manifest, TensorSpec, sha256_file
+
+    agent = Agent(AgentConfig(device_id="pi-bg", state_dir=tmp_path / "state",
+                              trust_root=trust_root, broker_url="mqtt://127.0.0.1:1",
+                              api_port=0))
+    agent.start()
+    try:
+        for v in (1, 2):  # install and activate v1, then v2, as two deployments would
+            digest, length = sha256_file(str(ASSETS / "digits.onnx"))
+            m = Manifest(name="digits", version=v, runtime="onnxruntime",
+                         model_file="model.onnx", model_sha256=digest, model_length=length,
+                         inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                         outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
+            inst = agent.store.install(m, m.encode(), ASSETS / "digits.onnx")
+            d = DesiredState(deployment=f"dep-{v}", job=f"dep-{v}", model="digits", version=v,
+                             manifest="m", issued_at=0.0)
+            agent.activate(inst, load_runtime("onnxruntime", inst.model_path), d)
+        blue = agent._previous
+        assert blue is not None and blue.installed.ref.version == 1
+        assert agent.rollback("test").version == 1
+        assert agent._active is blue  # the same loaded session: nothing was reloaded
+        assert agent.store.read_state()["active"].version == 1
+    finally:
+        agent.stop()
