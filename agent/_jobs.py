@@ -173,6 +173,10 @@ class JobRunner:
                 d.model, d.version):
             self.report(d, JobState.SHADOWING, detail="already shadowing")
             return
+        promoted = agent.shadowed(d.model, d.version) if d.mode == "active" else None
+        if promoted is not None:  # the shadowed candidate is promoted: already loaded
+            agent.activate(*promoted, d)
+            return
         if d.allow_downgrade:  # a controller-ordered rollback: prefer what is on disk
             local = agent.store.find(d.model, d.version)
             if local is not None:

@@ -76,7 +76,9 @@ class _Trial:
     baseline_p95: float | None
     count: int = 0
     errors: int = 0
-    latencies: list[float] = dataclasses.field(default_factory=list)
+    # the newest latencies only: a long window at a high rate must not grow memory
+    latencies: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=4096))
 
 
 class Agent:
@@ -100,6 +102,7 @@ class Agent:
         self._proc = psutil.Process()
         self.jobs = JobRunner(self)
         self._shadow: ShadowRunner | None = None
+        self._shadow_model: _Loaded | None = None
         self.buffer = TelemetryBuffer(state / "telemetry.db", window_s=config.summary_window_s,
                                       queue_max=config.telemetry_queue_max,
                                       max_raw_rows=config.max_raw_rows,
@@ -345,12 +348,22 @@ class Agent:
 
     def start_shadow(self, installed: InstalledModel, runtime: Runtime, sample: float) -> None:
         self.stop_shadow()
+        self._shadow_model = _Loaded(installed, runtime)
         self._shadow = ShadowRunner(installed.ref, runtime, sample)
 
     def stop_shadow(self) -> None:
         shadow, self._shadow = self._shadow, None
         if shadow is not None:
             shadow.stop()
+
+    def shadowed(self, name: str, version: int) -> tuple[InstalledModel, Runtime] | None:
+        """The shadowed candidate, loaded, if it is ``name:version`` (promotion is instant)."""
+        loaded = self._shadow_model
+        if self._shadow is None or loaded is None:
+            return None
+        ref = loaded.installed.ref
+        return (loaded.installed, loaded.runtime) if (ref.name, ref.version) == (
+            name, version) else None
 
     def _shadow_stats(self) -> dict[str, Any]:
         shadow = self._shadow

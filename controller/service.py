@@ -156,13 +156,8 @@ class FleetController:
         want = self.store.get_desired(device)
         if want is None:
             return
-        job_state = None
-        try:
-            dep = self.store.get_deployment(want["deployment"])
-            job_state = next((j["state"] for j in dep["jobs"]
-                              if j["device"] == device and j["job"] == want["job"]), None)
-        except NotFoundError:
-            pass
+        job = self.store.get_job(want["deployment"], device)
+        job_state = job["state"] if job is not None and job["job"] == want["job"] else None
         reported = (birth.active.name, birth.active.version) if birth.active else None
         if needs_redrive(desired_model=want["model"], desired_version=want["version"],
                          mode=want["mode"], reported=reported, job_state=job_state):

@@ -144,6 +144,11 @@ class Store:
                     events.c.deployment == dep_id).order_by(events.c.id)))
         return row
 
+    def get_job(self, dep_id: str, device: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            return _row(c.execute(sa.select(jobs).where(jobs.c.deployment == dep_id,
+                                                        jobs.c.device == device)).first())
+
     def list_deployments(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
         q = sa.select(deployments).order_by(deployments.c.created_at)
         if states is not None:

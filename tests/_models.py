@@ -59,8 +59,9 @@ def broken(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def slowed(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
-    """Same answers, more work: a wide branch whose result is multiplied by zero."""
+def slowed(model: onnx.ModelProto, width: int, depth: int = 1) -> onnx.ModelProto:
+    """Same answers, more work: a branch of ``depth`` square layers (sharing one weight,
+    so the file stays small) whose result is multiplied by zero."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -76,10 +77,15 @@ def slowed(model: onnx.ModelProto, width: int) -> onnx.ModelProto:
     logits = softmax.input[0]
     g.node.extend([
         helper.make_node("MatMul", ["pixels", "slow.w"], ["slow.h"]),
-        helper.make_node("Relu", ["slow.h"], ["slow.r"]),
-        helper.make_node("MatMul", ["slow.r", "slow.sq"], ["slow.h2"]),
-        helper.make_node("Relu", ["slow.h2"], ["slow.r2"]),
-        helper.make_node("MatMul", ["slow.r2", "slow.w2"], ["slow.o"]),
+        helper.make_node("Relu", ["slow.h"], ["slow.r0"]),
+    ])
+    for i in range(depth):
+        g.node.extend([
+            helper.make_node("MatMul", [f"slow.r{i}", "slow.sq"], [f"slow.h{i + 1}"]),
+            helper.make_node("Relu", [f"slow.h{i + 1}"], [f"slow.r{i + 1}"]),
+        ])
+    g.node.extend([
+        helper.make_node("MatMul", [f"slow.r{depth}", "slow.w2"], ["slow.o"]),
         helper.make_node("Mul", ["slow.o", "slow.zero"], ["slow.z"]),
         helper.make_node("Add", [logits, "slow.z"], ["slow.logits"]),
     ])

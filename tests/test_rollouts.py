@@ -7,6 +7,7 @@ whatever version the fleet runs when it begins.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 
@@ -54,7 +55,9 @@ def env(tmp_path_factory):
     files = {
         "good": save(good, models / "good.onnx"),
         "broken": save(broken(good), models / "broken.onnx"),
-        "slow": save(slowed(good, 512), models / "slow.onnx"),
+        # much slower in compute, so that it is at least twice as slow as what the agents
+        # observe (their latency includes waiting for the interpreter, shared by 20 agents)
+        "slow": save(slowed(good, 512, depth=24), models / "slow.onnx"),
         "twin": save(train_small((32,), 1), models / "twin.onnx"),
         "weak": save(train_small((4,), 4), models / "weak.onnx"),
         "alt": save(train_small((32,), 2), models / "alt.onnx"),
@@ -149,7 +152,7 @@ def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env)
 
     dep = wait_deployment(ctl, ctl.deploy("digits", slow["version"], policy=policy)["id"], 90)
 
-    assert dep["state"] == "rolled_back", (dep["result"], dep["events"])
+    assert dep["state"] == "rolled_back", json.dumps(dep["result"])
     breach = next(e for e in dep["events"] if e["kind"] == "wave_breached")
     assert breach["detail"]["reason"] == "p95_regression", breach
     wave0 = [j for j in dep["jobs"] if j["wave"] == 0]
