@@ -78,7 +78,10 @@ class JobRunner:
         self._wake = threading.Event()
         self._wanted: DesiredState | None = None
         self.current: DesiredState | None = None
-        self.done: dict[str, str] = {}  # job id → terminal state
+        finished = agent.store.finished_jobs()  # survives restarts
+        self.done: dict[str, str] = {job: v["state"] for job, v in finished.items()}
+        self._newest = max((float(v.get("issued_at", 0)) for v in finished.values()),
+                           default=0.0)
         self._last_status: dict[str, bytes] = {}
 
     # -- intake -------------------------------------------------------------------------
@@ -92,6 +95,10 @@ class JobRunner:
                 payload = self._last_status.get(desired.job)
                 if payload is not None:
                     self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=desired.job)
+                return
+            if desired.issued_at < self._newest:
+                log.info("ignored desired state %s: older than one already applied",
+                         desired.job)
                 return
             self._wanted = desired
         self._wake.set()
@@ -110,6 +117,8 @@ class JobRunner:
             self._last_status.pop(next(iter(self._last_status)))
         if state in JobState.TERMINAL:
             self.done[d.job] = state
+            self._newest = max(self._newest, d.issued_at)
+            self.agent.store.record_job(d.job, state, d.issued_at)
         self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=d.job)
 
     def republish(self) -> None:

@@ -160,8 +160,6 @@ class Agent:
 
     def _load_installed(self) -> None:
         trial = self.store.read_trial()
-        if trial is not None:
-            self._resume_trial(trial)
         state = self.store.read_state()
         for key in ("active", "last_good"):
             ref = state[key]
@@ -174,9 +172,18 @@ class Agent:
                 log.error("installed %s model %s cannot load: %s", key, ref, exc)
                 continue
             if key == "last_good":
-                self.store.rollback()
+                self.store.rollback(failed=True)
             log.info("serving %s:%d", installed.manifest.name, installed.manifest.version)
+            break
+        if trial is None:
             return
+        desired = DesiredState(**trial["desired"])
+        if key == "active" and self._active is not None:
+            self._resume_trial(trial)
+        else:  # the model on trial did not even load: it is not the one serving
+            self.store.update_trial(None)
+            self.jobs.report(desired, JobState.ROLLED_BACK, reason="load_failed",
+                             detail="the model on trial could not be loaded after a restart")
 
     def _resume_trial(self, trial: dict[str, Any]) -> None:
         """A restart inside a health window: resume it once, roll back if it repeats."""
@@ -184,9 +191,18 @@ class Agent:
         policy = HealthPolicy.from_dict(desired.health)
         attempts = int(trial.get("attempts", 0)) + 1
         if attempts > policy.max_trial_restarts:
-            self.store.rollback()
+            detail = f"agent restarted {attempts} times inside the health window"
+            target = self.store.rollback(failed=True)
+            if target is None:
+                self.store.commit()
+                self.jobs.report(desired, JobState.FAILED, reason="crashed_during_health_window",
+                                 detail=detail + "; no last known good model, still serving it")
+                return
+            installed = self.store.get(target)
+            if installed is not None:
+                self._active = self._load(installed)
             self.jobs.report(desired, JobState.ROLLED_BACK, reason="crashed_during_health_window",
-                             detail=f"agent restarted {attempts} times inside the health window")
+                             detail=detail)
             return
         self.store.update_trial({**trial, "attempts": attempts})
         self._trial = _Trial(desired, policy, self.clock.time(), trial.get("baseline_p95"))
@@ -327,8 +343,13 @@ class Agent:
         self.jobs.report(d, JobState.HEALTHY, detail=reason)
         self._announce()
 
-    def rollback(self, reason: str = "command") -> ModelRef | None:
-        """Switch to the last known good model; returns it, or ``None`` if there is none."""
+    def rollback(self, reason: str = "command", *, failed: bool = False) -> ModelRef | None:
+        """Switch to the last known good model; returns it, or ``None`` if there is none.
+
+        Args:
+            reason: for the log.
+            failed: the active model failed (it will not become the last known good).
+        """
         with self._switch_lock:
             state = self.store.read_state()
             target = state["last_good"]
@@ -338,8 +359,8 @@ class Agent:
             previous = self._previous
             loaded = previous if previous and previous.installed.ref == target else \
                 self._load(installed)
-            self.store.rollback()
-            self._previous, self._active = self._active, loaded
+            self.store.rollback(failed=failed)
+            self._previous, self._active = (None if failed else self._active), loaded
             self._trial = None
             self._recent.clear()
         log.warning("rolled back to %s (%s)", target, reason)
@@ -388,7 +409,15 @@ class Agent:
             with self._switch_lock:
                 if self._trial is not trial:
                     return
-                self.rollback(verdict.reason)
+                back = self.rollback(verdict.reason, failed=True)
+                if back is None:  # nothing to go back to: keep serving, say so
+                    self.store.commit()
+                self._trial = None
+            if back is None:
+                self.jobs.report(trial.desired, JobState.FAILED, reason=verdict.reason,
+                                 detail="unhealthy, but there is no last known good model to "
+                                        "go back to; still serving it")
+                return
             self.jobs.report(trial.desired, JobState.ROLLED_BACK, reason=verdict.reason,
                              detail=f"{trial.errors} errors in {trial.count} inferences; "
                                     f"p95 {p95(trial.latencies)} ms vs {trial.baseline_p95} ms")

@@ -130,13 +130,37 @@ class ModelStore:
         """The health window passed: forget the trial."""
         self.update_trial(None)
 
-    def rollback(self) -> ModelRef | None:
-        """Switch back to the last known good model; returns it (``None`` if there is none)."""
+    def rollback(self, *, failed: bool = False) -> ModelRef | None:
+        """Switch back to the last known good model; returns it (``None`` if there is none).
+
+        Args:
+            failed: the active model failed; it must not become the new last known good.
+        """
         state = self.read_state()
         if state["last_good"] is None or self.get(state["last_good"]) is None:
             return None
-        self._write(active=state["last_good"], last_good=state["active"], trial=None)
+        self._write(active=state["last_good"], last_good=None if failed else state["active"],
+                    trial=None)
         return state["last_good"]
+
+    def record_job(self, job: str, state: str, issued_at: float, *, keep: int = 50) -> None:
+        """Remember how a job ended, so a restart does not run it again."""
+        data = self._read_raw()
+        jobs = dict(data.get("jobs") or {})
+        jobs[job] = {"state": state, "issued_at": issued_at}
+        data["jobs"] = dict(list(jobs.items())[-keep:])
+        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+
+    def finished_jobs(self) -> dict[str, dict[str, Any]]:
+        jobs = self._read_raw().get("jobs")
+        return dict(jobs) if isinstance(jobs, dict) else {}
+
+    def _read_raw(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def find(self, name: str, version: int) -> InstalledModel | None:
         """Any complete install of ``name:version`` on this device."""
@@ -154,8 +178,9 @@ class ModelStore:
 
     def _write(self, *, active: ModelRef | None, last_good: ModelRef | None,
                trial: dict[str, Any] | None = None) -> None:
-        data = {"active": active.to_dict() if active else None,
-                "last_good": last_good.to_dict() if last_good else None, "trial": trial}
+        data = self._read_raw()
+        data.update(active=active.to_dict() if active else None,
+                    last_good=last_good.to_dict() if last_good else None, trial=trial)
         atomic_write(self.state_path, json.dumps(data, indent=2).encode())
 
     def prune(self, keep: set[ModelRef]) -> int:

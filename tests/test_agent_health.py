@@ -138,3 +138,72 @@ def test_blue_green_keeps_the_previous_model_loaded_for_an_instant_rollback(tmp_
         assert agent.store.read_state()["active"].version == 1
     finally:
         agent.stop()
+
+
+def _install(agent, version):
+    from edgefleet.contract import Manifest, TensorSpec, sha256_file
+
+    digest, length = sha256_file(str(ASSETS / "digits.onnx"))
+    m = Manifest(name="digits", version=version, runtime="onnxruntime", model_file="model.onnx",
+                 model_sha256=digest, model_length=length,
+                 inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                 outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
+    return agent.store.install(m, m.encode(), ASSETS / "digits.onnx")
+
+
+def _agent(tmp_path, trust_root, name="pi-h"):
+    from edgefleet.agent import Agent, AgentConfig
+
+    return Agent(AgentConfig(device_id=name, state_dir=tmp_path / "state",
+                             trust_root=trust_root, broker_url="mqtt://127.0.0.1:1",
+                             api_port=0))
+
+
+def _trial_desired(version, job):
+    from edgefleet.contract import DesiredState
+
+    return DesiredState(deployment=job, job=job, model="digits", version=version, manifest="m",
+                        issued_at=float(version), health={"window_s": 60, "min_samples": 5})
+
+
+def test_an_unhealthy_first_model_with_nothing_to_go_back_to_fails_once(tmp_path, trust_root):
+    from edgefleet.agent.runtime import load_runtime
+
+    agent = _agent(tmp_path, trust_root)
+    inst = _install(agent, 1)
+    d = _trial_desired(1, "dep-a")
+    agent.activate(inst, load_runtime("onnxruntime", inst.model_path), d)
+    agent._trial.count, agent._trial.errors = 10, 10
+    agent._check_trial(agent.clock.time())
+    agent._check_trial(agent.clock.time())
+
+    assert agent.jobs.done["dep-a"] == "failed"
+    assert json.loads(agent.jobs._last_status["dep-a"])["reason"] == "error_rate"
+    assert agent._trial is None and agent.store.read_trial() is None
+    assert agent.active.version == 1  # still serving: there is nothing else
+
+
+def test_a_rolled_back_job_is_not_run_again_after_a_restart(tmp_path, trust_root):
+    from edgefleet.agent.runtime import load_runtime
+
+    agent = _agent(tmp_path, trust_root)
+    for v, job in ((1, "dep-1"), (2, "dep-2")):
+        inst = _install(agent, v)
+        agent.activate(inst, load_runtime("onnxruntime", inst.model_path),
+                       _trial_desired(v, job))
+        if v == 1:
+            agent._trial = None
+            agent.store.commit()
+    agent._trial.count, agent._trial.errors = 10, 10
+    agent._check_trial(agent.clock.time())
+    assert agent.jobs.done["dep-2"] == "rolled_back"
+    state = agent.store.read_state()
+    assert state["active"].version == 1 and state["last_good"] is None  # v2 is not "good"
+    agent.buffer.stop()
+
+    again = _agent(tmp_path, trust_root)  # a restart
+    again.jobs.want(_trial_desired(2, "dep-2"))  # the retained desired state comes back
+    assert again.jobs._wanted is None and again.jobs.done["dep-2"] == "rolled_back"
+    again.jobs.want(_trial_desired(1, "dep-old"))  # and an older one is ignored
+    assert again.jobs._wanted is None
+    again.buffer.stop()
