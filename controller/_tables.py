@@ -136,6 +136,12 @@ def _v2(conn: sa.Connection) -> None:
     for table, defs in cols.items():
         for d in defs:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {d}"))
+    if conn.dialect.name == "postgresql":  # birth sequence numbers are clock-seeded now
+        conn.execute(sa.text("ALTER TABLE devices ALTER COLUMN bd_seq TYPE BIGINT"))
+    # v1 deployments had no plan or policy: they end here rather than being driven
+    conn.execute(sa.text("UPDATE deployments SET state = 'legacy' WHERE state = 'running'"))
+    for index in telemetry.indexes:  # the table's own Index objects (no new ones attached)
+        index.create(conn, checkfirst=True)
     meta.create_all(conn, tables=[events, desired])
 
 

@@ -63,6 +63,8 @@ class Orchestrator:
             plan["waves"] = plan_waves(targets, dep_id, waves)
             wave_of = {d: i for i, ds in enumerate(plan["waves"]) for d in ds}
         elif policy.strategy == "ab":
+            if len(targets) < 2:
+                raise ValueError("an A/B deployment needs at least two devices")
             new, control = split_arms(targets, dep_id, policy.split)
             plan["arms"] = {"new": new, "control": control}
         for d in targets:
@@ -124,10 +126,9 @@ class Orchestrator:
         if phase is not None:
             values.update(phase=phase, phase_started_at=now)
         result = dict(dep.get("result") or {})
-        if "final" in detail:
-            result["final"] = detail["final"]
-        if "reason" in detail:
-            result["reason"] = detail["reason"]
+        for key in ("final", "reason", "paused_at", "breached_wave"):
+            if key in detail:
+                result[key] = detail[key]
         values["result"] = result
         self.store.update_deployment(dep["id"], **values)
         self.store.add_event(dep["id"], event, actor, state=state, **detail)
@@ -145,7 +146,7 @@ class Orchestrator:
 
     def tick_one(self, dep_id: str) -> None:
         dep = self.store.get_deployment(dep_id)
-        policy = RolloutPolicy.from_dict(dep["policy"])
+        policy = RolloutPolicy.from_dict(dep["policy"] or {})
         state = dep["state"]
         if state == "running":
             if dep["strategy"] in WAVE_STRATEGIES:
@@ -221,8 +222,11 @@ class Orchestrator:
     def _breach(self, dep: dict[str, Any], policy: RolloutPolicy, reason: str,
                 touched: list[str]) -> None:
         if policy.on_breach == "pause":
-            self._set(dep, "paused", "orchestrator", "paused", reason=reason)
+            self._set(dep, "paused", "orchestrator", "paused", reason=reason,
+                      paused_at=self.clock.time(),
+                      breached_wave=dep["wave"] if dep["strategy"] in WAVE_STRATEGIES else None)
         elif policy.on_breach == "abort":
+            self._hold(dep, policy)
             self._set(dep, "aborted", "orchestrator", "aborted", phase="done", reason=reason)
         else:
             self._revert(dep, touched, policy, "orchestrator", reason, final="rolled_back")
@@ -269,12 +273,30 @@ class Orchestrator:
 
     def _stop_shadow(self, dep: dict[str, Any], policy: RolloutPolicy,
                      devices: list[str]) -> None:
+        # "stop shadowing" is "run what you run now": the device keeps its active model
+        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
         jobs = {j["device"]: j for j in dep["jobs"]}
         for d in devices:
-            j = jobs[d]
-            if j["from_model"] and j["from_version"]:
-                self._send(dep, [d], job=f"{dep['id']}.s", model=j["from_model"],
-                           version=j["from_version"], policy=policy, state="shadow_stopped")
+            now_on = running.get(d) or {}
+            model = now_on.get("name") or jobs[d]["from_model"]
+            version = now_on.get("version") or jobs[d]["from_version"]
+            if model and version:
+                self._send(dep, [d], job=f"{dep['id']}.s", model=model, version=version,
+                           policy=policy, state="stopping_shadow")
+            else:
+                self.store.update_job(dep["id"], d, state="shadow_stopped",
+                                      reason="no active model")
+
+    def _hold(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
+        """On abort: devices whose job has not finished are told to keep what they run."""
+        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
+        finished = ("healthy", "failed", "rolled_back", "reverted", "revert_failed")
+        for j in dep["jobs"]:
+            now_on = running.get(j["device"]) or {}
+            if not j["job"] or j["state"] in finished or not now_on.get("version"):
+                continue
+            self._send(dep, [j["device"]], job=f"{dep['id']}.a", model=now_on["name"],
+                       version=now_on["version"], policy=policy, downgrade=True, state="held")
 
     def _promote(self, dep: dict[str, Any], policy: RolloutPolicy, devices: list[str],
                  actor: str, detail: str = "") -> None:
@@ -338,8 +360,13 @@ class Orchestrator:
         timed_out = self.clock.time() - dep["phase_started_at"] >= policy.wave_timeout_s
         if all(j["state"] in done_states for j in sent) or timed_out:
             final = (dep.get("result") or {}).get("final", "succeeded")
+            bad = sum(j["state"] in ("failed", "rolled_back", "revert_failed") or
+                      j["state"] not in done_states for j in sent)
+            if dep["state"] == "promoting" and sent and bad / len(sent) > policy.max_failure_rate:
+                final = "failed"  # the promotion itself breached
             self._set(dep, final, "orchestrator", final, phase="done",
-                      answered=sum(j["state"] in done_states for j in sent), sent=len(sent))
+                      answered=sum(j["state"] in done_states for j in sent), sent=len(sent),
+                      failed=bad)
 
     # -- operator actions ---------------------------------------------------------------
     def act(self, dep_id: str, action: str, actor: str) -> dict[str, Any]:
@@ -353,7 +380,7 @@ class Orchestrator:
 
         with self.lock:
             dep = self.store.get_deployment(dep_id)
-            policy = RolloutPolicy.from_dict(dep["policy"])
+            policy = RolloutPolicy.from_dict(dep["policy"] or {})
             state, strategy = dep["state"], dep["strategy"]
 
             def refuse() -> RegistryError:
@@ -363,14 +390,23 @@ class Orchestrator:
             if action == "pause":
                 if state != "running":
                     raise refuse()
-                self._set(dep, "paused", actor, "paused")
+                self._set(dep, "paused", actor, "paused", paused_at=self.clock.time())
             elif action == "resume":
                 if state != "paused":
                     raise refuse()
-                breached = (dep.get("result") or {}).get("reason")
+                result = dict(dep.get("result") or {})
+                breached_wave = result.pop("breached_wave", None)
+                paused_for = self.clock.time() - float(result.pop("paused_at",
+                                                                  self.clock.time()))
+                result.pop("reason", None)
+                # the pause does not count against the wave's timeout
+                self.store.update_deployment(dep_id, result=result,
+                                             phase_started_at=(dep["phase_started_at"] or 0)
+                                             + paused_for)
+                dep.update(result=result)
                 self._set(dep, "running", actor, "resumed")
-                if breached and strategy in WAVE_STRATEGIES:  # the operator accepts the wave
-                    nxt = dep["wave"] + 1
+                if breached_wave is not None and strategy in WAVE_STRATEGIES:
+                    nxt = breached_wave + 1  # the operator accepts the breached wave
                     if nxt < len(dep["plan"]["waves"]):
                         self._start_wave(dep, policy, nxt)
                     else:
@@ -378,6 +414,7 @@ class Orchestrator:
             elif action == "abort":
                 if state not in ACTIVE:
                     raise refuse()
+                self._hold(dep, policy)
                 self._set(dep, "aborted", actor, "aborted", phase="done")
             elif action == "rollback":
                 if state in ("rolling_back", "rolled_back", "dropped"):
@@ -386,14 +423,14 @@ class Orchestrator:
                            if j["job"] and j["state"] not in ("control",)]
                 self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
             elif action == "promote":
-                if strategy not in ("shadow", "ab") or state not in ("running",
+                if strategy not in ("shadow", "ab") or state not in ("running", "paused",
                                                                      "awaiting_decision"):
                     raise refuse()
                 devices = dep["plan"]["targets"] if strategy == "shadow" else \
                     dep["plan"]["arms"]["control"]
                 self._promote(dep, policy, list(devices), actor)
             elif action == "drop":
-                if strategy not in ("shadow", "ab") or state not in ("running",
+                if strategy not in ("shadow", "ab") or state not in ("running", "paused",
                                                                      "awaiting_decision"):
                     raise refuse()
                 if strategy == "shadow":

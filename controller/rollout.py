@@ -63,7 +63,23 @@ class RolloutPolicy:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}")
-        waves = tuple(float(w) for w in self.waves)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("strategy", "on_breach", "silent", "waves", "auto_promote"):
+                continue
+            if value is None and "None" in str(f.type):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number")
+        if not isinstance(self.auto_promote, bool):
+            raise ValueError("auto_promote must be true or false")
+        try:
+            waves = tuple(float(w) for w in self.waves)
+        except (TypeError, ValueError):
+            raise ValueError("waves must be a list of percentages") from None
+        if self.strategy == "canary" and waves == (100.0,):
+            waves = (10.0, 100.0)  # a canary is two waves; 10% unless told
         object.__setattr__(self, "waves", waves)
         if not waves or waves[-1] != 100.0 or any(
                 not 0 < w <= 100 for w in waves) or list(waves) != sorted(set(waves)):
@@ -81,6 +97,11 @@ class RolloutPolicy:
             raise ValueError("sample within (0, 1] and split within (0, 100)")
         if min(self.health_window_s, self.wave_timeout_s, self.duration_s) < 0:
             raise ValueError("durations must be ≥ 0")
+        for name in ("max_p95_regression", "max_error_rate", "max_latency_ratio",
+                     "device_max_latency_ratio"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or null to switch it off)")
         if self.min_samples < 1:
             raise ValueError("min_samples must be ≥ 1")
 
@@ -98,6 +119,8 @@ class RolloutPolicy:
             raise ValueError(f"unknown policy fields {sorted(unknown)}")
         values = dict(data)
         if "waves" in values:
+            if not isinstance(values["waves"], (list, tuple)):
+                raise ValueError("waves must be a list of percentages")
             values["waves"] = tuple(values["waves"])
         try:
             return cls(**values)
@@ -127,7 +150,8 @@ def plan_waves(devices: Sequence[str], deployment_id: str,
     n, taken, plan = len(ordered), 0, []
     for pct in waves:
         upto = min(n, max(math.ceil(n * pct / 100.0 - 1e-9), taken + 1))
-        plan.append(ordered[taken:upto])
+        if upto > taken:  # a share too small for the devices left adds no empty wave
+            plan.append(ordered[taken:upto])
         taken = upto
     return plan
 
@@ -232,8 +256,10 @@ def evaluate_shadow(m: ShadowMetrics, *, started_at: float, now: float,
                     policy: RolloutPolicy) -> Decision:
     """After ``duration_s``: promote when agreement and latency held, else reject."""
     figures = {"samples": m.samples}
-    if now - started_at < policy.duration_s:
-        return Decision("running", "", figures)
+    elapsed = now - started_at
+    if elapsed < policy.duration_s or (m.samples < policy.min_samples
+                                       and elapsed < policy.wave_timeout_s):
+        return Decision("running", "", figures)  # (too few samples: wait, up to the timeout)
     if m.samples < policy.min_samples:
         return Decision("reject", "too_few_samples", figures,
                         f"{m.samples} shadow samples (need {policy.min_samples})")

@@ -28,13 +28,14 @@ from edgefleet.contract import (
     JobStatus,
     MessageError,
     NotFoundError,
+    RegistryError,
     Summary,
     SystemClock,
 )
 from edgefleet.contract.topics import valid_device_id
 
 from ._mqtt import ControllerLink
-from .orchestrator import Orchestrator
+from .orchestrator import ACTIVE, Orchestrator
 from .registry import Registry
 from .rollout import RolloutPolicy, needs_redrive
 from .settings import Settings
@@ -153,9 +154,15 @@ class FleetController:
 
     def _reconcile(self, device: str, birth: Birth) -> None:
         """Re-drive the desired state when a device reports something else."""
+        with self.orchestrator.lock:  # not while a rollout step rewrites desired states
+            self._reconcile_locked(device, birth)
+
+    def _reconcile_locked(self, device: str, birth: Birth) -> None:
         want = self.store.get_desired(device)
         if want is None:
             return
+        if self.store.deployment_state(want["deployment"]) not in ACTIVE:
+            return  # finished or aborted: nothing more to drive
         job = self.store.get_job(want["deployment"], device)
         job_state = job["state"] if job is not None and job["job"] == want["job"] else None
         reported = (birth.active.name, birth.active.version) if birth.active else None
@@ -172,9 +179,13 @@ class FleetController:
             state = {"healthy": "reverted", "failed": "revert_failed",
                      "rolled_back": "reverted"}.get(state, "reverting")
         elif status.job.endswith(".s"):
-            state = "shadow_stopped"
+            state = {"healthy": "shadow_stopped"}.get(state, "stopping_shadow")
+            if status.state == JobState.FAILED:
+                state = "shadow_stop_failed"
+        elif status.job.endswith(".a"):
+            state = {"healthy": "held", "failed": "hold_failed"}.get(state, "holding")
         fields: dict[str, Any] = {"state": state}
-        if not status.job.endswith(".rb"):  # a rollback keeps the reason it was needed
+        if not status.job.endswith((".rb", ".a")):  # these keep the reason they were needed
             fields.update(reason=status.reason, detail=status.detail)
         if status.progress:
             fields["progress"] = status.progress
@@ -235,6 +246,12 @@ class FleetController:
         targets = select_devices(self.store.list_devices(), ids=devices, selector=selector)
         if not targets:
             raise ValueError("no device matches this deployment's target")
+        busy = self.store.devices_in(ACTIVE, targets)
+        if busy:
+            raise RegistryError(
+                f"{len(busy)} target device(s) are in a deployment that has not finished "
+                f"({', '.join(sorted(busy)[:5])}…); finish, abort or roll it back first",
+                reason="device_busy")
         self.registry.ensure_bundle(model, version)
         dep_id = f"dep-{int(self.clock.time())}-{secrets.token_hex(3)}"
         return self.orchestrator.create(dep_id, model, version, targets,

@@ -144,6 +144,18 @@ class Store:
                     events.c.deployment == dep_id).order_by(events.c.id)))
         return row
 
+    def deployment_state(self, dep_id: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(deployments.c.state)  # type: ignore[no-any-return]
+                             .where(deployments.c.id == dep_id)).scalar()
+
+    def devices_in(self, states: Iterable[str], devices_: list[str]) -> set[str]:
+        """Which of ``devices_`` have a job in a deployment in one of ``states``."""
+        q = sa.select(jobs.c.device).join(deployments, deployments.c.id == jobs.c.deployment) \
+            .where(deployments.c.state.in_(list(states)), jobs.c.device.in_(devices_))
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(q)}
+
     def get_job(self, dep_id: str, device: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
             return _row(c.execute(sa.select(jobs).where(jobs.c.deployment == dep_id,

@@ -78,7 +78,7 @@ def test_deployments_watch_follows_a_staged_rollout_live(cli, controller, make_f
     wait_devices_known(controller, fleet.ids)
     cli("model", "register", "digits", str(ASSETS / "digits.onnx"), "--eval",
         str(ASSETS / "eval.npz"))
-    dep = json.loads(cli("deploy", "digits:1", "--strategy", "staged", "--waves", "34%,67%,100%",
+    dep = json.loads(cli("deploy", "digits:1", "--strategy", "staged", "--waves", "33%,66%,100%",
                          "--health-window", "1s", "--max-failure-rate", "0%",
                          "--wave-timeout", "1m", "--json").stdout)
     assert dep["strategy"] == "staged" and len(dep["waves"]) == 3

@@ -1,0 +1,61 @@
+"""A store written by the previous schema is upgraded in place, and its old rollouts end."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlalchemy as sa
+
+from edgefleet.controller.orchestrator import describe
+from edgefleet.controller.store import Store
+
+V1 = """
+CREATE TABLE model_versions (name VARCHAR(128) NOT NULL, version INTEGER NOT NULL,
+  parent INTEGER, variant VARCHAR(32) NOT NULL, runtime VARCHAR(32) NOT NULL,
+  file VARCHAR(512) NOT NULL, sha256 VARCHAR(64) NOT NULL, size_bytes BIGINT NOT NULL,
+  signature JSON NOT NULL, labels JSON NOT NULL, metrics JSON NOT NULL, report JSON,
+  bundled BOOLEAN NOT NULL, created_at FLOAT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE devices (id VARCHAR(64) NOT NULL, online BOOLEAN NOT NULL, bd_seq INTEGER NOT NULL,
+  last_seen FLOAT, agent_version VARCHAR(32), active JSON, last_good JSON, hw JSON NOT NULL,
+  tags JSON NOT NULL, api_url VARCHAR(256), PRIMARY KEY (id));
+CREATE TABLE deployments (id VARCHAR(64) NOT NULL, model VARCHAR(128) NOT NULL,
+  version INTEGER NOT NULL, state VARCHAR(32) NOT NULL, created_at FLOAT NOT NULL,
+  created_by VARCHAR(64) NOT NULL, PRIMARY KEY (id));
+CREATE TABLE jobs (deployment VARCHAR(64) NOT NULL, device VARCHAR(64) NOT NULL,
+  state VARCHAR(32) NOT NULL, reason VARCHAR(64) NOT NULL, detail TEXT NOT NULL,
+  progress JSON NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (deployment, device));
+CREATE TABLE telemetry (device VARCHAR(64) NOT NULL, seq BIGINT NOT NULL,
+  window_start FLOAT NOT NULL, window_end FLOAT NOT NULL, historical BOOLEAN NOT NULL,
+  model VARCHAR(128) NOT NULL, version INTEGER NOT NULL, count INTEGER NOT NULL,
+  errors INTEGER NOT NULL, payload JSON NOT NULL, received_at FLOAT NOT NULL,
+  PRIMARY KEY (device, seq));
+CREATE TABLE schema_info (version INTEGER NOT NULL, applied_at FLOAT NOT NULL,
+  PRIMARY KEY (version));
+INSERT INTO schema_info VALUES (1, 0);
+INSERT INTO deployments VALUES ('dep-old', 'digits', 1, 'running', 0, 'admin');
+INSERT INTO deployments VALUES ('dep-done', 'digits', 1, 'succeeded', 0, 'admin');
+INSERT INTO jobs VALUES ('dep-old', 'pi-1', 'pending', '', '', '{}', 0);
+"""
+
+
+def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1)
+    db.close()
+
+    store = Store(f"sqlite:///{path}")
+
+    assert store.schema_version == 2
+    with store.engine.connect() as c:
+        versions = [r[0] for r in c.execute(sa.text("SELECT version FROM schema_info"))]
+    assert versions == [1, 2]  # the migration is recorded
+    assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
+    assert store.deployment_state("dep-done") == "succeeded"
+    view = describe(store.get_deployment("dep-old", with_events=True))
+    assert view["jobs"][0]["device"] == "pi-1" and view["policy"] is None
+    indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("telemetry")}
+    assert "telemetry_received" in indexes
+    Store(f"sqlite:///{path}")  # opening it again changes nothing
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 2
