@@ -183,3 +183,34 @@ def test_a_device_that_lost_its_desired_state_is_driven_again_on_birth(controlle
                        else None, 30)
     assert {j["state"] for j in final["jobs"]} == {"healthy"}
     assert controller.counters["desired_redriven"] >= 1  # the birth, not a retained message
+
+
+def test_overlapping_deployments_are_refused_and_abort_holds_devices_where_they_are(
+        controller, make_fleet):
+    from _support import register_digits
+
+    from edgefleet.contract import RegistryError
+
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    v1 = register_digits(controller)
+    slow = RolloutPolicy(strategy="staged", waves=(50, 100), health_window_s=30.0)
+    dep = controller.deploy("digits", v1["version"], policy=slow)
+    with pytest.raises(RegistryError) as busy:
+        controller.deploy("digits", v1["version"])
+    assert busy.value.reason == "device_busy"
+
+    first = next(j["device"] for j in dep["jobs"] if j["wave"] == 0)
+    # the first wave's device switched and is in its health window
+    wait_until(lambda: controller.store.get_device(first)["active"] is not None, 30)
+    done = controller.orchestrator.act(dep["id"], "abort", "tester")
+    assert done["state"] == "aborted"
+    assert [e["actor"] for e in done["events"] if e["kind"] == "aborted"] == ["tester"]
+    other = next(d for d in fleet.ids if d != first)
+    assert fleet.agents[other].active is None  # the second wave never started
+    held = wait_until(lambda: next(j for j in controller.store.get_deployment(dep["id"])["jobs"]
+                                   if j["device"] == first)["state"] == "held", 20)
+    assert held and fleet.agents[first].active.version == v1["version"]
+    assert controller.store.get_desired(first)["job"] == f"{dep['id']}.a"
+    again = controller.deploy("digits", v1["version"])  # no longer busy
+    assert again["state"] == "running"
