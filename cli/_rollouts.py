@@ -31,29 +31,23 @@ def _policy(waves: str | None, canary: str | None, health_window: str | None,
             max_latency_ratio: float | None, duration: str | None, split: str | None,
             auto_promote: bool) -> dict[str, Any]:
     p: dict[str, Any] = {}
+    parsed = (  # (given text, policy field, parser)
+        (waves, "waves", parse_waves),
+        (canary, "waves", lambda t: [parse_percent(t), 100.0]),
+        (health_window, "health_window_s", parse_duration),
+        (max_failure_rate, "max_failure_rate", parse_fraction),
+        (max_p95_regression, "max_p95_regression", parse_fraction),
+        (max_error_rate, "max_error_rate", parse_fraction),
+        (wave_timeout, "wave_timeout_s", parse_duration),
+        (sample, "sample", parse_fraction),
+        (min_agreement, "min_agreement", parse_fraction),
+        (duration, "duration_s", parse_duration),
+        (split, "split", parse_percent),
+    )
     try:
-        if waves:
-            p["waves"] = parse_waves(waves)
-        if canary:
-            p["waves"] = [parse_percent(canary), 100.0]
-        if health_window:
-            p["health_window_s"] = parse_duration(health_window)
-        if max_failure_rate:
-            p["max_failure_rate"] = parse_fraction(max_failure_rate)
-        if max_p95_regression:
-            p["max_p95_regression"] = parse_fraction(max_p95_regression)
-        if max_error_rate:
-            p["max_error_rate"] = parse_fraction(max_error_rate)
-        if wave_timeout:
-            p["wave_timeout_s"] = parse_duration(wave_timeout)
-        if sample:
-            p["sample"] = parse_fraction(sample)
-        if min_agreement:
-            p["min_agreement"] = parse_fraction(min_agreement)
-        if duration:
-            p["duration_s"] = parse_duration(duration)
-        if split:
-            p["split"] = parse_percent(split)
+        for text, field, parse in parsed:
+            if text:
+                p[field] = parse(text)
     except ValueError as exc:
         fail(str(exc))
     if on_breach:
