@@ -66,6 +66,8 @@ class AgentLink:
         self._client.reconnect_delay_set(config.reconnect_min_s,  # type: ignore[arg-type]
                                          config.reconnect_max_s)  # type: ignore[arg-type]
         self._client.max_queued_messages_set(1000)
+        if config.mqtt_password is not None:
+            self._client.username_pw_set(config.device_id, config.mqtt_password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

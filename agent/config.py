@@ -36,6 +36,8 @@ class AgentConfig:
     state_dir: Path
     trust_root: Path
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # MQTT credentials (the username is the device id); none: anonymous
+    mqtt_password: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
     hardware_class: str = "generic"
@@ -68,6 +70,11 @@ class AgentConfig:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:
             raise ValueError("api_port must be 0..65535")
+
+    def __repr__(self) -> str:  # never print the MQTT password
+        shown = dataclasses.replace(self, mqtt_password="***" if self.mqtt_password else None)
+        return "AgentConfig(" + ", ".join(
+            f"{f.name}={getattr(shown, f.name)!r}" for f in dataclasses.fields(self)) + ")"
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:

@@ -27,6 +27,8 @@ app = typer.Typer(help="edgefleet: deploy ML models to fleets of edge devices.",
 keys_app = typer.Typer(help="Signing keys and the trust root devices pin.", no_args_is_help=True)
 controller_app = typer.Typer(help="Run the controller.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run or inspect the device agent.", no_args_is_help=True)
+broker_app = typer.Typer(help="MQTT broker configuration.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 app.add_typer(keys_app, name="keys")
 app.add_typer(controller_app, name="controller")
 app.add_typer(agent_app, name="agent")
@@ -131,6 +133,42 @@ def _stored_token(data: Path) -> str:
     atomic_write(path, value.encode() + b"\n", mode=0o600)
     console.print(f"generated an admin API token in {path} (export EDGEFLEET_TOKEN=$(cat {path}))")
     return value
+
+
+@broker_app.command("config")
+def broker_config(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the files.")],
+    device: Annotated[list[str], typer.Option("--device", "-d", help="Device id (repeat).")],
+    port: Annotated[int, typer.Option(help="Listener port.")] = 8883,
+    controller_user: Annotated[str, typer.Option(help="The controller's MQTT username.")]
+    = "edgefleet-controller",
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a Mosquitto config (passwords + per-device ACLs) and credentials.json (0600)."""
+    import secrets
+
+    from edgefleet.contract.files import atomic_write
+    from edgefleet.controller.brokerconf import write_broker_config
+
+    creds_path = directory / "credentials.json"
+    creds = json.loads(creds_path.read_text()) if creds_path.exists() else {"devices": {}}
+    creds.setdefault("controller", {"username": controller_user,
+                                    "password": secrets.token_urlsafe(18)})
+    for d in device:
+        creds["devices"].setdefault(d, secrets.token_urlsafe(18))
+    try:
+        conf = write_broker_config(directory, devices=creds["devices"],
+                                   controller_user=creds["controller"]["username"],
+                                   controller_password=creds["controller"]["password"],
+                                   port=port)
+    except ValueError as exc:
+        fail(str(exc))
+    atomic_write(creds_path, json.dumps(creds, indent=2).encode(), mode=0o600)
+    out = {"config": str(conf), "credentials": str(creds_path),
+           "devices": sorted(creds["devices"])}
+    if not emit(out, as_json):
+        console.print(f"wrote {conf} for {len(creds['devices'])} device(s); passwords are in "
+                      f"{creds_path} (mode 0600)")
 
 
 @agent_app.command("run")

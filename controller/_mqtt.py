@@ -37,7 +37,8 @@ class ControllerLink:
         handler: called for every device message from paho's network thread.
     """
 
-    def __init__(self, broker_url: str, client_id: str, handler: Handler) -> None:
+    def __init__(self, broker_url: str, client_id: str, handler: Handler, *,
+                 username: str | None = None, password: str | None = None) -> None:
         parsed = urlparse(broker_url)
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
         self._handler = handler
@@ -49,6 +50,8 @@ class ControllerLink:
         self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # float seconds
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
+        if username is not None:
+            self._client.username_pw_set(username, password)
         self._client.will_set(CTL_STATE, json.dumps({"online": False}), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -100,7 +100,9 @@ class FleetController:
             self.broker = EmbeddedBroker()
             self.broker.start()
             self.broker_url = self.broker.url
-        self.link = ControllerLink(self.broker_url, self.settings.client_id, self.handle)
+        self.link = ControllerLink(self.broker_url, self.settings.client_id, self.handle,
+                                   username=self.settings.mqtt_username,
+                                   password=self.settings.mqtt_password)
         self.link.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="trust-refresh",
                                            daemon=True)

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     client_id: str = "edgefleet-controller"
+    mqtt_username: str | None = None  # with a broker that refuses anonymous clients
+    mqtt_password: str | None = Field(default=None, repr=False)
     command_ttl_s: float = 3600.0
     trust_refresh_interval_s: float = 300.0
     rollout_tick_s: float = 0.5

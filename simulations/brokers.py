@@ -131,12 +131,14 @@ class MosquittoProcess:
             None uses a temporary folder that ``stop`` removes.
         extra_config: Lines appended to the generated ``mosquitto.conf`` (ACLs,
             a password file, other listeners...).
+        anonymous: whether clients without credentials are let in.
 
     Raises:
         ValueError: ``port`` is out of range.
     """
 
-    def __init__(self, port: int = 0, workdir: Path | None = None, extra_config: str = "") -> None:
+    def __init__(self, port: int = 0, workdir: Path | None = None, extra_config: str = "",
+                 *, anonymous: bool = True) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
         self._requested_port = port
@@ -144,6 +146,7 @@ class MosquittoProcess:
         self._own_workdir = workdir is None
         self._workdir = workdir
         self._extra_config = extra_config
+        self._anonymous = anonymous
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._reaper: weakref.finalize[[subprocess.Popen[bytes]], MosquittoProcess] | None = None
@@ -176,7 +179,7 @@ class MosquittoProcess:
         """
         lines = [
             f"listener {self._port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if self._anonymous else 'false'}",
             "persistence false",
             "max_queued_messages 10000",
             f"max_packet_size {_MAX_PACKET_BYTES}",
@@ -232,6 +235,11 @@ class MosquittoProcess:
         if self._own_workdir and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its password and ACL files (revocation)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         """Crash the broker with SIGKILL: no clean shutdown, every client is cut off.

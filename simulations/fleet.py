@@ -48,18 +48,21 @@ class Fleet:
         with_links: route each agent through its own cuttable TCP proxy.
         clock: shared clock for telemetry windows (a ``ManualClock`` in tests).
         tags: tags every agent reports.
+        passwords: MQTT password per device id (for a broker that refuses anonymous).
         overrides: extra ``AgentConfig`` fields for every agent.
     """
 
     def __init__(self, root: Path, broker_url: str, trust_root: Path, size: int = 3, *,
                  prefix: str = "dev", with_links: bool = False, clock: Clock | None = None,
-                 tags: dict[str, str] | None = None, **overrides: Any) -> None:
+                 tags: dict[str, str] | None = None,
+                 passwords: dict[str, str] | None = None, **overrides: Any) -> None:
         self.root = root
         self.broker_url = broker_url
         self.trust_root = trust_root
         self.clock = clock
         self.with_links = with_links
         self.tags = tags or {}
+        self.passwords = passwords or {}
         self.overrides = overrides
         self.agents: dict[str, Agent] = {}
         self.links: dict[str, LinkProxy] = {}
@@ -73,6 +76,7 @@ class Fleet:
                   "reconnect_max_s": 2.0, "keepalive_s": 5, **self.overrides}
         return AgentConfig(device_id=device_id, state_dir=self.root / device_id,
                            trust_root=self.trust_root, broker_url=url,
+                           mqtt_password=self.passwords.get(device_id),
                            tags=dict(self.tags), **fields)
 
     def start(self, ids: list[str] | None = None) -> None:

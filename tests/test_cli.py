@@ -118,3 +118,21 @@ def test_rollout_actions_from_the_cli(cli, controller, make_fleet):
     assert [e["actor"] for e in rolled["events"] if e["kind"] == "paused"] == ["admin"]
     bad = cli("deploy", "digits:1", "--strategy", "staged", "--waves", "50%,20%", ok=False)
     assert bad.exit_code == 1 and "increasing" in bad.output
+
+
+def test_broker_config_writes_private_files_and_keeps_existing_passwords(tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(app, ["broker", "config", "--dir", str(tmp_path / "b"), "-d", "pi-a",
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    creds = json.loads((tmp_path / "b" / "credentials.json").read_text())
+    again = runner.invoke(app, ["broker", "config", "--dir", str(tmp_path / "b"), "-d", "pi-b",
+                                "--json"])
+    assert json.loads(again.stdout)["devices"] == ["pi-a", "pi-b"]
+    creds2 = json.loads((tmp_path / "b" / "credentials.json").read_text())
+    assert creds2["devices"]["pi-a"] == creds["devices"]["pi-a"]  # not rotated by accident
+    assert (tmp_path / "b" / "credentials.json").stat().st_mode & 0o077 == 0
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and f"password_file {tmp_path / 'b'}" in conf
+    bad = runner.invoke(app, ["broker", "config", "--dir", str(tmp_path / "b"), "-d", "a/b"])
+    assert bad.exit_code == 1
