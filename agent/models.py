@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.contract import IntegrityError, Manifest, ModelRef, sha256_file
-from edgefleet.contract.files import atomic_write
+from edgefleet.contract.files import atomic_write, fsync_path
 
 __all__ = ["InstalledModel", "ModelStore"]
 
@@ -92,13 +92,13 @@ class ModelStore:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             shutil.copyfile(model_src, staging / manifest.model_file)
-            _fsync_file(staging / manifest.model_file)
+            fsync_path(staging / manifest.model_file)
             atomic_write(staging / "manifest.json", manifest_bytes)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # an incomplete earlier attempt
                 shutil.rmtree(final)
             os.replace(staging, final)
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return InstalledModel(manifest, final)
@@ -196,14 +196,3 @@ class ModelStore:
                     removed += 1
         return removed
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)

@@ -21,6 +21,10 @@ PUBLIC = {
         "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime", "Prediction",
         "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes", "load_config",
         "summarize"},
+    "edgefleet.optimizer": {
+        "Evaluation", "GateDecision", "MethodChoice", "OptimizationResult", "OptimizeTarget",
+        "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
+        "prune_array", "prune_model"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},

@@ -11,7 +11,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import edgefleet.optimizer as optimizer_pkg
 from edgefleet.contract.errors import OptimizationError
 from edgefleet.optimizer import (
     OptimizeTarget,
@@ -319,22 +318,3 @@ def test_empty_calibration_set_or_mismatched_eval_is_a_caller_error(
     with pytest.raises(ValueError, match="method"):
         OptimizeTarget(method="int4")
 
-
-def test_optimizer_public_surface_is_pinned() -> None:
-    assert sorted(optimizer_pkg.__all__) == [
-        "Evaluation",
-        "GateDecision",
-        "MethodChoice",
-        "OptimizationResult",
-        "OptimizeTarget",
-        "PruneStats",
-        "choose_method",
-        "decide_gates",
-        "evaluate",
-        "inspect_model",
-        "optimize",
-        "prune_array",
-        "prune_model",
-    ]
-    for name in optimizer_pkg.__all__:
-        assert hasattr(optimizer_pkg, name)
