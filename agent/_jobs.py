@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,11 +21,14 @@ from edgefleet.contract import (
     DesiredState,
     DeviceTopic,
     EdgefleetError,
+    ExpiredError,
     FetchError,
     JobState,
     JobStatus,
     RollbackError,
     SmokeTestError,
+    TargetTrust,
+    TrustError,
 )
 
 from .models import InstalledModel
@@ -83,6 +87,12 @@ class JobRunner:
         self._newest = max((float(v.get("issued_at", 0)) for v in finished.values()),
                            default=0.0)
         self._last_status: dict[str, bytes] = {}
+        # whether trust metadata could last be refreshed; "expired" means the device keeps
+        # serving what it has but installs nothing new until fresh metadata arrives
+        self.trust: dict[str, Any] = {"state": "unknown", "reason": "", "checked_at": 0.0}
+        self._after_refresh: list[Callable[[], None]] = []
+        self._last_refresh = -1e9
+        self._last_on_demand = -1e9
 
     # -- intake -------------------------------------------------------------------------
     def want(self, desired: DesiredState) -> None:
@@ -105,6 +115,49 @@ class JobRunner:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def after_trust_refresh(self, then: Callable[[], None]) -> None:
+        """Refresh trust metadata on the worker (not paho's thread), then call ``then``.
+
+        At most four callbacks wait, and on-demand refreshes are at least 5 s apart, so
+        messages signed by unknown keys cannot make the device fetch metadata in a loop.
+        """
+        with self._lock:
+            if len(self._after_refresh) < 4:
+                self._after_refresh.append(then)
+        self._wake.set()
+
+    def _refresh_trust(self) -> None:
+        if time.monotonic() - self._last_on_demand < 5.0:
+            return  # the callbacks wait for the next turn of the loop
+        with self._lock:
+            pending, self._after_refresh = self._after_refresh, []
+        self._last_on_demand = time.monotonic()
+        try:
+            self.agent.updater.refresh()
+            self._on_refreshed(None)
+        except TrustError as exc:
+            self._on_refreshed(exc)
+            return
+        except EdgefleetError as exc:  # unreachable is not untrusted
+            log.info("trust metadata refresh failed: %s", exc)
+            return
+        for then in pending:
+            then()
+
+    def _on_refreshed(self, exc: TrustError | None) -> None:
+        """Record whether trust metadata is fresh; say so in a new birth when it changes."""
+        self._last_refresh = time.monotonic()
+        state = "ok" if exc is None else "expired" if isinstance(exc, ExpiredError) \
+            else "untrusted"
+        changed = self.trust["state"] != state
+        self.trust = {"state": state, "reason": exc.reason if exc else "",
+                      "checked_at": self.agent.clock.time()}
+        if changed and exc is not None:
+            log.warning("trust metadata %s (%s): serving the installed model, installing "
+                        "nothing new", state, exc.reason)
+        if changed:
+            self.agent.announce()
 
     # -- reporting ----------------------------------------------------------------------
     def report(self, d: DesiredState, state: str, *, reason: str = "", detail: str = "",
@@ -140,6 +193,12 @@ class JobRunner:
         while not stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
+            interval = self.agent.config.trust_check_interval_s
+            if (interval > 0 and time.monotonic() - self._last_refresh > interval
+                    and self.current is None and self.agent.link.connected.is_set()):
+                self.after_trust_refresh(lambda: None)
+            if self._after_refresh:
+                self._refresh_trust()
             with self._lock:
                 desired = self._wanted
                 if desired is None or time.monotonic() < retry_at:
@@ -189,10 +248,13 @@ class JobRunner:
         if d.allow_downgrade:  # a controller-ordered rollback: prefer what is on disk
             local = agent.store.find(d.model, d.version)
             if local is not None:
+                trust = agent.store.trust_of(local)
+                self.check_counter(d.model, trust.release_counter if trust else 0)
                 agent.switch_to(local, d, reason="rollback")
                 return
         self.report(d, JobState.DOWNLOADING)
-        bundle = agent.updater.fetch(d.model, d.version)
+        bundle = agent.updater.fetch(d.model, d.version, check=self.check_target,
+                                     on_refreshed=self._on_refreshed)
         self.report(d, JobState.VERIFYING)
         m = bundle.manifest
         if (active is not None and active.name == m.name and m.version < active.version
@@ -201,7 +263,7 @@ class JobRunner:
                                 f"{active.name}:{active.version}")
         self.check_compatible(m.runtime, m.compatibility)
         self.report(d, JobState.INSTALLING)
-        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path)
+        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust)
         agent.updater.clear()
         runtime = load_runtime(m.runtime, installed.model_path,
                                intra_op_threads=agent.config.intra_op_threads)
@@ -211,6 +273,26 @@ class JobRunner:
             self.report(d, JobState.SHADOWING)
             return
         agent.activate(installed, runtime, d)
+
+    def check_target(self, trust: TargetTrust) -> None:
+        """What the targets keys signed about a bundle, checked before it is downloaded.
+
+        Raises:
+            CompatibilityError: the bundle is for other hardware classes.
+            RollbackError: its release counter is below this device's floor.
+        """
+        hw = self.agent.config.hardware_class
+        if not trust.allows(hw):
+            raise CompatibilityError(f"signed for hardware classes {trust.hardware_classes}, "
+                                     f"this device is {hw}", reason="wrong_hardware")
+        self.check_counter(trust.model, trust.release_counter)
+
+    def check_counter(self, model: str, counter: int) -> None:
+        """Raises: RollbackError when ``counter`` is below the device's release floor."""
+        floor = self.agent.store.release_floor(model)
+        if counter < floor:
+            raise RollbackError(f"{model}: release counter {counter} is below {floor}, the "
+                                f"highest this device has run", reason="counter_rollback")
 
     def check_compatible(self, runtime: str, compat: dict[str, Any]) -> None:
         """Raises: CompatibilityError naming what does not fit this device."""

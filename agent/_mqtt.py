@@ -68,6 +68,9 @@ class AgentLink:
         self._client.max_queued_messages_set(1000)
         if config.mqtt_password is not None:
             self._client.username_pw_set(config.device_id, config.mqtt_password)
+        if config.broker_url.startswith("mqtts://"):  # verify the broker's certificate
+            ca = config.broker_ca_file
+            self._client.tls_set(ca_certs=str(ca) if ca is not None else None)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -89,6 +92,9 @@ class AgentLink:
 
     def stop(self) -> None:
         """Publish our death (a clean disconnect sends no will), disconnect, stop the thread."""
+        with self._lock:  # wake every chunk request still waiting: no answer will come
+            for event, _box in self._pending.values():
+                event.set()
         try:
             if self.connected.is_set():
                 info = self._client.publish(self.topic(DeviceTopic.DEATH),
@@ -188,6 +194,8 @@ class AgentLink:
                 raise FetchError(f"could not send fetch request ({mqtt.error_string(info.rc)})")
             if not event.wait(timeout_s):
                 raise FetchError(f"no answer for {file}@{offset} within {timeout_s:.1f}s")
+            if not box:
+                raise FetchError("the link is stopping")
             return box[0]
         finally:
             with self._lock:

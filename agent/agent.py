@@ -26,7 +26,6 @@ from edgefleet.contract import (
     Ack,
     Birth,
     Clock,
-    Command,
     DesiredState,
     DeviceTopic,
     InputError,
@@ -38,6 +37,7 @@ from edgefleet.contract import (
 
 from ._jobs import JobRunner
 from ._mqtt import AgentLink
+from .commands import CommandGuard, ControlInbox
 from .config import AgentConfig
 from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
@@ -50,6 +50,7 @@ from .updater import BundleUpdater, ChunkFetcher
 __all__ = ["Agent", "Prediction"]
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ class Agent:
         if not (tuf_dir / "root.json").exists():
             shutil.copyfile(config.trust_root, tuf_dir / "root.json")
         self.store = ModelStore(state)
+        self._stop = threading.Event()
         self._proc = psutil.Process()
         self.jobs = JobRunner(self)
         self._shadow: ShadowRunner | None = None
@@ -108,23 +110,28 @@ class Agent:
                                       max_raw_rows=config.max_raw_rows,
                                       system_metrics=self._system_metrics,
                                       shadow_stats=self._shadow_stats)
+        self.guard = CommandGuard(config.device_id, tuf_dir / "root.json",
+                                  state / "commands-seen.json", self.clock,
+                                  max_age_s=config.command_max_age_s)
+        self.inbox = ControlInbox(self.guard, want=self.jobs.want,
+                                  actions={"rollback": lambda: self.rollback("command"),
+                                           "rebirth": self.announce},
+                                  refresh_then=self.jobs.after_trust_refresh)
         self.link = AgentLink(config, birth=self._birth, on_connected=self._on_connected,
-                              handlers={DeviceTopic.CMD: self._on_cmd,
-                                        DeviceTopic.DESIRED: self._on_desired,
+                              handlers={DeviceTopic.CMD: self.inbox.on_cmd,
+                                        DeviceTopic.DESIRED: self.inbox.on_desired,
                                         DeviceTopic.TELEMETRY_ACK: self._on_ack})
         self.fetcher = ChunkFetcher(self.link.request_chunk, chunk_bytes=config.chunk_bytes,
                                     timeout_s=config.fetch_timeout_s,
                                     deadline_s=config.download_deadline_s,
                                     max_bytes_per_s=config.max_download_bytes_per_s,
-                                    progress=self.jobs.on_progress)
+                                    progress=self.jobs.on_progress, stop=self._stop)
         self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher)
         self._active: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded for an instant rollback
         self._trial: _Trial | None = None
         self._recent: collections.deque[float] = collections.deque(maxlen=512)
-        self._stop = threading.Event()
         self._switch_lock = threading.RLock()
-        self._seen_cmds: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
         self.server: InferenceServer | None = None
         self.inferences = 0
@@ -153,6 +160,10 @@ class Agent:
             t.join(5.0)
         self.stop_shadow()
         self.buffer.stop()
+
+    def alive(self) -> bool:
+        """Whether the agent's worker threads are all running (for a service watchdog)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def _load(self, installed: InstalledModel) -> _Loaded:
         return _Loaded(installed, load_runtime(installed.manifest.runtime, installed.model_path,
@@ -295,7 +306,8 @@ class Agent:
                                   "errors": trial.errors} if trial else None,
                 "inferences": self.inferences, "errors": self.errors,
                 "malformed_messages": self.link.malformed, "buffer": self.buffer.stats(),
-                "jobs": dict(self.jobs.done)}
+                "jobs": dict(self.jobs.done), "trust": dict(self.jobs.trust),
+                "commands": self.guard.stats()}
 
     # -- switching (job worker and loop) --------------------------------------------------
     def activate(self, installed: InstalledModel, runtime: Runtime, d: DesiredState) -> None:
@@ -316,11 +328,18 @@ class Agent:
             self._trial = _Trial(d, policy, self.clock.time(), baseline) if trial else None
         self.jobs.report(d, JobState.ACTIVATED)
         if trial is None:
+            self._raise_floor(installed)
             self.jobs.report(d, JobState.HEALTHY)
-        self._announce()
+        self.announce()
         state = self.store.read_state()
         self.store.prune({r for r in state.values() if r is not None} |
                          ({self._shadow.ref} if self._shadow else set()))
+
+    def _raise_floor(self, installed: InstalledModel) -> None:
+        """A model ran healthy: its release counter becomes the floor for its name."""
+        trust = self.store.trust_of(installed)
+        if trust is not None:
+            self.store.raise_floor(installed.manifest.name, trust.release_counter)
 
     def on_trial(self, job: str) -> bool:
         """Whether ``job``'s model is active and its health window has not ended yet."""
@@ -341,7 +360,7 @@ class Agent:
             self._recent.clear()
         self.stop_shadow()
         self.jobs.report(d, JobState.HEALTHY, detail=reason)
-        self._announce()
+        self.announce()
 
     def rollback(self, reason: str = "command", *, failed: bool = False) -> ModelRef | None:
         """Switch to the last known good model; returns it, or ``None`` if there is none.
@@ -364,7 +383,7 @@ class Agent:
             self._trial = None
             self._recent.clear()
         log.warning("rolled back to %s (%s)", target, reason)
-        self._announce()
+        self.announce()
         return target
 
     def start_shadow(self, installed: InstalledModel, runtime: Runtime, sample: float) -> None:
@@ -403,6 +422,8 @@ class Agent:
                     return
                 self.store.commit()
                 self._trial = None
+                if self._active is not None:
+                    self._raise_floor(self._active.installed)
             self.jobs.report(trial.desired, JobState.HEALTHY,
                              detail=f"health window passed ({trial.count} inferences)")
         elif verdict.state == "unhealthy":
@@ -429,38 +450,17 @@ class Agent:
                      hw={"class": self.config.hardware_class, "machine": platform.machine(),
                          "cpus": os.cpu_count() or 1, "tags": dict(self.config.tags)},
                      runtimes=available_runtimes(), active=state["active"],
-                     last_good=state["last_good"],
+                     last_good=state["last_good"], trust=dict(self.jobs.trust),
                      api_url=self.server.url if self.server else "").encode()
 
-    def _announce(self) -> None:
+    def announce(self) -> None:
+        """Publish a fresh birth (state changed: model, trust)."""
         self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
 
     def _on_connected(self) -> None:
         self.buffer.reset_sent()
         self.jobs.republish()
         self.jobs.wake()
-
-    def _on_desired(self, payload: bytes) -> None:
-        if payload:  # an empty payload clears a retained message
-            self.jobs.want(DesiredState.decode(payload))
-
-    def _on_cmd(self, payload: bytes) -> None:
-        cmd = Command.decode(payload)
-        now = self.clock.time()
-        if cmd.id in self._seen_cmds:
-            log.warning("dropped replayed command %s", cmd.id)
-            return
-        if cmd.expires_at < now or now - cmd.issued_at > self.config.command_max_age_s:
-            log.warning("dropped expired command %s (%s)", cmd.id, cmd.action)
-            return
-        self._seen_cmds[cmd.id] = cmd.expires_at
-        self._seen_cmds = {k: v for k, v in self._seen_cmds.items() if v >= now}
-        if cmd.action == "deploy" and cmd.desired is not None:
-            self.jobs.want(cmd.desired)
-        elif cmd.action == "rollback":
-            self.rollback("command")
-        elif cmd.action == "rebirth":
-            self._announce()
 
     def _on_ack(self, payload: bytes) -> None:
         self.buffer.ack(Ack.decode(payload).seqs)

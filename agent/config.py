@@ -9,11 +9,20 @@ Example ``agent.toml``::
     api_port = 8470
     [tags]
     site = "lab"
+
+A device provisioned on first boot names no ``device_id`` or password; it names the
+controller and its claim token instead, and gets both from ``identity.json``::
+
+    state_dir = "/var/lib/edgefleet"
+    trust_root = "/etc/edgefleet/root.json"
+    provision_url = "https://fleet.example.com"
+    claim_token_file = "/etc/edgefleet/claim-token"
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -38,6 +47,8 @@ class AgentConfig:
     broker_url: str = "mqtt://127.0.0.1:1883"
     # MQTT credentials (the username is the device id); none: anonymous
     mqtt_password: str | None = None
+    # mqtts:// brokers: the CA bundle to verify the broker with (none: the system's)
+    broker_ca_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
     hardware_class: str = "generic"
@@ -56,6 +67,13 @@ class AgentConfig:
     publish_batch: int = 50
     resend_after_s: float = 10.0
     command_max_age_s: float = 3600.0
+    # first boot (agent.provision): the controller to ask for an identity, the claim
+    # token's file and an optional CA bundle for the controller's certificate
+    provision_url: str = ""
+    claim_token_file: Path | None = None
+    provision_ca_file: Path | None = None
+    # how often an idle agent checks its trust metadata is fresh (0: only when installing)
+    trust_check_interval_s: float = 3600.0
     loop_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
@@ -78,15 +96,16 @@ class AgentConfig:
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` → ``(host, port)``.
+    """``mqtt://host:port`` or ``mqtts://host:port`` (TLS) → ``(host, port)``.
 
     Raises:
-        ValueError: not an ``mqtt://`` URL with a host.
+        ValueError: not an ``mqtt://``/``mqtts://`` URL with a host.
     """
     parsed = urlparse(url)
-    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-        raise ValueError(f"broker url must look like mqtt://host:port, got {url!r}")
-    return parsed.hostname, parsed.port or 1883
+    if parsed.scheme not in ("mqtt", "tcp", "mqtts") or not parsed.hostname:
+        raise ValueError(f"broker url must look like mqtt://host:port or mqtts://host:port, "
+                         f"got {url!r}")
+    return parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
 
 
 def load_config(path: Path, **overrides: Any) -> AgentConfig:
@@ -105,9 +124,24 @@ def load_config(path: Path, **overrides: Any) -> AgentConfig:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    for key in ("state_dir", "trust_root"):
+    for key in ("state_dir", "trust_root", "claim_token_file", "provision_ca_file",
+                "broker_ca_file"):
         if key not in data:
-            raise ValueError(f"{path}: missing {key}")
+            if key in ("state_dir", "trust_root"):
+                raise ValueError(f"{path}: missing {key}")
+            continue
         p = Path(data[key]).expanduser()
         data[key] = p if p.is_absolute() else (path.parent / p).resolve()
+    if data.get("provision_url"):
+        identity_path = data["state_dir"] / "identity.json"
+        try:
+            identity = json.loads(identity_path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: this device is not provisioned yet (no "
+                             f"{identity_path}); `edgefleet agent run` provisions it") from None
+        # the identity the controller issued wins; broker_url in the file may override
+        data["device_id"] = identity["device_id"]
+        data["mqtt_password"] = identity["mqtt_password"]
+        if "broker_url" not in data and identity.get("broker_url"):
+            data["broker_url"] = identity["broker_url"]
     return AgentConfig(**data)

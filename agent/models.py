@@ -22,7 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgefleet.contract import IntegrityError, Manifest, ModelRef, sha256_file
+from edgefleet.contract import (
+    IntegrityError,
+    Manifest,
+    MessageError,
+    ModelRef,
+    TargetTrust,
+    sha256_file,
+)
 from edgefleet.contract.files import atomic_write, fsync_path
 
 __all__ = ["InstalledModel", "ModelStore"]
@@ -68,15 +75,19 @@ class ModelStore:
         directory = self._dir_for(ref)
         try:
             manifest = Manifest.decode((directory / "manifest.json").read_bytes())
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError, MessageError):
             return None
         model = directory / manifest.model_file
         if not model.exists() or model.stat().st_size != manifest.model_length:
             return None
         return InstalledModel(manifest, directory)
 
-    def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path) -> InstalledModel:
+    def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
+                trust: TargetTrust | None = None) -> InstalledModel:
         """Copy a verified model beside the others; does not activate it.
+
+        ``trust`` (the signed hardware classes and release counter) is kept with it, so
+        a later switch back to it can be checked against the release floor.
 
         Raises:
             IntegrityError: the model file does not match the manifest's hash/length.
@@ -93,6 +104,8 @@ class ModelStore:
         try:
             shutil.copyfile(model_src, staging / manifest.model_file)
             fsync_path(staging / manifest.model_file)
+            if trust is not None:
+                atomic_write(staging / "trust.json", trust.encode())
             atomic_write(staging / "manifest.json", manifest_bytes)
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():  # an incomplete earlier attempt
@@ -102,6 +115,29 @@ class ModelStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return InstalledModel(manifest, final)
+
+    @staticmethod
+    def trust_of(installed: InstalledModel) -> TargetTrust | None:
+        """What was signed about an installed model (None for installs that predate it)."""
+        try:
+            return TargetTrust.decode((installed.directory / "trust.json").read_bytes())
+        except (FileNotFoundError, MessageError):
+            return None
+
+    def release_floor(self, name: str) -> int:
+        """The highest release counter of ``name`` this device has run healthy (0: none)."""
+        floors = self._read_raw().get("release_floor") or {}
+        return int(floors.get(name, 0)) if isinstance(floors, dict) else 0
+
+    def raise_floor(self, name: str, counter: int) -> None:
+        """Remember that ``name`` ran healthy at ``counter``; lower ones are refused from now on."""
+        data = self._read_raw()
+        floors = dict(data.get("release_floor") or {})
+        if counter <= int(floors.get(name, 0)):
+            return
+        floors[name] = counter
+        data["release_floor"] = floors
+        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
 
     def read_trial(self) -> dict[str, Any] | None:
         """The health trial in progress (job, deployment, policy, attempts…), if any."""
@@ -168,7 +204,7 @@ class ModelStore:
             sha_prefix = d.name.split("-", 1)[1]
             try:
                 manifest = Manifest.decode((d / "manifest.json").read_bytes())
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, MessageError):
                 continue
             if manifest.model_sha256.startswith(sha_prefix):
                 found = self.get(ModelRef(name, version, manifest.model_sha256))

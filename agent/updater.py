@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,9 +33,9 @@ from edgefleet.contract import (
     FetchError,
     IntegrityError,
     Manifest,
-    MessageError,
     RollbackError,
     SignatureError,
+    TargetTrust,
     TrustError,
     bundle_paths,
 )
@@ -59,19 +60,25 @@ class ChunkFetcher(FetcherInterface):
         max_bytes_per_s: bandwidth cap (0: none), for metered links.
         progress: called with ``(file, bytes_so_far, total)``.
         sleep: how to wait between retries and for the bandwidth cap (tests pass a no-op).
+        stop: when set (the agent is stopping), the download gives up at once.
     """
 
     def __init__(self, source: ChunkSource, *, chunk_bytes: int = 64 * 1024,
                  timeout_s: float = 5.0, deadline_s: float = 600.0, max_bytes_per_s: int = 0,
                  progress: Callable[[str, int, int], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self._source = source
+        self._stop = stop or threading.Event()
+        if sleep is None:  # waits that end early when the agent stops
+            def sleep(seconds: float) -> None:
+                self._stop.wait(seconds)
         self._chunk = chunk_bytes
         self._timeout = timeout_s
         self._deadline = deadline_s
         self._rate = max_bytes_per_s
         self._progress = progress
-        self._sleep = sleep
+        self._sleep: Callable[[float], None] = sleep
         self._limit: int | None = None
         self.retries = 0
         self.bytes_received = 0
@@ -98,6 +105,8 @@ class ChunkFetcher(FetcherInterface):
             try:
                 chunk = self._source(file, offset, count, self._timeout)
             except FetchError as exc:
+                if self._stop.is_set():
+                    raise FetchError(f"{file}: the agent is stopping") from exc
                 if time.monotonic() - started > self._deadline:
                     raise FetchError(f"{file}: gave up after {self._deadline:.0f}s "
                                      f"at byte {offset}: {exc}") from exc
@@ -126,12 +135,14 @@ class ChunkFetcher(FetcherInterface):
 
 
 class VerifiedBundle:
-    """A manifest and model file that passed TUF verification."""
+    """A manifest and model file that passed TUF verification, and what was signed about them."""
 
-    def __init__(self, manifest: Manifest, manifest_bytes: bytes, model_path: Path) -> None:
+    def __init__(self, manifest: Manifest, manifest_bytes: bytes, model_path: Path,
+                 trust: TargetTrust) -> None:
         self.manifest = manifest
         self.manifest_bytes = manifest_bytes
         self.model_path = model_path
+        self.trust = trust
 
 
 class BundleUpdater:
@@ -148,9 +159,29 @@ class BundleUpdater:
         self.download_dir = download_dir
         self.fetcher = fetcher
 
+    def refresh(self) -> None:
+        """Refresh trust metadata only (a newer root, for instance).
+
+        Raises:
+            TrustError, FetchError: as ``fetch``.
+        """
+        with self._translated(phase="metadata"):
+            self._updater().refresh()
+
+    def _updater(self) -> Updater:
+        return Updater(str(self.metadata_dir), "mqtt:/metadata/", str(self.download_dir),
+                       "mqtt:/targets/", fetcher=self.fetcher, bootstrap=None)
+
     def fetch(self, name: str, version: int, *,
+              check: Callable[[TargetTrust], None] | None = None,
+              on_refreshed: Callable[[TrustError | None], None] | None = None,
               on_step: Callable[[str], None] | None = None) -> VerifiedBundle:
         """Refresh trust metadata, then download and verify a bundle.
+
+        ``check`` sees the bundle's signed ``TargetTrust`` (hardware classes, release
+        counter) before anything but metadata is downloaded, and raises to refuse it.
+        ``on_refreshed`` hears whether the metadata refresh itself succeeded (``None``)
+        or why it did not.
 
         Raises:
             TrustError: (or a subclass) metadata or files failed verification.
@@ -158,15 +189,27 @@ class BundleUpdater:
             MessageError: the manifest is not a valid manifest.
         """
         step = on_step or (lambda _s: None)
-        try:
-            updater = Updater(str(self.metadata_dir), "mqtt:/metadata/", str(self.download_dir),
-                              "mqtt:/targets/", fetcher=self.fetcher, bootstrap=None)
-            updater.refresh()
+        report = on_refreshed or (lambda _e: None)
+        with self._translated(phase="targets"):
+            updater = self._updater()
+            try:
+                with self._translated(phase="metadata"):
+                    updater.refresh()
+            except TrustError as exc:
+                report(exc)
+                raise
+            report(None)
             manifest_path, _ = bundle_paths(name, version, "x")
             info = updater.get_targetinfo(manifest_path)
             if info is None:
                 raise TrustError(f"{manifest_path} is not signed by the repository",
                                  reason="unknown_target")
+            trust = TargetTrust.from_custom(info.custom)
+            if trust is None or (trust.model, trust.version) != (name, version):
+                raise TrustError(f"{manifest_path} carries no signed trust data for "
+                                 f"{name}:{version}", reason="unbound_target")
+            if check is not None:
+                check(trust)
             self.download_dir.mkdir(parents=True, exist_ok=True)
             local_manifest = updater.download_target(info, str(self.download_dir / "manifest.json"))
             manifest_bytes = Path(local_manifest).read_bytes()
@@ -179,13 +222,25 @@ class BundleUpdater:
             if model_info is None:
                 raise TrustError(f"{model_target} is not signed", reason="unknown_target")
             if (model_info.length != manifest.model_length
-                    or model_info.hashes.get("sha256") != manifest.model_sha256):
-                raise IntegrityError("signed model hash/length differ from the manifest's",
+                    or model_info.hashes.get("sha256") != manifest.model_sha256
+                    or TargetTrust.from_custom(model_info.custom) != trust):
+                raise IntegrityError("the signed model entry differs from the manifest's",
                                      reason="manifest_mismatch")
             step("downloading")
             local_model = updater.download_target(
                 model_info, str(self.download_dir / manifest.model_file))
-            return VerifiedBundle(manifest, manifest_bytes, Path(local_model))
+            return VerifiedBundle(manifest, manifest_bytes, Path(local_model), trust)
+        raise AssertionError("unreachable")  # pragma: no cover (the context re-raises)
+
+    @contextlib.contextmanager
+    def _translated(self, *, phase: str) -> Iterator[None]:
+        """Translate python-tuf's errors into edgefleet's, with a reason code.
+
+        A hash mismatch while metadata is refreshed means metadata files that do not
+        belong together (mix-and-match); while targets download, a tampered file.
+        """
+        try:
+            yield
         except EdgefleetError:
             raise
         except tuf_exc.ExpiredMetadataError as exc:
@@ -196,6 +251,9 @@ class BundleUpdater:
         except tuf_exc.UnsignedMetadataError as exc:
             raise SignatureError(f"metadata not signed by trusted keys: {exc}") from exc
         except tuf_exc.LengthOrHashMismatchError as exc:
+            if phase == "metadata":
+                raise IntegrityError(f"metadata files do not match what the snapshot signed: "
+                                     f"{exc}", reason="metadata_mismatch") from exc
             raise IntegrityError(f"a file does not match its signed hash: {exc}") from exc
         except tuf_exc.DownloadLengthMismatchError as exc:
             raise IntegrityError(f"more bytes than signed: {exc}",
@@ -206,9 +264,15 @@ class BundleUpdater:
                 raise FetchError(str(cause)) from exc
             raise FetchError(f"download failed: {exc}") from exc
         except tuf_exc.RepositoryError as exc:
+            chain: list[str] = []
+            link: BaseException | None = exc
+            while link is not None and len(chain) < 5:
+                chain.append(str(link).lower())
+                link = link.__cause__ or link.__context__
+            if any("multiple signatures" in c for c in chain):  # one key counted twice
+                raise SignatureError(f"metadata carries one key's signature twice: {exc}",
+                                     reason="duplicate_signature") from exc
             raise TrustError(f"repository metadata rejected: {exc}") from exc
-        except MessageError:
-            raise
 
     def clear(self) -> None:
         shutil.rmtree(self.download_dir, ignore_errors=True)

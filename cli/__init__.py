@@ -17,8 +17,11 @@ from typing import Annotated
 import typer
 
 from ._admin import devices_app, model_app
+from ._identity import claim_tokens_app, register_identity
+from ._image import image_app
 from ._output import console, emit, fail, table
 from ._rollouts import deployments_app, register_deploy
+from ._security import audit_app, tokens_app
 
 __all__ = ["app", "main"]
 
@@ -35,6 +38,11 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(model_app, name="model")
 app.add_typer(devices_app, name="devices")
 app.add_typer(deployments_app, name="deployments")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
+app.add_typer(image_app, name="image")
+app.add_typer(claim_tokens_app, name="claim-tokens")
+register_identity(devices_app)
 register_deploy(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -59,17 +67,65 @@ def _wait_for_signal() -> None:
 def keys_init(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the keys.")],
     force: Annotated[bool, typer.Option(help="Replace existing keys.")] = False,
+    root_keys: Annotated[int, typer.Option(help="Root keys to make.")] = 1,
+    root_threshold: Annotated[int, typer.Option(help="Root signatures needed.")] = 1,
+    targets_keys: Annotated[int, typer.Option(help="Targets keys to make.")] = 1,
+    targets_threshold: Annotated[int, typer.Option(help="Targets signatures needed.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create Ed25519 keys for the TUF roles and the root.json devices pin."""
-    from edgefleet.controller.signing import init_keys
+    """Create the fleet's signing keys and the root.json devices pin.
+
+    Root keys go to DIR/offline: move them off the controller after this.
+    """
+    from edgefleet.controller.keys import KeyPolicy, init_keys
 
     try:
-        root = init_keys(directory, force=force)
-    except FileExistsError as exc:
+        policy = KeyPolicy(root_keys=root_keys, root_threshold=root_threshold,
+                           targets_keys=targets_keys, targets_threshold=targets_threshold)
+        root = init_keys(directory, policy=policy, force=force)
+    except (FileExistsError, ValueError) as exc:
         fail(str(exc))
-    if not emit({"keys_dir": str(directory), "trust_root": str(root)}, as_json):
-        console.print(f"keys written to {directory}; devices pin [bold]{root}[/bold]")
+    out = {"keys_dir": str(directory), "trust_root": str(root),
+           "offline_keys": str(directory / "offline")}
+    if not emit(out, as_json):
+        console.print(f"keys written to {directory}; devices pin [bold]{root}[/bold]\n"
+                      f"root keys are in {directory / 'offline'}: move them off this machine "
+                      f"(`keys rotate` needs them back)")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    directory: Annotated[Path, typer.Option("--dir", help="The keys directory.")],
+    role: Annotated[list[str] | None, typer.Option(
+        "--role", help="Role whose keys to replace (root, targets, snapshot, timestamp, "
+                       "command); repeat for several. None: re-sign the root only.")] = None,
+    offline_dir: Annotated[Path | None, typer.Option(
+        help="Where the current root keys are (default DIR/offline).")] = None,
+    keys: Annotated[int | None, typer.Option(help="New key count for the rotated roles.")] = None,
+    threshold: Annotated[int | None, typer.Option(
+        help="New threshold for the rotated roles.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a new root version with the old and new root keys, replacing role keys.
+
+    A running controller picks it up on its next trust refresh and re-signs its
+    metadata; devices follow the root chain on their next update.
+    """
+    from edgefleet.controller.keys import KeyPolicy, rotate_keys
+
+    policy = None
+    if keys is not None or threshold is not None:
+        n = keys or threshold or 1
+        t = threshold or 1
+        policy = KeyPolicy(root_keys=n, root_threshold=t, targets_keys=n, targets_threshold=t)
+    try:
+        result = rotate_keys(directory, roles=role or [], offline_dir=offline_dir, policy=policy)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if not emit(result, as_json):
+        console.print(f"root version {result['version']} signed "
+                      f"(rotated: {', '.join(result['rotated']) or 'nothing'}); "
+                      f"expires {result['expires']}")
 
 
 @controller_app.command("serve")
@@ -176,23 +232,34 @@ def agent_run(
     config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False,
                                          help="agent.toml")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    provision_deadline_s: Annotated[float, typer.Option(
+        help="First boot: give up provisioning after this long (0: keep trying).")] = 0.0,
 ) -> None:
-    """Run the agent daemon until SIGTERM/SIGINT."""
+    """Run the agent daemon until SIGTERM/SIGINT (provisioning it first if needed)."""
     _logging(verbose)
     from edgefleet.agent import Agent, load_config
+    from edgefleet.agent.provision import ProvisioningError, provision_from_config
+    from edgefleet.agent.sdnotify import Watchdog, notify
 
     try:
+        # first boot: get an identity with the claim token (no-op once provisioned)
+        provision_from_config(config, deadline_s=provision_deadline_s)
         cfg = load_config(config)
         agent = Agent(cfg)
         agent.start()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ProvisioningError) as exc:
         fail(str(exc))
     assert agent.server is not None
     console.print(f"agent {cfg.device_id}: serving {agent.active or 'no model yet'} on "
                   f"{agent.server.url}, broker {cfg.broker_url}")
+    notify(f"READY=1\nSTATUS=serving on {agent.server.url}")  # no-op outside systemd
+    watchdog = Watchdog(agent.alive)  # pings only under WatchdogSec=
+    watchdog.start()
     try:
         _wait_for_signal()
     finally:
+        notify("STOPPING=1")
+        watchdog.stop()
         agent.stop()
 
 

@@ -32,6 +32,12 @@ def model_register(
                                                      help=".npz with x.")] = None,
     labels: Annotated[str | None, typer.Option(help="Comma-separated labels or a JSON file.")]
     = None,
+    hardware_class: Annotated[list[str] | None, typer.Option(
+        "--hardware-class", help="Device class it is for (repeat; none: any). Signed: "
+                                 "other devices refuse it.")] = None,
+    security_release: Annotated[bool, typer.Option(
+        help="Raise the release counter: devices that ran this version refuse every "
+             "earlier one afterwards.")] = False,
     url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Register a new version of a model."""
@@ -44,8 +50,12 @@ def model_register(
         files["eval_set"] = (eval_set.name, eval_set.read_bytes())
     if calibration:
         files["calibration"] = (calibration.name, calibration.read_bytes())
-    row = ApiClient(url, token).call("POST", "/v1/models", files=files,
-                                     data={"name": name, "labels": json.dumps(label_list)})
+    data = {"name": name, "labels": json.dumps(label_list)}
+    if hardware_class:
+        data["hardware_classes"] = json.dumps(hardware_class)
+    if security_release:
+        data["security_release"] = "true"
+    row = ApiClient(url, token).call("POST", "/v1/models", files=files, data=data)
     if not emit(row, as_json):
         console.print(f"registered [bold]{row['name']}:{row['version']}[/bold] "
                       f"({row['size_bytes']:,} bytes, sha256 {row['sha256'][:12]}…)")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "emit", "fail", "table"]
+__all__ = ["console", "emit", "fail", "table", "when"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,3 +39,8 @@ def fail(message: str, code: int = 1) -> None:
 
     err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+def when(ts: float | None) -> str:
+    """A timestamp as local time for tables ("-" for none)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"

@@ -119,7 +119,8 @@ def register_deploy(app: typer.Typer) -> None:
             "model": name, "version": version, "devices": device or None,
             "selector": sel or None, "strategy": strategy, "policy": policy})
         deadline = time.monotonic() + wait
-        while wait and dep["state"] not in TERMINAL and time.monotonic() < deadline:
+        while wait and dep["state"] not in (*TERMINAL, "pending_approval") and \
+                time.monotonic() < deadline:
             time.sleep(0.5)
             dep = client.call("GET", f"/v1/deployments/{dep['id']}")
         show_deployment(dep, as_json)
@@ -131,6 +132,12 @@ def show_deployment(dep: dict[str, Any], as_json: bool) -> None:
     console.print(f"[bold]{dep['id']}[/bold] {dep['model']}:{dep['version']} "
                   f"({dep['strategy']}) — [bold]{dep['state']}[/bold]"
                   + (f" ({dep['reason']})" if dep.get("reason") else ""))
+    if dep["state"] == "pending_approval":
+        console.print("production devices: waiting for another operator's "
+                      f"`edgefleet deployments approve {dep['id']}`")
+    elif dep.get("approved_by"):
+        console.print(f"approved by {dep['approved_by']} at "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(dep['approved_at']))}")
     if dep.get("waves"):
         table("waves", ["wave", "devices", "healthy", "failed", "silent", "pending", "outcome"],
               [(w["index"] + 1, w["devices"], w["healthy"], w["failed"], w["silent"],
@@ -243,5 +250,7 @@ for _name, _doc in (("pause", "Stop starting new waves (devices mid-update finis
                     ("abort", "End the deployment; devices keep what they run now."),
                     ("rollback", "Send every touched device back to its previous version."),
                     ("promote", "Shadow/A-B: move every target device to the new version."),
-                    ("drop", "Shadow/A-B: stop the candidate; the new arm goes back.")):
+                    ("drop", "Shadow/A-B: stop the candidate; the new arm goes back."),
+                    ("approve", "Start a deployment to production devices that someone else "
+                                "created (four-eyes).")):
     _action(_name, _doc)

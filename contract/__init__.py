@@ -3,7 +3,7 @@
 It depends on the standard library only, so it costs a device nothing.
 """
 
-from .bundle import Manifest, TensorSpec, bundle_paths, sha256_file
+from .bundle import Manifest, TargetTrust, TensorSpec, bundle_paths, sha256_file
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     CompatibilityError,
@@ -38,6 +38,7 @@ from .messages import (
     ModelRef,
     Summary,
 )
+from .signed import COMMAND_KEYS_FIELD, Signed
 from .topics import (
     CTL_STATE,
     PREFIX,
@@ -48,6 +49,7 @@ from .topics import (
 )
 
 __all__ = [
+    "COMMAND_KEYS_FIELD",
     "CTL_STATE",
     "MAX_CHUNK_BYTES",
     "PREFIX",
@@ -79,9 +81,11 @@ __all__ = [
     "RegistryError",
     "RollbackError",
     "SignatureError",
+    "Signed",
     "SmokeTestError",
     "Summary",
     "SystemClock",
+    "TargetTrust",
     "TensorSpec",
     "TransportError",
     "TrustError",

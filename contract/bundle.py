@@ -8,6 +8,12 @@ A bundle for model ``name`` version ``v`` is a set of TUF targets::
 The manifest names the model file's sha256 and length; the TUF targets metadata
 signs both files' hashes and lengths, so a device verifies the manifest through TUF
 and the model file both through TUF and against the manifest.
+
+Both targets also carry a ``TargetTrust`` in their signed TUF ``custom`` field (Uptane's
+idea): the hardware classes the bundle is for and its release counter. A device checks
+them before it downloads anything, refuses another class's bundle, and refuses a
+counter lower than the highest it has installed for that model, whatever the
+controller asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any, ClassVar
 
 from .messages import Message
 
-__all__ = ["Manifest", "TensorSpec", "bundle_paths", "sha256_file"]
+__all__ = ["Manifest", "TargetTrust", "TensorSpec", "bundle_paths", "sha256_file"]
 
 BUNDLE_ROOT = "bundles"
 
@@ -60,6 +66,40 @@ class Manifest(Message):
             raise ValueError("version must be ≥ 1 and length ≥ 0")
         if "/" in self.model_file or self.model_file in ("", ".", ".."):
             raise ValueError(f"bad model file name {self.model_file!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetTrust(Message):
+    """What the targets keys sign about a bundle besides its hashes."""
+
+    kind: ClassVar[str] = "target_trust"
+    model: str
+    version: int
+    release_counter: int = 1
+    hardware_classes: list[str] = dataclasses.field(default_factory=list)  # empty: any
+
+    FIELD: ClassVar[str] = "edgefleet"
+
+    def __post_init__(self) -> None:
+        if self.release_counter < 0:
+            raise ValueError("release_counter must be ≥ 0")
+
+    def custom(self) -> dict[str, Any]:
+        return {self.FIELD: self.to_dict()}
+
+    @classmethod
+    def from_custom(cls, custom: Any) -> TargetTrust | None:
+        """Read it back from a target's ``custom`` field (None when absent).
+
+        Raises:
+            MessageError: present but malformed.
+        """
+        if not isinstance(custom, dict) or cls.FIELD not in custom:
+            return None
+        return cls.from_dict(custom[cls.FIELD])
+
+    def allows(self, hardware_class: str) -> bool:
+        return not self.hardware_classes or hardware_class in self.hardware_classes
 
 
 def bundle_paths(name: str, version: int, model_file: str) -> tuple[str, str]:

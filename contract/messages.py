@@ -133,6 +133,17 @@ class Message:
             raise MessageError(f"{cls.kind}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise MessageError(f"{cls.kind}: expected a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls: type[T], data: Any) -> T:
+        """Validate an already parsed JSON object.
+
+        Raises:
+            MessageError: not an object, or a field is missing or of the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise MessageError(f"{cls.kind}: expected a JSON object")
         return typing.cast(T, _from_dict(cls, data, cls.kind))
 
 
@@ -159,6 +170,9 @@ class Birth(Message):
     active: ModelRef | None = None
     last_good: ModelRef | None = None
     api_url: str = ""
+    # {"state": "ok"|"expired"|"untrusted"|"unknown", "reason", "checked_at"}: whether the
+    # device can install anything new (it keeps serving its model either way)
+    trust: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +202,8 @@ class DesiredState(Message):
     # On-device health window after activation (see agent.health.HealthPolicy).
     health: dict[str, Any] = dataclasses.field(default_factory=dict)
     shadow_sample: float = 0.0
+    # the device this is for: bound into the signature, so it cannot be replayed to another
+    device: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in ("active", "shadow"):
@@ -206,6 +222,7 @@ class Command(Message):
     issued_at: float
     expires_at: float
     desired: DesiredState | None = None
+    device: str = ""  # the device it is for (signed with it)
 
     def __post_init__(self) -> None:
         if self.action not in ("deploy", "rollback", "rebirth", "cancel"):

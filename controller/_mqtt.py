@@ -32,15 +32,18 @@ class ControllerLink:
     """The controller's MQTT session.
 
     Args:
-        broker_url: ``mqtt://host:port``.
+        broker_url: ``mqtt://host:port``, or ``mqtts://host:port`` for TLS.
         client_id: MQTT client id (persistent session, so nothing is missed across restarts).
         handler: called for every device message from paho's network thread.
     """
 
     def __init__(self, broker_url: str, client_id: str, handler: Handler, *,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None) -> None:
         parsed = urlparse(broker_url)
-        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 1883
+        tls = parsed.scheme == "mqtts"
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or (8883 if tls else 1883)
         self._handler = handler
         self.connected = threading.Event()
         self._stopping = False
@@ -52,6 +55,8 @@ class ControllerLink:
         self._client.max_queued_messages_set(0)
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls:  # verify the broker's certificate (ca_file, or the system's CAs)
+            self._client.tls_set(ca_certs=ca_file)
         self._client.will_set(CTL_STATE, json.dumps({"online": False}), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-__all__ = ["SCHEMA_VERSION", "deployments", "desired", "devices", "events", "jobs", "meta",
+__all__ = ["SCHEMA_VERSION", "api_tokens", "audit_head", "audit_log", "claim_tokens",
+           "deployments", "desired", "device_credentials", "devices", "events", "jobs", "meta",
            "migrate", "models", "telemetry"]
 
 meta = sa.MetaData()
@@ -32,6 +33,9 @@ models = sa.Table(
     sa.Column("report", sa.JSON, nullable=True),
     sa.Column("bundled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # signed into the bundle's trust data: devices refuse other classes / lower counters
+    sa.Column("hardware_classes", sa.JSON, nullable=True),
+    sa.Column("release_counter", sa.Integer, nullable=False, server_default="1"),
 )
 devices = sa.Table(
     "devices", meta,
@@ -62,6 +66,8 @@ deployments = sa.Table(
     sa.Column("phase_started_at", sa.Float, nullable=True),
     sa.Column("result", sa.JSON, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=True),
+    sa.Column("approved_by", sa.String(64), nullable=True),  # four-eyes (v3)
+    sa.Column("approved_at", sa.Float, nullable=True),
 )
 jobs = sa.Table(
     "jobs", meta,
@@ -113,13 +119,64 @@ desired = sa.Table(
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+api_tokens = sa.Table(  # bearer tokens with a role; only the sha256 of a token is kept
+    "api_tokens", meta,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),  # the actor name
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
+)
+audit_log = sa.Table(  # append-only, hash-chained (controller/audit.py)
+    "audit_log", meta,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("target", sa.String(256), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+audit_head = sa.Table(  # one row (id 1): the chain's head, locked by each append
+    "audit_head", meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+claim_tokens = sa.Table(  # first-boot claim tokens; only the sha256 of a token is kept
+    "claim_tokens", meta,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("label", sa.String(128), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("uses_left", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+device_credentials = sa.Table(  # a provisioned device's key and broker password hash
+    "device_credentials", meta,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("passwd_line", sa.String(256), nullable=False),
+    sa.Column("provisioned_at", sa.Float, nullable=False),
+    sa.Column("claim_token", sa.String(16), nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("revoked_by", sa.String(64), nullable=True),
+)
 schema_info = sa.Table(
     "schema_info", meta,
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("applied_at", sa.Float, nullable=False),
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v2(conn: sa.Connection) -> None:
@@ -145,7 +202,18 @@ def _v2(conn: sa.Connection) -> None:
     meta.create_all(conn, tables=[events, desired])
 
 
-_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2}
+def _v3(conn: sa.Connection) -> None:
+    """Security: API tokens, approval of production deployments, the audit log, claim
+    tokens and device credentials, signed hardware classes and release counters."""
+    for d in ("approved_by VARCHAR(64)", "approved_at FLOAT"):
+        conn.execute(sa.text(f"ALTER TABLE deployments ADD COLUMN {d}"))
+    for d in ("hardware_classes JSON", "release_counter INTEGER NOT NULL DEFAULT 1"):
+        conn.execute(sa.text(f"ALTER TABLE model_versions ADD COLUMN {d}"))
+    meta.create_all(conn, tables=[api_tokens, audit_log, audit_head, claim_tokens,
+                                  device_credentials])
+
+
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3}
 
 
 def migrate(conn: sa.Connection) -> int:

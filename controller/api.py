@@ -1,31 +1,31 @@
 """The controller's HTTP API (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
 
-Every route except ``/healthz`` needs ``Authorization: Bearer <admin token>``. Bad
-input gets a 4xx with a reason, never a 500.
+Every route except ``/healthz`` needs ``Authorization: Bearer <token>`` with the role
+``auth.ROUTES`` declares for it (``_api_security`` checks it before the route runs, and
+audits every mutating call). Bad input gets a 4xx with a reason, never a 500.
 """
 
 # FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
 
-import hmac
 import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
 from edgefleet.optimizer import OptimizeTarget
 
+from ._api_devices import add_device_routes
+from ._api_security import ActorName as Auth
+from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from .orchestrator import describe
 from .rollout import RolloutPolicy
 from .service import FleetController
 
 __all__ = ["create_app"]
-
-_bearer = HTTPBearer(auto_error=False)
 
 
 class OptimizeBody(BaseModel):
@@ -59,18 +59,9 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(ctl: FleetController) -> FastAPI:
     """Build the API around a controller (started by the caller)."""
-    app = FastAPI(title="edgefleet controller", version="1")
-    token = ctl.settings.admin_token
-
-    def auth(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-        if cred is None or cred.scheme.lower() != "bearer":
-            raise HTTPException(401, "missing bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not token or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
-            raise HTTPException(403, "invalid token")
-        return "admin"
-
-    Auth = Annotated[str, Depends(auth)]
+    app = FastAPI(title="edgefleet controller", version="1", dependencies=[Depends(authorize)])
+    app.state.edgefleet = ctl
+    app.add_middleware(AuditMiddleware)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_r: Request, exc: NotFoundError) -> JSONResponse:
@@ -93,19 +84,26 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.post("/v1/models", status_code=201)
     async def register_model(
-        _: Auth, name: Annotated[str, Form()], model: Annotated[UploadFile, File()],
+        request: Request, _: Auth, name: Annotated[str, Form()],
+        model: Annotated[UploadFile, File()],
         labels: Annotated[str | None, Form()] = None,
         eval_set: Annotated[UploadFile | None, File()] = None,
         calibration: Annotated[UploadFile | None, File()] = None,
         metrics: Annotated[str | None, Form()] = None,
+        hardware_classes: Annotated[str | None, Form()] = None,
+        security_release: Annotated[bool, Form()] = False,
     ) -> dict[str, Any]:
         try:
             label_list = json.loads(labels) if labels else []
             metric_map = json.loads(metrics) if metrics else {}
+            classes = json.loads(hardware_classes) if hardware_classes else []
         except json.JSONDecodeError as exc:
-            raise HTTPException(422, f"labels/metrics must be JSON: {exc}") from exc
+            raise HTTPException(422, f"labels/metrics/hardware_classes must be JSON: "
+                                     f"{exc}") from exc
         if not isinstance(label_list, list) or not isinstance(metric_map, dict):
             raise HTTPException(422, "labels must be a JSON list and metrics a JSON object")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise HTTPException(422, "hardware_classes must be a JSON list of strings")
         limit = ctl.settings.max_upload_bytes
         blobs = []
         for upload in (model, eval_set, calibration):
@@ -115,7 +113,11 @@ def create_app(ctl: FleetController) -> FastAPI:
             blobs.append(data)
         row = await run_in_threadpool(
             ctl.registry.register, name, blobs[0] or b"", labels=[str(x) for x in label_list],
-            eval_npz=blobs[1], calibration_npz=blobs[2], metrics=metric_map)
+            eval_npz=blobs[1], calibration_npz=blobs[2], metrics=metric_map,
+            hardware_classes=classes, security_release=security_release)
+        note(request, after={"name": row["name"], "version": row["version"],
+                             "sha256": row["sha256"], "hardware_classes": classes,
+                             "release_counter": row["release_counter"]})
         return _public(row)
 
     @app.get("/v1/models")
@@ -127,18 +129,24 @@ def create_app(ctl: FleetController) -> FastAPI:
         return _public(ctl.registry.get(name, version))
 
     @app.post("/v1/models/{name}/{version}/optimize", status_code=201)
-    def optimize_model(_: Auth, name: str, version: int, body: OptimizeBody) -> dict[str, Any]:
+    def optimize_model(request: Request, _: Auth, name: str, version: int,
+                       body: OptimizeBody) -> dict[str, Any]:
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
                                 latency_runs=body.latency_runs)
-        return _public(ctl.registry.optimize(name, version, target))
+        row = _public(ctl.registry.optimize(name, version, target))
+        note(request, after={"name": row["name"], "version": row["version"],
+                             "variant": row["variant"]})
+        return row
 
     @app.post("/v1/deployments", status_code=201)
-    def create_deployment(user: Auth, body: DeployBody) -> dict[str, Any]:
+    def create_deployment(request: Request, user: Auth, body: DeployBody) -> dict[str, Any]:
         policy = RolloutPolicy.from_dict({**body.policy, "strategy": body.strategy})
         dep = ctl.deploy(body.model, body.version, devices=body.devices,
                          selector=body.selector, created_by=user, policy=policy)
-        return describe(ctl.store.get_deployment(dep["id"], with_events=True))
+        view = describe(ctl.store.get_deployment(dep["id"], with_events=True))
+        note(request, body=body.model_dump(), after={"id": view["id"], "state": view["state"]})
+        return view
 
     @app.get("/v1/deployments")
     def list_deployments(_: Auth) -> list[dict[str, Any]]:
@@ -153,11 +161,27 @@ def create_app(ctl: FleetController) -> FastAPI:
         ctl.store.get_deployment(dep_id)
         return ctl.store.events(dep_id)
 
+    def act(request: Request, user: str, dep_id: str, action: str) -> dict[str, Any]:
+        before = ctl.store.get_deployment(dep_id)["state"]
+        view = describe(ctl.orchestrator.act(dep_id, action, user))
+        note(request, before={"state": before}, after={"state": view["state"]})
+        return view
+
+    @app.post("/v1/deployments/{dep_id}/approve")
+    def approve_deployment(request: Request, user: Auth, dep_id: str) -> dict[str, Any]:
+        """Four-eyes: start a deployment to production devices someone else created."""
+        try:
+            return act(request, user, dep_id, "approve")
+        except RegistryError as exc:
+            if exc.reason == "four_eyes":
+                raise HTTPException(403, str(exc)) from exc
+            raise
+
     @app.post("/v1/deployments/{dep_id}/{action}")
-    def deployment_action(user: Auth, dep_id: str,
+    def deployment_action(request: Request, user: Auth, dep_id: str,
                           action: Literal["pause", "resume", "abort", "rollback", "promote",
                                           "drop"]) -> dict[str, Any]:
-        return describe(ctl.orchestrator.act(dep_id, action, user))
+        return act(request, user, dep_id, action)
 
     @app.get("/v1/devices")
     def list_devices(_: Auth) -> list[dict[str, Any]]:
@@ -176,4 +200,7 @@ def create_app(ctl: FleetController) -> FastAPI:
     def stats(_: Auth) -> dict[str, Any]:
         return dict(ctl.counters, malformed=ctl.link.malformed if ctl.link else 0)
 
+    add_security_routes(app, ctl)
+    add_device_routes(app, ctl)
+    check_routes(app)
     return app

@@ -22,7 +22,8 @@ from edgefleet.contract import PREFIX
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.topics import valid_device_id
 
-__all__ = ["password_line", "render_acl", "render_conf", "write_broker_config"]
+__all__ = ["password_line", "render_acl", "render_conf", "write_broker_config",
+           "write_credentials"]
 
 _ITERATIONS = 101  # what mosquitto_passwd writes for $7$
 
@@ -83,15 +84,34 @@ def write_broker_config(directory: Path, *, devices: dict[str, str], controller_
         ValueError: a device id that would break the topic patterns, or one equal to
             the controller's username.
     """
-    for device_id in devices:
-        if not valid_device_id(device_id) or device_id == controller_user:
-            raise ValueError(f"invalid device id for broker credentials: {device_id!r}")
-    lines = [password_line(controller_user, controller_password)]
-    lines += [password_line(d, pw) for d, pw in sorted(devices.items())]
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "passwd", ("\n".join(lines) + "\n").encode(), mode=0o600)
-    atomic_write(directory / "acl", render_acl(controller_user).encode(), mode=0o600)
+    lines = {d: password_line(d, pw) for d, pw in devices.items()}
+    write_credentials(directory, controller_user=controller_user,
+                      controller_password=controller_password, device_lines=lines)
     conf = directory / "mosquitto.conf"
     atomic_write(conf, render_conf(directory.resolve(), port=port, host=host, tls=tls).encode(),
                  mode=0o600)
     return conf
+
+
+def write_credentials(directory: Path, *, controller_user: str, controller_password: str,
+                      device_lines: dict[str, str]) -> None:
+    """Write ``passwd`` and ``acl`` (0600) from already hashed device lines.
+
+    Args:
+        device_lines: device id → its ``passwd`` line (``password_line``); revoked
+            devices are simply left out.
+
+    Raises:
+        ValueError: a device id that would break the topic patterns, or one equal to
+            the controller's username.
+    """
+    for device_id, line in device_lines.items():
+        if not valid_device_id(device_id) or device_id == controller_user:
+            raise ValueError(f"invalid device id for broker credentials: {device_id!r}")
+        if not line.startswith(f"{device_id}:$7$"):
+            raise ValueError(f"{device_id}: not a Mosquitto PBKDF2 password line")
+    lines = [password_line(controller_user, controller_password)]
+    lines += [device_lines[d] for d in sorted(device_lines)]
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / "passwd", ("\n".join(lines) + "\n").encode(), mode=0o600)
+    atomic_write(directory / "acl", render_acl(controller_user).encode(), mode=0o600)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edgefleet.contract import Clock, DesiredState, SystemClock
 
+from ._views import describe
+from .auth import approval_refusal
 from .rollout import (
     CohortMetrics,
     RolloutPolicy,
@@ -29,7 +31,11 @@ from .store import Store
 __all__ = ["ACTIVE", "Orchestrator", "describe"]
 
 log = logging.getLogger(__name__)
-ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision")
+# Not finished: devices reserved, abort possible. ``pending_approval`` is not driven (nothing
+# sent, no timeout running) until approved; approval starts its clock.
+ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
+          "pending_approval")
+DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
 WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
 Publish = Callable[[str, DesiredState], None]
 
@@ -54,9 +60,13 @@ class Orchestrator:
 
     # -- creation -----------------------------------------------------------------------
     def create(self, dep_id: str, model: str, version: int, targets: list[str],
-               policy: RolloutPolicy, created_by: str) -> dict[str, Any]:
+               policy: RolloutPolicy, created_by: str, *,
+               needs_approval: Sequence[str] = ()) -> dict[str, Any]:
+        """Store a deployment and step it (``needs_approval``: production targets; waits)."""
         devices = {d["id"]: d for d in self.store.list_devices()}
         plan: dict[str, Any] = {"targets": targets}
+        if needs_approval:
+            plan["approval"] = {"production_devices": list(needs_approval)}
         rows = []
         if policy.strategy in WAVE_STRATEGIES:
             waves = policy.waves if policy.strategy != "all-at-once" else (100.0,)
@@ -76,9 +86,13 @@ class Orchestrator:
         with self.lock:
             self.store.add_deployment(dep_id, model, version, strategy=policy.strategy,
                                       policy=policy.to_dict(), plan=plan, targets=rows,
-                                      created_by=created_by)
+                                      created_by=created_by,
+                                      state="pending_approval" if needs_approval else "running")
             self.store.add_event(dep_id, "created", created_by, strategy=policy.strategy,
                                  targets=len(targets), model=model, version=version)
+            if needs_approval:
+                self.store.add_event(dep_id, "approval_requested", created_by,
+                                     production_devices=list(needs_approval)[:20])
             self.tick_one(dep_id)
         return self.store.get_deployment(dep_id)
 
@@ -137,7 +151,7 @@ class Orchestrator:
     # -- ticking ------------------------------------------------------------------------
     def tick(self) -> None:
         """Move every active deployment forward (called periodically)."""
-        for dep in self.store.list_deployments(ACTIVE):
+        for dep in self.store.list_deployments(DRIVEN):
             try:
                 with self.lock:
                     self.tick_one(dep["id"])
@@ -370,11 +384,12 @@ class Orchestrator:
 
     # -- operator actions ---------------------------------------------------------------
     def act(self, dep_id: str, action: str, actor: str) -> dict[str, Any]:
-        """pause | resume | abort | rollback | promote | drop.
+        """pause | resume | abort | rollback | promote | drop | approve.
 
         Raises:
             NotFoundError: unknown deployment.
-            RegistryError: the action does not apply in the deployment's state.
+            RegistryError: the action does not apply in the deployment's state, or
+                (``four_eyes``) its creator tries to approve it.
         """
         from edgefleet.contract import RegistryError
 
@@ -416,9 +431,20 @@ class Orchestrator:
                     raise refuse()
                 self._hold(dep, policy)
                 self._set(dep, "aborted", actor, "aborted", phase="done")
-            elif action == "rollback":
-                if state in ("rolling_back", "rolled_back", "dropped"):
+            elif action == "approve":
+                if state != "pending_approval":
                     raise refuse()
+                why = approval_refusal(dep["created_by"], actor)
+                if why:
+                    raise RegistryError(why, reason="four_eyes")
+                now = self.clock.time()  # the wait for approval counts against no timeout
+                self.store.update_deployment(dep_id, approved_by=actor, approved_at=now,
+                                             phase_started_at=now)
+                self._set(dep, "running", actor, "approved")
+                self.tick_one(dep_id)
+            elif action == "rollback":
+                if state in ("rolling_back", "rolled_back", "dropped", "pending_approval"):
+                    raise refuse()  # (pending: nothing was sent; abort it instead)
                 touched = [j["device"] for j in dep["jobs"]
                            if j["job"] and j["state"] not in ("control",)]
                 self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
@@ -446,43 +472,3 @@ class Orchestrator:
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         while not stop.wait(interval_s):
             self.tick()
-
-
-
-
-def describe(dep: dict[str, Any]) -> dict[str, Any]:
-    """A deployment as the API and ``deployments watch --json`` show it (stable fields)."""
-    jobs = dep["jobs"]
-    view: dict[str, Any] = {
-        "id": dep["id"], "model": dep["model"], "version": dep["version"],
-        "strategy": dep["strategy"], "state": dep["state"], "phase": dep["phase"],
-        "wave": dep["wave"], "created_at": dep["created_at"], "created_by": dep["created_by"],
-        "updated_at": dep["updated_at"], "policy": dep["policy"],
-        "reason": (dep.get("result") or {}).get("reason", ""),
-        "metrics": (dep.get("result") or {}).get("metrics", {}),
-    }
-    if "waves" in (dep["plan"] or {}):
-        outcomes = (dep.get("result") or {}).get("waves", {})
-        waves = []
-        for i, devices in enumerate(dep["plan"]["waves"]):
-            states = collections.Counter(j["state"] for j in jobs if j["wave"] == i)
-            waves.append({
-                "index": i, "devices": len(devices), "healthy": states["healthy"],
-                "failed": states["failed"] + states["rolled_back"],
-                "silent": states["timed_out"], "reverted": states["reverted"],
-                "pending": len(devices) - states["healthy"] - states["failed"]
-                - states["rolled_back"] - states["timed_out"] - states["reverted"],
-                "outcome": (outcomes.get(str(i)) or {}).get("outcome",
-                                                           "waiting" if i > dep["wave"]
-                                                           else "running")})
-        view["waves"] = waves
-    if "arms" in (dep["plan"] or {}):
-        view["arms"] = (dep.get("result") or {}).get("arms", {})
-    if dep["strategy"] == "shadow":
-        view["shadow"] = (dep.get("result") or {}).get("shadow", {})
-    view["jobs"] = [{k: j[k] for k in ("device", "state", "reason", "detail", "wave", "arm",
-                                       "job", "progress", "from_version", "updated_at")}
-                    for j in jobs]
-    view["events"] = [{k: e[k] for k in ("ts", "actor", "kind", "detail")}
-                      for e in dep.get("events", [])]
-    return view

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import Manifest, RegistryError, TensorSpec, bundle_paths
+from edgefleet.contract import Manifest, RegistryError, TargetTrust, TensorSpec, bundle_paths
 from edgefleet.contract.files import atomic_write
 from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize
 
@@ -63,8 +63,17 @@ class Registry:
 
     def register(self, name: str, model: bytes, *, labels: list[str] | None = None,
                  eval_npz: bytes | None = None, calibration_npz: bytes | None = None,
-                 metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                 metrics: dict[str, Any] | None = None,
+                 hardware_classes: list[str] | None = None,
+                 security_release: bool = False) -> dict[str, Any]:
         """Add a new version of ``name`` from ONNX bytes.
+
+        Args:
+            hardware_classes: the device classes it is for (none: any); signed into the
+                bundle, so other devices refuse it.
+            security_release: raise the release counter: devices that have run this
+                version healthy refuse every earlier version afterwards, even when a
+                compromised controller orders a rollback to one.
 
         Raises:
             ValueError: bad name, not a loadable ONNX model, bad datasets.
@@ -88,12 +97,23 @@ class Registry:
         for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
             if raw is not None:
                 atomic_write(directory / f"{kind}.npz", raw)
+        for hw in hardware_classes or []:
+            if not _NAME.match(hw):
+                raise ValueError(f"hardware class {hw!r}: letters, digits, '.', '_', '-'")
+        counter = self._counter(name) + int(security_release)
         return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
-                         variant="fp32", report=None)
+                         variant="fp32", report=None, hardware_classes=hardware_classes,
+                         release_counter=max(counter, 1))
+
+    def _counter(self, name: str) -> int:
+        """The highest release counter of ``name`` so far (0: a new model)."""
+        return max((int(r.get("release_counter") or 1) for r in self.store.list_models()
+                    if r["name"] == name), default=0)
 
     def _add(self, name: str, path: Path, signature: dict[str, Any], labels: list[str],
              metrics: dict[str, Any], *, parent: int | None, variant: str,
-             report: dict[str, Any] | None) -> dict[str, Any]:
+             report: dict[str, Any] | None, hardware_classes: list[str] | None,
+             release_counter: int) -> dict[str, Any]:
         from edgefleet.contract import sha256_file
 
         version = self.store.next_version(name)
@@ -105,7 +125,9 @@ class Registry:
         self.store.add_model(name=name, version=version, parent=parent, variant=variant,
                              runtime="onnxruntime", file=str(final), sha256=digest,
                              size_bytes=size, signature=signature, labels=labels,
-                             metrics=metrics, report=report)
+                             metrics=metrics, report=report,
+                             hardware_classes=list(hardware_classes or []),
+                             release_counter=release_counter)
         return self.store.get_model(name, version)
 
     def dataset(self, name: str, version: int, kind: str) -> dict[str, np.ndarray] | None:
@@ -146,7 +168,9 @@ class Registry:
             staged = work / "shipped.onnx"
             shutil.copyfile(result.shipped_path, staged)
             return self._add(name, staged, inspect_model(staged), row["labels"], metrics,
-                             parent=version, variant=variant, report=report)
+                             parent=version, variant=variant, report=report,
+                             hardware_classes=row.get("hardware_classes"),
+                             release_counter=max(self._counter(name), 1))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -161,16 +185,20 @@ class Registry:
         if row["bundled"]:
             return manifest_path
         model_bytes = Path(row["file"]).read_bytes()
+        classes = list(row.get("hardware_classes") or [])
         manifest = Manifest(
             name=name, version=version, runtime=row["runtime"], model_file=_MODEL_FILE,
             model_sha256=row["sha256"], model_length=row["size_bytes"],
             inputs=[TensorSpec(**t) for t in row["signature"]["inputs"]],
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
             labels=list(row["labels"]),
-            compatibility={"hardware_classes": [], "min_agent_version": "0.1.0"},
+            compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
             smoke_test=self._smoke_test(name, version, Path(row["file"]), row["variant"]),
             parent=row["parent"], variant=row["variant"])
-        self.repo.add_targets({manifest_path: manifest.encode(), model_target: model_bytes})
+        trust = TargetTrust(model=name, version=version, hardware_classes=classes,
+                            release_counter=int(row.get("release_counter") or 1)).custom()
+        self.repo.add_targets({manifest_path: manifest.encode(), model_target: model_bytes},
+                              custom={manifest_path: trust, model_target: trust})
         self.store.mark_bundled(name, version)
         return manifest_path
 

@@ -8,10 +8,12 @@ jobs) are small pure functions below.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from edgefleet.contract import (
@@ -35,7 +37,9 @@ from edgefleet.contract import (
 from edgefleet.contract.topics import valid_device_id
 
 from ._mqtt import ControllerLink
+from .auth import production_targets
 from .orchestrator import ACTIVE, Orchestrator
+from .provisioning import Provisioner, reload_command
 from .registry import Registry
 from .rollout import RolloutPolicy, needs_redrive
 from .settings import Settings
@@ -69,21 +73,29 @@ class FleetController:
         clock: time source for command expiry.
     """
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 broker_reload: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.db_url)
+        self.store = Store(settings.db_url, audit_anchor=settings.data_dir / "audit-head.json")
         self.repo = TrustRepository(settings.data_dir / "repo", settings.keys_dir,
                                     clock=self.clock)
         self.registry = Registry(self.store, self.repo, settings.data_dir / "models")
+        if broker_reload is None and settings.broker_reload_command:
+            broker_reload = reload_command(settings.broker_reload_command)
+        self.provisioner = Provisioner(
+            self.store, broker_auth_dir=settings.broker_auth_dir,
+            controller_user=settings.mqtt_username or settings.client_id,
+            controller_password=settings.mqtt_password, reload=broker_reload,
+            clock=self.clock.time)
         self.orchestrator = Orchestrator(self.store, self._publish_desired,
                                          self.registry.ensure_bundle, clock=self.clock)
         self.broker: Any = None
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
         self.counters = {"summaries_stored": 0, "summaries_duplicate": 0, "chunks_served": 0,
-                         "malformed": 0, "desired_redriven": 0}
+                         "malformed": 0, "desired_redriven": 0, "revoked_ignored": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
@@ -94,6 +106,7 @@ class FleetController:
         Raises:
             TransportError: the broker cannot be started or reached.
         """
+        self.provisioner.sync_broker()  # the broker's files match the store before we connect
         if self.broker_url is None:
             from .broker import EmbeddedBroker
 
@@ -102,7 +115,9 @@ class FleetController:
             self.broker_url = self.broker.url
         self.link = ControllerLink(self.broker_url, self.settings.client_id, self.handle,
                                    username=self.settings.mqtt_username,
-                                   password=self.settings.mqtt_password)
+                                   password=self.settings.mqtt_password,
+                                   ca_file=str(self.settings.broker_ca_file)
+                                   if self.settings.broker_ca_file else None)
         self.link.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="trust-refresh",
                                            daemon=True)
@@ -131,6 +146,9 @@ class FleetController:
     # -- device messages (paho's thread) -----------------------------------------------
     def handle(self, device: str, suffix: str, payload: bytes) -> None:
         """Dispatch one device message; raises ``MessageError`` for a malformed one."""
+        if device in self.provisioner.revoked:  # still connected: heard, never obeyed
+            self.counters["revoked_ignored"] += 1
+            return
         if suffix == DeviceTopic.FETCH_REQ:
             self._on_fetch(device, FetchRequest.decode(payload))
         elif suffix == DeviceTopic.TELEMETRY:
@@ -147,6 +165,8 @@ class FleetController:
     def _on_birth(self, device: str, birth: Birth) -> None:
         hw = dict(birth.hw)
         tags = hw.pop("tags", {}) if isinstance(hw.get("tags"), dict) else {}
+        if birth.trust:
+            hw["trust"] = dict(birth.trust)  # e.g. expired metadata: installs nothing new
         self.store.upsert_device(
             device, online=True, bd_seq=birth.bd_seq, last_seen=time.time(),
             agent_version=birth.agent_version, hw=hw, tags=tags, api_url=birth.api_url,
@@ -170,9 +190,7 @@ class FleetController:
         reported = (birth.active.name, birth.active.version) if birth.active else None
         if needs_redrive(desired_model=want["model"], desired_version=want["version"],
                          mode=want["mode"], reported=reported, job_state=job_state):
-            assert self.link is not None
-            self.link.publish(device, DeviceTopic.DESIRED,
-                              DesiredState(**want["payload"]).encode(), retain=True)
+            self._send_desired(device, DesiredState(**want["payload"]))
             self.counters["desired_redriven"] += 1
 
     def _on_status(self, device: str, status: JobStatus) -> None:
@@ -189,6 +207,8 @@ class FleetController:
         fields: dict[str, Any] = {"state": state}
         if not status.job.endswith((".rb", ".a")):  # these keep the reason they were needed
             fields.update(reason=status.reason, detail=status.detail)
+        elif status.state == JobState.FAILED:  # ...and say why going back failed
+            fields.update(detail=f"{status.reason}: {status.detail}"[:500])
         if status.progress:
             fields["progress"] = status.progress
         if self.store.update_job(status.deployment, device, only_job=status.job, **fields):
@@ -224,18 +244,43 @@ class FleetController:
     # -- operations (API workers) -------------------------------------------------------
     def _publish_desired(self, device: str, desired: DesiredState) -> None:
         """Record and send one device's desired state (retained) plus a deploy command."""
+        desired = dataclasses.replace(desired, device=device)
         self.store.set_desired(device, desired.to_dict())
+        self._send_desired(device, desired)
+        self.send_command(device, "deploy", desired=desired)
+
+    def _send_desired(self, device: str, desired: DesiredState) -> None:
         assert self.link is not None
-        self.link.publish(device, DeviceTopic.DESIRED, desired.encode(), retain=True)
+        desired = dataclasses.replace(desired, device=device)
+        self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(desired.encode()),
+                          retain=True)
+
+    def send_command(self, device: str, action: str, *,
+                     desired: DesiredState | None = None) -> Command:
+        """Sign and send one command (``deploy``, ``rollback``, ``rebirth``) to a device."""
         now = self.clock.time()
-        cmd = Command(id=secrets.token_hex(8), action="deploy", issued_at=now,
-                      expires_at=now + self.settings.command_ttl_s, desired=desired)
-        self.link.publish(device, DeviceTopic.CMD, cmd.encode())
+        cmd = Command(id=secrets.token_hex(16), action=action, issued_at=now,
+                      expires_at=now + self.settings.command_ttl_s, desired=desired,
+                      device=device)
+        assert self.link is not None
+        self.link.publish(device, DeviceTopic.CMD, self.repo.sign_command(cmd.encode()))
+        return cmd
+
+    def provision(self, *, claim_token: str, public_key: str, proof: str, ts: float,
+                  device_id: str | None = None) -> dict[str, Any]:
+        """A device's first boot: see ``Provisioner.provision``."""
+        return self.provisioner.provision(
+            claim_token=claim_token, public_key=public_key, proof=proof, ts=ts,
+            device_id=device_id, broker_url=self.settings.device_broker_url or self.broker_url
+            or "")
 
     def deploy(self, model: str, version: int, *, devices: list[str] | None = None,
                selector: dict[str, str] | None = None, created_by: str = "admin",
                policy: RolloutPolicy | None = None) -> dict[str, Any]:
         """Create a deployment; the orchestrator sends desired states wave by wave.
+
+        A deployment that targets a device tagged ``settings.production_tag`` starts in
+        ``pending_approval``: nothing is sent until another operator approves it.
 
         Raises:
             NotFoundError: unknown model version.
@@ -245,7 +290,8 @@ class FleetController:
         for d in devices or []:
             if not valid_device_id(d):
                 raise ValueError(f"invalid device id {d!r}")
-        targets = select_devices(self.store.list_devices(), ids=devices, selector=selector)
+        known = self.store.list_devices()
+        targets = select_devices(known, ids=devices, selector=selector)
         if not targets:
             raise ValueError("no device matches this deployment's target")
         busy = self.store.devices_in(ACTIVE, targets)
@@ -256,5 +302,7 @@ class FleetController:
                 reason="device_busy")
         self.registry.ensure_bundle(model, version)
         dep_id = f"dep-{int(self.clock.time())}-{secrets.token_hex(3)}"
+        production = production_targets(known, targets, self.settings.production_tag)
         return self.orchestrator.create(dep_id, model, version, targets,
-                                        policy or RolloutPolicy(), created_by)
+                                        policy or RolloutPolicy(), created_by,
+                                        needs_approval=production)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,9 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.contract import NotFoundError
 
+from ._audit_store import AuditStore
 from ._tables import deployments, desired, devices, events, jobs, migrate, models, telemetry
+from ._token_store import TokenStore
 from .rollout import CohortMetrics, ShadowMetrics
 
 __all__ = ["Store"]
@@ -35,9 +38,10 @@ class Store:
 
     Args:
         url: an SQLAlchemy URL (``sqlite:///ctl.db``, ``postgresql+psycopg://…``).
+        audit_anchor: file that keeps the audit chain's head outside the database.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, audit_anchor: Path | None = None) -> None:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -49,6 +53,8 @@ class Store:
                 dbapi_conn.execute("PRAGMA synchronous=NORMAL")
         with self.engine.begin() as c:
             self.schema_version = migrate(c)
+        self.audit = AuditStore(self.engine, audit_anchor)
+        self.tokens = TokenStore(self.engine)
 
     # -- models -----------------------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
@@ -118,12 +124,13 @@ class Store:
     # -- deployments ------------------------------------------------------------------
     def add_deployment(self, dep_id: str, model: str, version: int, *, strategy: str,
                        policy: dict[str, Any], plan: dict[str, Any],
-                       targets: list[dict[str, Any]], created_by: str) -> None:
+                       targets: list[dict[str, Any]], created_by: str,
+                       state: str = "running") -> None:
         """Insert a deployment and one job row per target (``device``, ``wave``, ``arm``…)."""
         now = time.time()
         with self.engine.begin() as c:
             c.execute(deployments.insert().values(
-                id=dep_id, model=model, version=version, state="running", created_at=now,
+                id=dep_id, model=model, version=version, state=state, created_at=now,
                 created_by=created_by, strategy=strategy, policy=policy, plan=plan,
                 phase="start", wave=-1, phase_started_at=now, updated_at=now))
             if targets:
@@ -186,9 +193,12 @@ class Store:
             return bool(c.execute(q.values(updated_at=time.time(), **values)).rowcount)
 
     def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
-        with self.engine.begin() as c:
-            c.execute(events.insert().values(deployment=dep_id, ts=time.time(), actor=actor,
-                                             kind=kind, detail=detail))
+        """Record a deployment event, and in the same transaction its audit entry."""
+        with self.audit.transaction() as tx:
+            now = time.time()
+            tx.conn.execute(events.insert().values(deployment=dep_id, ts=now, actor=actor,
+                                                   kind=kind, detail=detail))
+            tx.append(actor, f"deployment.{kind}", dep_id, detail, ts=now)
 
     def events(self, dep_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as c:

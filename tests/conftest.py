@@ -12,6 +12,7 @@ import pytest
 from _support import ASSETS, TOKEN
 
 from edgefleet.controller import FleetController, Settings, init_keys
+from edgefleet.controller.keys import KeyPolicy
 from edgefleet.simulations.brokers import MosquittoProcess
 from edgefleet.simulations.fleet import Fleet
 
@@ -27,7 +28,8 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
 
 @pytest.fixture
 def trust_root(tmp_path: Path) -> Path:
-    return init_keys(tmp_path / "keys")
+    # two targets keys, both needed: every test exercises thresholds above one
+    return init_keys(tmp_path / "keys", policy=KeyPolicy(targets_keys=2, targets_threshold=2))
 
 
 @pytest.fixture

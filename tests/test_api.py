@@ -24,7 +24,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
     ("POST", "/v1/models/digits/1/optimize"),
 ])
 @pytest.mark.parametrize("headers,status", [
-    ({}, 401), ({"Authorization": "Bearer wrong"}, 403), ({"Authorization": "Basic eDp5"}, 401),
+    ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic eDp5"}, 401),
 ])
 def test_api_rejects_missing_or_wrong_token(client, method, path, headers, status):
     resp = client.request(method, path, headers=headers, json={})

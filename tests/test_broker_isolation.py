@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -106,14 +107,21 @@ def test_a_revoked_device_can_no_longer_connect(secured):
 
 def test_agents_and_controller_work_end_to_end_through_the_isolated_broker(secured, tmp_path,
                                                                            trust_root):
-    broker, creds = secured["broker"], secured["creds"]
+    _deploy_through(secured["broker"].url, secured["creds"], secured["ctl_pw"], tmp_path,
+                    trust_root)
+
+
+def _deploy_through(broker_url, creds, ctl_pw, tmp_path, trust_root, **tls):
+    """A controller and the devices in ``creds`` deploy digits through the given broker."""
     ctl = FleetController(Settings(db_url=f"sqlite:///{tmp_path / 'ctl.db'}",
-                                   broker_url=broker.url, keys_dir=trust_root.parent,
+                                   broker_url=broker_url, keys_dir=trust_root.parent,
                                    data_dir=tmp_path / "ctl", admin_token=TOKEN,
-                                   mqtt_username=CTL_USER, mqtt_password=secured["ctl_pw"]))
+                                   mqtt_username=CTL_USER, mqtt_password=ctl_pw,
+                                   broker_ca_file=tls.get("ca")))
     ctl.start()
-    fleet = Fleet(tmp_path / "fleet", broker.url, trust_root, 0, passwords=creds)
-    fleet.ids = ["pi-a", "pi-b"]
+    fleet = Fleet(tmp_path / "fleet", broker_url, trust_root, 0, passwords=creds,
+                  **({"broker_ca_file": tls["ca"]} if tls else {}))
+    fleet.ids = sorted(creds)
     try:
         fleet.start()
         fleet.wait_connected(15)
@@ -140,3 +148,112 @@ def test_generated_files_are_private_and_hold_no_plain_passwords(secured):
     with pytest.raises(ValueError):
         write_broker_config(secured["dir"], devices={"a/b": "x"}, controller_user="ctl",
                             controller_password="y")
+
+
+def _certificates(folder):
+    """A CA and a server certificate for 127.0.0.1, made with cryptography."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("edgefleet test CA"))
+          .issuer_name(name("edgefleet test CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = folder / "ca.crt", folder / "server.crt", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    os.chmod(paths[2], 0o600)
+    return paths
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """Mosquitto running exactly the generated config, with its TLS listener."""
+    import shutil
+    import subprocess
+
+    from edgefleet.simulations.brokers import free_port
+
+    ca, cert, key = _certificates(tmp_path / "pki")
+    creds = {"pi-a": secrets.token_urlsafe(12)}
+    ctl_pw = secrets.token_urlsafe(12)
+    port = free_port()
+    conf = write_broker_config(tmp_path / "broker", devices=creds, controller_user=CTL_USER,
+                               controller_password=ctl_pw, port=port, host="127.0.0.1",
+                               tls=(ca, cert, key))
+    if os.geteuid() == 0:  # started as root, mosquitto would drop to a user without access
+        conf.write_text(conf.read_text() + "user root\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"mosquitto did not start: {proc.stderr.read().decode()[-2000:]}")
+    yield {"url": f"mqtts://127.0.0.1:{port}", "port": port, "ca": ca, "creds": creds,
+           "ctl_pw": ctl_pw}
+    proc.terminate()
+    proc.wait(10)
+
+
+def _tls_connack(port, ca, user, password) -> int | str:
+    rc: list[int] = []
+    done = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{secrets.token_hex(3)}")
+    c.username_pw_set(user, password)
+    if ca is not None:
+        c.tls_set(ca_certs=str(ca))
+    c.on_connect = lambda _c, _u, _f, reason, _p=None: (rc.append(reason.value), done.set())
+    try:
+        c.connect("127.0.0.1", port)
+    except (OSError, ValueError) as exc:  # the TLS handshake itself failed
+        return type(exc).__name__
+    c.loop_start()
+    try:
+        return rc[0] if done.wait(3) else "no CONNACK"
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_the_tls_listener_verifies_both_ways_and_carries_a_whole_deployment(
+        tls_broker, tmp_path, trust_root):
+    port, ca, creds = tls_broker["port"], tls_broker["ca"], tls_broker["creds"]
+    assert _tls_connack(port, ca, "pi-a", creds["pi-a"]) == 0
+    assert _tls_connack(port, ca, "pi-a", "wrong") != 0
+    assert _tls_connack(port, None, "pi-a", creds["pi-a"]) != 0  # no TLS: no session
+    other_ca = _certificates(tmp_path / "other-pki")[0]
+    assert _tls_connack(port, other_ca, "pi-a", creds["pi-a"]) != 0  # an impostor broker
+
+    _deploy_through(tls_broker["url"], creds, tls_broker["ctl_pw"], tmp_path, trust_root,
+                    ca=ca)

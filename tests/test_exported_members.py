@@ -8,13 +8,14 @@ import pytest
 
 PUBLIC = {
     "edgefleet.contract": {
-        "CTL_STATE", "MAX_CHUNK_BYTES", "PREFIX", "Ack", "Birth", "ChunkResponse", "Clock",
+        "COMMAND_KEYS_FIELD", "CTL_STATE", "MAX_CHUNK_BYTES", "PREFIX", "Ack", "Birth",
+        "ChunkResponse", "Clock",
         "Command", "CompatibilityError", "Death", "DesiredState", "DeviceTopic",
         "EdgefleetError", "ExpiredError", "FetchError", "FetchRequest", "InputError",
         "IntegrityError", "JobState", "JobStatus", "Manifest", "ManualClock", "MessageError",
         "ModelError", "ModelLoadError", "ModelRef", "NotFoundError", "OptimizationError",
-        "RegistryError", "RollbackError", "SignatureError", "SmokeTestError", "Summary",
-        "SystemClock", "TensorSpec", "TransportError", "TrustError", "bundle_paths",
+        "RegistryError", "RollbackError", "SignatureError", "Signed", "SmokeTestError", "Summary",
+        "SystemClock", "TargetTrust", "TensorSpec", "TransportError", "TrustError", "bundle_paths",
         "device_topic", "device_wildcard", "parse_device_topic", "sha256_file"},
     "edgefleet.agent": {
         "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",

@@ -6,6 +6,7 @@ import sqlite3
 
 import sqlalchemy as sa
 
+from edgefleet.controller import _tables
 from edgefleet.controller.orchestrator import describe
 from edgefleet.controller.store import Store
 
@@ -46,10 +47,10 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
 
     store = Store(f"sqlite:///{path}")
 
-    assert store.schema_version == 2
+    assert store.schema_version == 3
     with store.engine.connect() as c:
         versions = [r[0] for r in c.execute(sa.text("SELECT version FROM schema_info"))]
-    assert versions == [1, 2]  # the migration is recorded
+    assert versions == [1, 2, 3]  # each migration is recorded
     assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
     assert store.deployment_state("dep-done") == "succeeded"
     view = describe(store.get_deployment("dep-old", with_events=True))
@@ -58,4 +59,29 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
     assert "telemetry_received" in indexes
     Store(f"sqlite:///{path}")  # opening it again changes nothing
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 2
+        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 3
+
+
+def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1)
+    db.close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as c:  # what the previous release left: schema 2
+        _tables._v2(c)
+        c.execute(sa.text("INSERT INTO schema_info VALUES (2, 0)"))
+    engine.dispose()
+
+    store = Store(f"sqlite:///{path}", audit_anchor=tmp_path / "audit-head.json")
+
+    assert store.schema_version == 3
+    dep = store.get_deployment("dep-done")
+    assert (dep["state"], dep["approved_by"], dep["approved_at"]) == ("succeeded", None, None)
+    assert describe(store.get_deployment("dep-done", with_events=True))["approved_by"] is None
+    assert store.tokens.list() == [] and store.audit.verify().ok
+    store.add_event("dep-done", "noted", "admin", note="after the upgrade")
+    (entry,) = store.audit.entries()
+    assert (entry["seq"], entry["action"], entry["target"]) == (1, "deployment.noted",
+                                                                "dep-done")
+    assert store.audit.verify().ok
