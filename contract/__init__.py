@@ -39,6 +39,7 @@ from .messages import (
     Summary,
 )
 from .signed import COMMAND_KEYS_FIELD, Signed
+from .sketch import DDSketch
 from .topics import (
     CTL_STATE,
     PREFIX,
@@ -56,6 +57,7 @@ __all__ = [
     "Ack",
     "Birth",
     "ChunkResponse",
+    "DDSketch",
     "Clock",
     "Command",
     "CompatibilityError",

@@ -339,6 +339,19 @@ class Summary(Message):
     # shadow runs in this window: {model, version, samples, agree, distance_sum,
     # candidate_ms_sum, active_ms_sum, dropped}
     shadow: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the buffer this summary comes from (random, made with the buffer): (device, stream,
+    # seq) is unique even when a re-provisioned device starts counting from 1 again
+    stream: str = ""
+    # latency as a mergeable sketch (contract.sketch.DDSketch.to_dict)
+    latency_sketch: dict[str, Any] = dataclasses.field(default_factory=dict)
+    errors_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)
+    # agent.drift.DriftWindow.inputs(): {samples, mean, std, out_of_range, non_finite}
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # agent.drift.DriftWindow.scores(): {samples, psi_max, psi_mean, top, psi_predictions}
+    drift: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the device's buffer when the window closed: {bytes, cap_bytes, evicted_raw,
+    # evicted_summaries, dropped}
+    buffer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.seq < 1 or self.count < 0 or self.errors < 0:

@@ -15,6 +15,7 @@ from edgefleet.optimizer._decisions import GateDecision, MethodChoice, choose_me
 from edgefleet.optimizer._evaluate import Evaluation, evaluate
 from edgefleet.optimizer._inspect import inspect_model
 from edgefleet.optimizer._pipeline import optimize
+from edgefleet.optimizer._profile import reference_profile
 from edgefleet.optimizer._prune import PruneStats, prune_array, prune_model
 from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 
@@ -32,4 +33,5 @@ __all__ = [
     "optimize",
     "prune_array",
     "prune_model",
+    "reference_profile",
 ]

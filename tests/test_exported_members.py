@@ -9,7 +9,7 @@ import pytest
 PUBLIC = {
     "edgefleet.contract": {
         "COMMAND_KEYS_FIELD", "CTL_STATE", "MAX_CHUNK_BYTES", "PREFIX", "Ack", "Birth",
-        "ChunkResponse", "Clock",
+        "ChunkResponse", "Clock", "DDSketch",
         "Command", "CompatibilityError", "Death", "DesiredState", "DeviceTopic",
         "EdgefleetError", "ExpiredError", "FetchError", "FetchRequest", "InputError",
         "IntegrityError", "JobState", "JobStatus", "Manifest", "ManualClock", "MessageError",
@@ -25,7 +25,7 @@ PUBLIC = {
     "edgefleet.optimizer": {
         "Evaluation", "GateDecision", "MethodChoice", "OptimizationResult", "OptimizeTarget",
         "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
-        "prune_array", "prune_model"},
+        "prune_array", "prune_model", "reference_profile"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},
