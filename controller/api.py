@@ -19,6 +19,7 @@ from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError,
 from edgefleet.optimizer import OptimizeTarget
 
 from ._api_devices import add_device_routes
+from ._api_metrics import add_metrics_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from .orchestrator import describe
@@ -202,5 +203,6 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     add_security_routes(app, ctl)
     add_device_routes(app, ctl)
+    add_metrics_route(app, ctl)
     check_routes(app)
     return app

@@ -87,6 +87,7 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("DELETE", "/v1/claim-tokens/{token_id}"): ADMIN,
     ("POST", "/v1/devices/{device_id}/revoke"): ADMIN,
     ("GET", "/v1/devices/{device_id}/identity"): VIEWER,
+    ("GET", "/metrics"): VIEWER,  # Prometheus scrapes with a viewer bearer token
 }
 
 # Actor names that are not tokens: the bootstrap admin token and the controller itself.

@@ -9,6 +9,7 @@ is deployed.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from edgefleet.contract import Manifest, RegistryError, TargetTrust, TensorSpec, bundle_paths
 from edgefleet.contract.files import atomic_write
-from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize
+from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize, reference_profile
 
 from .signing import TrustRepository
 from .store import Store
@@ -28,6 +29,7 @@ __all__ = ["Registry", "load_datasets"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILE = "model.onnx"
+log = logging.getLogger(__name__)
 _SMOKE_SAMPLES = 16
 _SMOKE_MIN_ACCURACY = 0.75
 
@@ -194,6 +196,8 @@ class Registry:
             labels=list(row["labels"]),
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
             smoke_test=self._smoke_test(name, version, Path(row["file"]), row["variant"]),
+            reference_profile=self._profile(name, version, Path(row["file"]),
+                                            list(row["labels"])),
             parent=row["parent"], variant=row["variant"])
         trust = TargetTrust(model=name, version=version, hardware_classes=classes,
                             release_counter=int(row.get("release_counter") or 1)).custom()
@@ -219,6 +223,26 @@ class Registry:
             smoke["labels"] = [int(v) for v in data["y"][:_SMOKE_SAMPLES]]
             smoke["min_accuracy"] = _SMOKE_MIN_ACCURACY
         return smoke
+
+    def _profile(self, name: str, version: int, path: Path,
+                 labels: list[str]) -> dict[str, Any]:
+        """The drift reference: eval and calibration inputs, and the model's predictions
+        on them ({} without data, or when the model's first output is not class scores)."""
+        import onnxruntime as ort
+
+        sets = [d["x"] for kind in ("eval", "calibration")
+                if (d := self.dataset(name, version, kind)) is not None]
+        if not sets:
+            return {}
+        x = np.concatenate([s.reshape(len(s), *sets[0].shape[1:]) for s in sets])
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+        preds = out.argmax(axis=1) if out.ndim == 2 and out.shape[1] > 1 else None
+        try:
+            return reference_profile(x, preds, labels=labels or None)
+        except ValueError as exc:  # too few samples, non-finite inputs
+            log.warning("no drift reference for %s:%s: %s", name, version, exc)
+            return {}
 
     def get(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import stat
@@ -97,7 +98,8 @@ def _connack(broker, user, password) -> int:
 
 
 def test_first_boot_provisions_the_device_which_then_deploys_and_can_be_revoked(
-        fleet_site, tmp_path):
+        fleet_site, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     ctl, api, broker = fleet_site["ctl"], fleet_site["api"], fleet_site["broker"]
     # the admin makes a one-use claim token straight into the image's file
     runner = CliRunner()
@@ -153,6 +155,10 @@ def test_first_boot_provisions_the_device_which_then_deploys_and_can_be_revoked(
         assert ctl.counters["revoked_ignored"] == before + 1
     finally:
         agent.stop()
+    # no secret in any log line: not the token, the password or the device's private key
+    private_key = (state / "device.key").read_text().splitlines()[1]
+    for secret in (token["token"], cfg.mqtt_password, private_key):
+        assert secret not in caplog.text
 
 
 def _request(key: Ed25519PrivateKey, device_id: str = "", ts: float | None = None):
