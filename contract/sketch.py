@@ -1,9 +1,9 @@
 """A mergeable quantile sketch (DDSketch) for latency, standard library only.
 
 Every value ``x > 0`` falls in bucket ``i = ceil(log_gamma(x))`` with
-``gamma = (1 + alpha) / (1 - alpha)``; a quantile is answered with the bucket's
-midpoint ``2 * gamma**i / (gamma + 1)``, which is within a relative error ``alpha`` of
-a value that truly has that rank. Sketches merge by adding bucket counts, so the
+``gamma = (1 + alpha) / (1 - alpha)``; quantile ``q`` is answered with the midpoint
+``2 * gamma**i / (gamma + 1)`` of the bucket holding the value of rank
+``floor(q * (n - 1))``, which is within a relative error ``alpha`` of that value. Sketches merge by adding bucket counts, so the
 controller can answer fleet-wide and per-cohort p50/p95/p99 from the devices'
 per-window sketches with the same guarantee, instead of averaging percentiles.
 
