@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import numpy as np
-import psutil
 
 import edgefleet
 from edgefleet.contract import (
@@ -28,6 +27,7 @@ from edgefleet.contract import (
     Clock,
     DesiredState,
     DeviceTopic,
+    EdgefleetError,
     InputError,
     JobState,
     ModelError,
@@ -36,7 +36,10 @@ from edgefleet.contract import (
 )
 
 from ._jobs import JobRunner
+from ._loaded import Loaded as _Loaded
+from ._loaded import Trial as _Trial
 from ._mqtt import AgentLink
+from ._system import SystemMetrics
 from .commands import CommandGuard, ControlInbox
 from .config import AgentConfig
 from .health import HealthPolicy, judge, p95
@@ -52,34 +55,12 @@ __all__ = ["Agent", "Prediction"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     outputs: dict[str, np.ndarray]
     model: ModelRef
     latency_ms: float
     top: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Loaded:
-    installed: InstalledModel
-    runtime: Runtime
-
-
-@dataclasses.dataclass
-class _Trial:
-    """A health window in progress (mirrored in state.json for restarts)."""
-
-    desired: DesiredState
-    policy: HealthPolicy
-    started_at: float
-    baseline_p95: float | None
-    count: int = 0
-    errors: int = 0
-    # the newest latencies only: a long window at a high rate must not grow memory
-    latencies: collections.deque[float] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=4096))
 
 
 class Agent:
@@ -101,14 +82,15 @@ class Agent:
             shutil.copyfile(config.trust_root, tuf_dir / "root.json")
         self.store = ModelStore(state)
         self._stop = threading.Event()
-        self._proc = psutil.Process()
         self.jobs = JobRunner(self)
         self._shadow: ShadowRunner | None = None
         self._shadow_model: _Loaded | None = None
         self.buffer = TelemetryBuffer(state / "telemetry.db", window_s=config.summary_window_s,
                                       queue_max=config.telemetry_queue_max,
+                                      max_bytes=config.max_buffer_bytes,
                                       max_raw_rows=config.max_raw_rows,
-                                      system_metrics=self._system_metrics,
+                                      flush_interval_s=config.telemetry_flush_interval_s,
+                                      system_metrics=SystemMetrics(state),
                                       shadow_stats=self._shadow_stats)
         self.guard = CommandGuard(config.device_id, tuf_dir / "root.json",
                                   state / "commands-seen.json", self.clock,
@@ -252,39 +234,45 @@ class Agent:
             raise ModelError(f"this device serves {manifest.name!r}, not {model!r}",
                              reason="unknown_model")
         if isinstance(feeds, np.ndarray):
-            feeds = {loaded.runtime.inputs[0].name: feeds}
+            feeds = {loaded.first_input: feeds}
         start = time.perf_counter()
-        ok, top, model_error = False, None, False
         try:
             outputs = loaded.runtime.run(feeds)
-            ok = True
-        except InputError:
+        except BaseException as exc:
+            self._failed(loaded, exc, (time.perf_counter() - start) * 1000.0)
             raise
-        except ModelError:
-            model_error = True
-            raise
-        finally:
-            latency_ms = (time.perf_counter() - start) * 1000.0
-            self.inferences += 1
-            self.errors += not ok
-            if ok:
-                first = next(iter(outputs.values()))
-                if first.ndim == 2 and first.shape[0] >= 1 and first.dtype.kind == "f":
-                    idx = int(first[0].argmax())
-                    top = manifest.labels[idx] if idx < len(manifest.labels) else str(idx)
-            self.buffer.record(self.clock.time(), manifest.name, manifest.version, latency_ms,
-                               ok, top)
-            trial = self._trial
-            if trial is not None and (ok or model_error):
-                trial.count += 1
-                trial.errors += model_error
-                trial.latencies.append(latency_ms)
-            if ok:
-                self._recent.append(latency_ms)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        self.inferences += 1
+        first, top = next(iter(outputs.values())), None
+        if first.ndim == 2 and first.shape[0] >= 1 and first.dtype.kind == "f":
+            idx = int(first[0].argmax())
+            top = manifest.labels[idx] if idx < len(manifest.labels) else str(idx)
+        drift = loaded.drift  # the writer thread bins the copied rows, not this one
+        self.buffer.record(self.clock.time(), manifest.name, manifest.version, latency_ms, True,
+                           top, None, drift.rows(feeds[loaded.first_input]) if drift else None,
+                           drift)
+        trial = self._trial
+        if trial is not None:
+            trial.count += 1
+            trial.latencies.append(latency_ms)
+        self._recent.append(latency_ms)
         shadow = self._shadow
         if shadow is not None:
             shadow.offer(feeds, first, latency_ms)
-        return Prediction(outputs, loaded.installed.ref, latency_ms, top)
+        return Prediction(outputs, loaded.ref, latency_ms, top)
+
+    def _failed(self, loaded: _Loaded, exc: BaseException, latency_ms: float) -> None:
+        """Count a failed inference by kind; a bad input is not held against the model."""
+        self.inferences += 1
+        self.errors += 1
+        m = loaded.installed.manifest
+        kind = exc.reason if isinstance(exc, EdgefleetError) else "internal"
+        self.buffer.record(self.clock.time(), m.name, m.version, latency_ms, False, None, kind)
+        trial = self._trial
+        if trial is not None and isinstance(exc, ModelError) and not isinstance(exc, InputError):
+            trial.count += 1
+            trial.errors += 1
+            trial.latencies.append(latency_ms)
 
     def model_metadata(self, name: str) -> dict[str, Any] | None:
         loaded = self._active
@@ -466,11 +454,6 @@ class Agent:
         self.buffer.ack(Ack.decode(payload).seqs)
 
     # -- telemetry loop ---------------------------------------------------------------
-    def _system_metrics(self) -> dict[str, float]:
-        mem = self._proc.memory_info()
-        return {"cpu_percent": psutil.cpu_percent(None), "rss_bytes": float(mem.rss),
-                "mem_percent": psutil.virtual_memory().percent}
-
     def _loop(self) -> None:
         while not self._stop.wait(self.config.loop_interval_s):
             try:

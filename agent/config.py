@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 
 from edgefleet.contract.topics import valid_device_id
 
+from ._retention import MIN_BUFFER_BYTES
+
 __all__ = ["AgentConfig", "load_config", "parse_broker_url"]
 
 
@@ -62,8 +64,13 @@ class AgentConfig:
     fetch_timeout_s: float = 5.0
     download_deadline_s: float = 600.0
     max_download_bytes_per_s: int = 0  # 0: unlimited
+    # telemetry buffer (docs/telemetry.md): records waiting for the writer (a full
+    # queue drops and counts), how often the writer commits, the store's cap on disk
+    # (database + WAL) and an optional row limit on raw records (0: the byte cap only)
     telemetry_queue_max: int = 10_000
-    max_raw_rows: int = 200_000
+    telemetry_flush_interval_s: float = 1.0
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    max_raw_rows: int = 0
     publish_batch: int = 50
     resend_after_s: float = 10.0
     command_max_age_s: float = 3600.0
@@ -88,6 +95,12 @@ class AgentConfig:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:
             raise ValueError("api_port must be 0..65535")
+        if self.max_buffer_bytes < MIN_BUFFER_BYTES:
+            raise ValueError(f"max_buffer_bytes must be ≥ {MIN_BUFFER_BYTES} (256 KiB)")
+        if self.telemetry_queue_max < 1 or self.max_raw_rows < 0:
+            raise ValueError("telemetry_queue_max must be ≥ 1 and max_raw_rows ≥ 0")
+        if self.telemetry_flush_interval_s <= 0:
+            raise ValueError("telemetry_flush_interval_s must be > 0")
 
     def __repr__(self) -> str:  # never print the MQTT password
         shown = dataclasses.replace(self, mqtt_password="***" if self.mqtt_password else None)

@@ -17,11 +17,13 @@ from typing import Annotated
 import typer
 
 from ._admin import devices_app, model_app
+from ._bench import register_bench
 from ._identity import claim_tokens_app, register_identity
 from ._image import image_app
-from ._output import console, emit, fail, table
+from ._output import console, emit, fail, table, when
 from ._rollouts import deployments_app, register_deploy
 from ._security import audit_app, tokens_app
+from ._telemetry import alerts_app, telemetry_app
 
 __all__ = ["app", "main"]
 
@@ -42,8 +44,11 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(image_app, name="image")
 app.add_typer(claim_tokens_app, name="claim-tokens")
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(alerts_app, name="alerts")
 register_identity(devices_app)
 register_deploy(app)
+register_bench(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -278,12 +283,18 @@ def agent_status(
         fail(f"cannot reach the agent at {url}: {exc}")
     if not emit(status, as_json):
         buf = status["buffer"]
+        mib = lambda n: f"{(n or 0) / 1048576:.1f} MiB"  # noqa: E731
         table(f"agent {status['device_id']}", ["", ""], [
             ("connected", status["connected"]),
             ("active", _ref(status["active"])), ("last good", _ref(status["last_good"])),
             ("inferences", status["inferences"]), ("errors", status["errors"]),
-            ("summaries unacked", buf["summaries_unacked"]), ("raw rows", buf["raw_rows"]),
-            ("dropped / evicted", f"{buf['dropped']} / {buf['evicted']}")])
+            ("buffer", f"{mib(buf.get('bytes'))} of {mib(buf.get('cap_bytes'))}"),
+            ("rows", f"{buf['raw_rows']} raw, {buf.get('summaries_stored', '?')} summaries "
+                     f"({buf['summaries_unacked']} unsent)"),
+            ("oldest unsent summary", when(buf["oldest_unacked_window_end"])),
+            ("dropped", buf["dropped"]),
+            ("evicted", f"{buf.get('evicted_raw', 0)} raw, "
+                        f"{buf.get('evicted_summaries', 0)} summaries")])
 
 
 def _ref(ref: dict | None) -> str:  # type: ignore[type-arg]

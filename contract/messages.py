@@ -13,6 +13,7 @@ Chunk responses carry binary data and use a small framing instead of JSON:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import struct
 import types
@@ -88,8 +89,14 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     raise TypeError(f"unsupported field type {hint!r} at {where}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A message class's resolved field types (resolving them is slow: once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -350,7 +357,8 @@ class Summary(Message):
     # agent.drift.DriftWindow.scores(): {samples, psi_max, psi_mean, top, psi_predictions}
     drift: dict[str, Any] = dataclasses.field(default_factory=dict)
     # the device's buffer when the window closed: {bytes, cap_bytes, evicted_raw,
-    # evicted_summaries, dropped}
+    # evicted_summaries, dropped}; when sent, also evicted_through_seq: no unsent summary
+    # at or below it is left, so a gap before it is lost for good (counted as evicted)
     buffer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

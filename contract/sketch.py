@@ -3,9 +3,10 @@
 Every value ``x > 0`` falls in bucket ``i = ceil(log_gamma(x))`` with
 ``gamma = (1 + alpha) / (1 - alpha)``; quantile ``q`` is answered with the midpoint
 ``2 * gamma**i / (gamma + 1)`` of the bucket holding the value of rank
-``floor(q * (n - 1))``, which is within a relative error ``alpha`` of that value. Sketches merge by adding bucket counts, so the
-controller can answer fleet-wide and per-cohort p50/p95/p99 from the devices'
-per-window sketches with the same guarantee, instead of averaging percentiles.
+``floor(q * (n - 1))``, which is within a relative error ``alpha`` of that value.
+Sketches merge by adding bucket counts, so the controller can answer fleet-wide and
+per-cohort p50/p95/p99 from the devices' per-window sketches with the same guarantee,
+instead of averaging percentiles.
 
 Values at or below ``MIN_VALUE`` (0.001 ms by default: 1 µs) are counted in a zero
 bucket and answered as 0. The number of buckets is bounded by ``max_buckets``: beyond

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-__all__ = ["SCHEMA_VERSION", "api_tokens", "audit_head", "audit_log", "claim_tokens",
+__all__ = ["SCHEMA_VERSION", "alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens",
            "deployments", "desired", "device_credentials", "devices", "events", "jobs", "meta",
-           "migrate", "models", "telemetry"]
+           "migrate", "models", "rollups", "streams", "telemetry"]
 
 meta = sa.MetaData()
 
@@ -84,9 +84,10 @@ jobs = sa.Table(
     sa.Column("from_model", sa.String(128), nullable=True),
     sa.Column("from_version", sa.Integer, nullable=True),
 )
-telemetry = sa.Table(
+telemetry = sa.Table(  # raw summaries, one per (device, stream, seq); see _telemetry_store
     "telemetry", meta,
     sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("stream", sa.String(64), primary_key=True, server_default=""),  # v4
     sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("window_start", sa.Float, nullable=False),
     sa.Column("window_end", sa.Float, nullable=False),
@@ -95,9 +96,58 @@ telemetry = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("count", sa.Integer, nullable=False),
     sa.Column("errors", sa.Integer, nullable=False),
-    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),  # the rest of the summary
     sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("latency_sketch", sa.JSON, nullable=True),  # v4: contract.sketch.DDSketch dict
+    sa.Column("errors_by_kind", sa.JSON, nullable=True),
+    sa.Column("inputs", sa.JSON, nullable=True),
+    sa.Column("drift", sa.JSON, nullable=True),
+    sa.Column("buffer", sa.JSON, nullable=True),
+    sa.Column("drift_score", sa.Float, nullable=True),  # max(psi_mean, psi_predictions)
     sa.Index("telemetry_received", "received_at"),
+    sa.Index("telemetry_window", "window_start"),
+)
+streams = sa.Table(  # v4: ingest position per device buffer: exactly once, in order
+    "telemetry_streams", meta,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("stream", sa.String(64), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),  # highest seq stored
+    sa.Column("gap_since", sa.Float, nullable=True),  # first held-back arrival past a gap
+    sa.Column("stored", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lost", sa.BigInteger, nullable=False, default=0),  # seqs given up on
+    sa.Column("first_received", sa.Float, nullable=True),
+    sa.Column("last_received", sa.Float, nullable=True),
+    sa.Column("buffer", sa.JSON, nullable=True),  # the device buffer, latest summary
+)
+rollups = sa.Table(  # v4: hourly per-device aggregates of summaries past raw retention
+    "telemetry_rollups", meta,
+    sa.Column("device", sa.String(64), primary_key=True),
+    sa.Column("hour", sa.Float, primary_key=True),  # start of the hour (window_start)
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("windows", sa.Integer, nullable=False),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),
+    sa.Column("agg", sa.JSON, nullable=False),  # controller.aggregate.Aggregate.to_dict()
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("telemetry_rollups_hour", "hour"),
+)
+alerts = sa.Table(  # v4: alert state, one row per alert key (controller.alerts)
+    "alerts", meta,
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(256), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("notify_resolved", sa.Boolean, nullable=False),
+    sa.Column("first_at", sa.Float, nullable=False),
+    sa.Column("last_at", sa.Float, nullable=False),
+    sa.Column("resolved_at", sa.Float, nullable=True),
+    sa.Column("notified_at", sa.Float, nullable=True),
+    sa.Column("notified_severity", sa.String(16), nullable=True),
+    sa.Index("alerts_active", "active"),
 )
 events = sa.Table(
     "deployment_events", meta,
@@ -176,7 +226,7 @@ schema_info = sa.Table(
     sa.Column("applied_at", sa.Float, nullable=False),
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v2(conn: sa.Connection) -> None:
@@ -213,7 +263,32 @@ def _v3(conn: sa.Connection) -> None:
                                   device_credentials])
 
 
-_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3}
+def _v4(conn: sa.Connection) -> None:
+    """Fleet telemetry: (device, stream, seq) keys, sketches, drift and buffer columns,
+    ingest positions per stream, hourly rollups, alert state.
+
+    The telemetry table is rebuilt (its primary key gains ``stream``); existing rows
+    keep stream ``""`` (agents from before streams) and seed their stream positions.
+    """
+    for index in ("telemetry_received", "telemetry_window"):
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {index}"))
+    conn.execute(sa.text("ALTER TABLE telemetry RENAME TO telemetry_v3"))
+    if conn.dialect.name == "postgresql":  # constraint names are per schema there
+        conn.execute(sa.text("ALTER TABLE telemetry_v3 RENAME CONSTRAINT telemetry_pkey "
+                             "TO telemetry_v3_pkey"))
+    meta.create_all(conn, tables=[telemetry, streams, rollups, alerts])
+    cols = ("device, seq, window_start, window_end, historical, model, version, count, errors, "
+            "payload, received_at")
+    conn.execute(sa.text(f"INSERT INTO telemetry ({cols}, stream) "
+                         f"SELECT {cols}, '' FROM telemetry_v3"))
+    conn.execute(sa.text("DROP TABLE telemetry_v3"))
+    conn.execute(sa.text(
+        "INSERT INTO telemetry_streams (device, stream, last_seq, stored, lost, first_received, "
+        "last_received) SELECT device, '', MAX(seq), COUNT(*), 0, MIN(received_at), "
+        "MAX(received_at) FROM telemetry GROUP BY device"))
+
+
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3, 4: _v4}
 
 
 def migrate(conn: sa.Connection) -> int:

@@ -22,6 +22,7 @@ from ._api_devices import add_device_routes
 from ._api_metrics import add_metrics_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
+from ._api_telemetry import add_telemetry_routes
 from .orchestrator import describe
 from .rollout import RolloutPolicy
 from .service import FleetController
@@ -199,10 +200,12 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.get("/v1/stats")
     def stats(_: Auth) -> dict[str, Any]:
-        return dict(ctl.counters, malformed=ctl.link.malformed if ctl.link else 0)
+        return dict(ctl.counters, malformed=ctl.counters["malformed"] +
+                    (ctl.link.malformed if ctl.link else 0))
 
     add_security_routes(app, ctl)
     add_device_routes(app, ctl)
+    add_telemetry_routes(app, ctl)
     add_metrics_route(app, ctl)
     check_routes(app)
     return app

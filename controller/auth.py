@@ -87,6 +87,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("DELETE", "/v1/claim-tokens/{token_id}"): ADMIN,
     ("POST", "/v1/devices/{device_id}/revoke"): ADMIN,
     ("GET", "/v1/devices/{device_id}/identity"): VIEWER,
+    ("GET", "/v1/telemetry/query"): VIEWER,
+    ("GET", "/v1/alerts"): VIEWER,
     ("GET", "/metrics"): VIEWER,  # Prometheus scrapes with a viewer bearer token
 }
 

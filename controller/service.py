@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from edgefleet.contract import (
-    Ack,
     Birth,
     ChunkResponse,
     Clock,
@@ -31,13 +30,15 @@ from edgefleet.contract import (
     MessageError,
     NotFoundError,
     RegistryError,
-    Summary,
     SystemClock,
 )
 from edgefleet.contract.topics import valid_device_id
 
+from ._alerting import AlertMonitor
+from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
 from .auth import production_targets
+from .ingest import encode_ack
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
@@ -99,6 +100,13 @@ class FleetController:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
+        self._upkeep: threading.Thread | None = None
+        self.ingestor = Ingestor(self.store.telemetry, self._ack, clock=self.clock,
+                                 counters=self.counters, queue_max=settings.telemetry_queue_max,
+                                 batch_max=settings.telemetry_batch_max,
+                                 batch_wait_s=settings.telemetry_batch_wait_s,
+                                 gap_timeout_s=settings.telemetry_gap_timeout_s)
+        self.alerts = AlertMonitor(self.store, settings, self.clock)
 
     def start(self) -> None:
         """Start the embedded broker if no broker URL was given, then connect.
@@ -118,7 +126,12 @@ class FleetController:
                                    password=self.settings.mqtt_password,
                                    ca_file=str(self.settings.broker_ca_file)
                                    if self.settings.broker_ca_file else None)
+        self.ingestor.start()
+        self.alerts.start()
         self.link.start()
+        self._upkeep = threading.Thread(target=self._upkeep_loop, name="telemetry-upkeep",
+                                        daemon=True)
+        self._upkeep.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="trust-refresh",
                                            daemon=True)
         self._refresher.start()
@@ -131,6 +144,10 @@ class FleetController:
         self._stop.set()
         if self._rollouts is not None:
             self._rollouts.join(5.0)
+        if self._upkeep is not None:
+            self._upkeep.join(5.0)
+        self.ingestor.stop()  # stores and acks what is queued while the link is up
+        self.alerts.stop()
         if self.link is not None:
             self.link.stop()
         if self.broker is not None:
@@ -143,6 +160,23 @@ class FleetController:
             except Exception:
                 log.exception("re-signing trust metadata failed")
 
+    def _upkeep_loop(self) -> None:
+        """Alert rules every ``alert_interval_s``; retention every maintenance interval."""
+        s = self.settings
+        next_retention = self.clock.time()
+        while not self._stop.wait(s.alert_interval_s):
+            try:
+                self.alerts.evaluate()
+                now = self.clock.time()
+                if now >= next_retention:
+                    next_retention = now + s.telemetry_maintenance_interval_s
+                    self.store.telemetry.apply_retention(
+                        now, raw_retention_s=s.telemetry_raw_retention_s,
+                        rollup_retention_s=s.telemetry_rollup_retention_s)
+                    self.alerts.prune(now)
+            except Exception:
+                log.exception("telemetry upkeep (alerts, retention) failed")
+
     # -- device messages (paho's thread) -----------------------------------------------
     def handle(self, device: str, suffix: str, payload: bytes) -> None:
         """Dispatch one device message; raises ``MessageError`` for a malformed one."""
@@ -152,7 +186,8 @@ class FleetController:
         if suffix == DeviceTopic.FETCH_REQ:
             self._on_fetch(device, FetchRequest.decode(payload))
         elif suffix == DeviceTopic.TELEMETRY:
-            self._on_summary(device, Summary.decode(payload))
+            # queued as received: the ingest worker decodes, stores, then acks (_ingestor)
+            self.ingestor.submit(device, payload, self.clock.time())
         elif suffix == DeviceTopic.BIRTH:
             self._on_birth(device, Birth.decode(payload))
         elif suffix == DeviceTopic.DEATH:
@@ -220,14 +255,14 @@ class FleetController:
                                   reason=status.reason, detail=status.detail)
         log.info("status %s for job %s on %s is not current", status.state, status.job, device)
 
-    def _on_summary(self, device: str, summary: Summary) -> None:
-        if self.store.add_summary(device, summary.to_dict()):
-            self.counters["summaries_stored"] += 1
-        else:
-            self.counters["summaries_duplicate"] += 1
-        self.store.upsert_device(device, last_seen=time.time())
-        assert self.link is not None
-        self.link.publish(device, DeviceTopic.TELEMETRY_ACK, Ack(seqs=[summary.seq]).encode())
+    def latency_by_model(self, since: float) -> dict[tuple[str, int], dict[str, Any]]:
+        """p50/p95/p99 from merged sketches, inferences and errors per model version over
+        telemetry received since ``since`` (Prometheus ``/metrics`` reads this)."""
+        return self.store.telemetry.latency_by_version(since)
+
+    def _ack(self, device: str, seqs: list[int]) -> None:
+        if self.link is not None:
+            self.link.publish(device, DeviceTopic.TELEMETRY_ACK, encode_ack(seqs))
 
     def _on_fetch(self, device: str, req: FetchRequest) -> None:
         assert self.link is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -40,12 +40,54 @@ class Settings(BaseSettings):
     # deployments to a device with this tag (key=value; "" disables) wait for a second person
     production_tag: str = "env=production"
 
+    # telemetry ingest (docs/alerts-and-queries.md): bounded queue, batched transactions
+    telemetry_queue_max: int = Field(100_000, ge=1)  # summaries waiting; beyond: not acked
+    telemetry_batch_max: int = Field(2000, ge=1)  # summaries per transaction
+    telemetry_batch_wait_s: float = Field(0.05, ge=0)  # a batch waits this long to fill
+    telemetry_gap_timeout_s: float = Field(30.0, ge=0)  # a seq gap holds back at most this
+    # retention: raw summaries → hourly rollups → deleted
+    telemetry_raw_retention_s: float = Field(7 * 86400.0, gt=0)
+    telemetry_rollup_retention_s: float = Field(90 * 86400.0, gt=0)
+    telemetry_maintenance_interval_s: float = Field(300.0, gt=0)
+    # alerts: evaluated every alert_interval_s, sent to alert_webhook_url (None: not sent)
+    alert_interval_s: float = Field(15.0, gt=0)
+    alert_webhook_url: str | None = None
+    alert_webhook_queue_max: int = Field(1000, ge=1)
+    alert_webhook_max_attempts: int = Field(5, ge=1)
+    alert_webhook_backoff_s: float = Field(1.0, ge=0)
+    alert_cooldown_s: float = Field(900.0, ge=0)  # per alert key, between two messages
+    alert_drift_warn: float = Field(0.1, gt=0)  # PSI: max(psi_mean, psi_predictions)
+    alert_drift_alert: float = Field(0.25, gt=0)
+    alert_drift_window_s: float = Field(900.0, gt=0)  # windows received this recently
+    alert_cohort_tags: list[str] = Field(default_factory=list)  # cohorts also by these tags
+    alert_latency_ratio: float = Field(1.2, gt=1)  # p95 of a version / the previous one's
+    alert_latency_window_s: float = Field(900.0, gt=0)
+    alert_latency_baseline_s: float = Field(86400.0, gt=0)
+    alert_latency_min_count: int = Field(200, ge=1)
+    alert_latency_interval_s: float = Field(300.0, gt=0)  # the latency rule reads a day
+    alert_offline_after_s: float = Field(600.0, gt=0)
+    alert_buffer_ratio: float = Field(0.9, gt=0, le=1)
+    alert_rollback_window_s: float = Field(3600.0, gt=0)
+
     @field_validator("production_tag")
     @classmethod
     def _tag(cls, v: str) -> str:
         if v and (v.startswith("=") or "=" not in v):
             raise ValueError("production_tag must look like key=value (or be empty)")
         return v
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("alert_webhook_url must be an http(s):// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _drift_levels(self) -> Settings:
+        if self.alert_drift_warn > self.alert_drift_alert:
+            raise ValueError("alert_drift_warn must not exceed alert_drift_alert")
+        return self
 
     @field_validator("broker_url")
     @classmethod

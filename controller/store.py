@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from edgefleet.contract import NotFoundError
 
+from ._alert_store import AlertStore
 from ._audit_store import AuditStore
-from ._tables import deployments, desired, devices, events, jobs, migrate, models, telemetry
+from ._tables import deployments, desired, devices, events, jobs, migrate, models
+from ._telemetry_store import TelemetryStore
 from ._token_store import TokenStore
 from .rollout import CohortMetrics, ShadowMetrics
 
@@ -55,6 +56,8 @@ class Store:
             self.schema_version = migrate(c)
         self.audit = AuditStore(self.engine, audit_anchor)
         self.tokens = TokenStore(self.engine)
+        self.telemetry = TelemetryStore(self.engine)
+        self.alerts = AlertStore(self.engine)
 
     # -- models -----------------------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
@@ -220,70 +223,18 @@ class Store:
         with self.engine.connect() as c:
             return _row(c.execute(sa.select(desired).where(desired.c.device == device)).first())
 
-    # -- telemetry --------------------------------------------------------------------
-    def add_summary(self, device: str, summary: dict[str, Any]) -> bool:
-        """Store a summary once per (device, seq); ``False`` if it was already stored."""
-        try:
-            with self.engine.begin() as c:
-                c.execute(telemetry.insert().values(
-                    device=device, seq=summary["seq"], window_start=summary["window_start"],
-                    window_end=summary["window_end"], historical=summary["historical"],
-                    model=summary["model"], version=summary["version"], count=summary["count"],
-                    errors=summary["errors"], payload=summary, received_at=time.time()))
-            return True
-        except SAIntegrityError:
-            return False
-
+    # -- telemetry (``_telemetry_store``) -------------------------------------------------
     def summaries(self, device: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        q = sa.select(telemetry).order_by(telemetry.c.device, telemetry.c.seq).limit(limit)
-        if device is not None:
-            q = q.where(telemetry.c.device == device)
-        with self.engine.connect() as c:
-            return _rows(c.execute(q))
-
-    def _window_rows(self, devices_: list[str], since: float,
-                     version: int | None = None, model: str | None = None) -> list[Any]:
-        if not devices_:
-            return []
-        q = sa.select(telemetry.c.count, telemetry.c.errors, telemetry.c.payload).where(
-            telemetry.c.device.in_(devices_), telemetry.c.received_at >= since)
-        if version is not None:
-            q = q.where(telemetry.c.version == version)
-        if model is not None:
-            q = q.where(telemetry.c.model == model)
-        with self.engine.connect() as c:
-            return list(c.execute(q))
+        return self.telemetry.summaries(device, limit)
 
     def cohort_metrics(self, devices_: list[str], model: str, version: int,
                        since: float) -> CohortMetrics:
-        """Inferences, errors and a count-weighted p95 of a cohort on one version.
-
-        The p95 is the count-weighted mean of the windows' p95s — an approximation
-        until summaries carry mergeable sketches.
-        """
-        count = errors = 0
-        weighted = 0.0
-        for n, e, payload in self._window_rows(devices_, since, version, model):
-            count += n
-            errors += e
-            p = (payload.get("latency_ms") or {}).get("p95")
-            if p is not None:
-                weighted += p * n
-        return CohortMetrics(count, errors, weighted / count if count else None)
+        """See ``TelemetryStore.cohort_metrics`` (p95 from merged sketches)."""
+        return self.telemetry.cohort_metrics(devices_, model, version, since)
 
     def shadow_metrics(self, devices_: list[str], model: str, version: int,
                        since: float) -> ShadowMetrics:
-        totals = {"samples": 0, "agree": 0, "distance_sum": 0.0, "candidate_ms_sum": 0.0,
-                  "active_ms_sum": 0.0}
-        for _n, _e, payload in self._window_rows(devices_, since):
-            sh = payload.get("shadow") or {}
-            if sh.get("model") == model and sh.get("version") == version:
-                for k in totals:
-                    totals[k] += sh.get(k, 0)
-        return ShadowMetrics(**totals)  # type: ignore[arg-type]
+        return self.telemetry.shadow_metrics(devices_, model, version, since)
 
     def telemetry_counts(self) -> dict[str, int]:
-        with self.engine.connect() as c:
-            rows = c.execute(sa.select(telemetry.c.device, sa.func.count())
-                             .group_by(telemetry.c.device))
-            return {r[0]: r[1] for r in rows}
+        return self.telemetry.telemetry_counts()

@@ -47,10 +47,10 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
 
     store = Store(f"sqlite:///{path}")
 
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     with store.engine.connect() as c:
         versions = [r[0] for r in c.execute(sa.text("SELECT version FROM schema_info"))]
-    assert versions == [1, 2, 3]  # each migration is recorded
+    assert versions == [1, 2, 3, 4]  # each migration is recorded
     assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
     assert store.deployment_state("dep-done") == "succeeded"
     view = describe(store.get_deployment("dep-old", with_events=True))
@@ -59,7 +59,7 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
     assert "telemetry_received" in indexes
     Store(f"sqlite:///{path}")  # opening it again changes nothing
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 3
+        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 4
 
 
 def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
@@ -75,7 +75,7 @@ def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
 
     store = Store(f"sqlite:///{path}", audit_anchor=tmp_path / "audit-head.json")
 
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     dep = store.get_deployment("dep-done")
     assert (dep["state"], dep["approved_by"], dep["approved_at"]) == ("succeeded", None, None)
     assert describe(store.get_deployment("dep-done", with_events=True))["approved_by"] is None
@@ -85,3 +85,56 @@ def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
     assert (entry["seq"], entry["action"], entry["target"]) == (1, "deployment.noted",
                                                                 "dep-done")
     assert store.audit.verify().ok
+
+
+def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_path):
+    from edgefleet.contract import ManualClock, Summary
+    from edgefleet.controller._ingestor import Ingestor
+
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1)
+    db.close()
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as c:  # what the previous release left: schema 3, (device, seq) keys
+        _tables._v2(c)
+        _tables._v3(c)
+        c.execute(sa.text("INSERT INTO schema_info VALUES (2, 0), (3, 0)"))
+        for seq in (1, 2, 3):
+            c.execute(sa.text(
+                "INSERT INTO telemetry VALUES ('pi-1', :seq, 0, 60, 0, 'digits', 1, 10, 0, "
+                "'{\"latency_ms\": {\"p95\": 2.0}}', :at)"), {"seq": seq, "at": 100.0 + seq})
+    engine.dispose()
+
+    store = Store(f"sqlite:///{path}")
+
+    assert store.schema_version == 4
+    rows = store.summaries("pi-1")
+    assert [(r["stream"], r["seq"], r["count"]) for r in rows] == [("", 1, 10), ("", 2, 10),
+                                                                    ("", 3, 10)]
+    (position,) = store.telemetry.streams("pi-1")
+    assert (position["stream"], position["last_seq"], position["stored"]) == ("", 3, 3)
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"telemetry_streams", "telemetry_rollups", "alerts"} <= tables
+    assert "telemetry_v3" not in tables
+    indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("telemetry")}
+    assert {"telemetry_received", "telemetry_window"} <= indexes
+    assert store.cohort_metrics(["pi-1"], "digits", 1, 0).p95_ms == 2.0  # reported p95s
+
+    acked: list[tuple[str, list[int]]] = []
+    ingest = Ingestor(store.telemetry, lambda d, seqs: acked.append((d, seqs)),
+                      clock=ManualClock(1000.0), counters={})
+
+    def summary(seq: int, stream: str) -> Summary:
+        return Summary(seq=seq, window_start=0, window_end=60, count=1, errors=0,
+                       model="digits", version=1, stream=stream)
+
+    ingest.process([("pi-1", summary(3, ""), 1000.0),  # an old agent resending: a repeat
+                    ("pi-1", summary(4, "upgraded"), 1000.0),  # same buffer, now with an id
+                    ("pi-1", summary(1, "reprovisioned"), 1000.0)])  # a new buffer from 1
+
+    assert acked == [("pi-1", [1, 3, 4])]
+    assert ingest.counters["summaries_duplicate"] == 1
+    assert ingest.counters["summaries_stored"] == 2 and ingest.counters["summaries_lost"] == 0
+    assert sorted((r["stream"], r["seq"]) for r in store.summaries("pi-1")) == [
+        ("", 1), ("", 2), ("", 3), ("reprovisioned", 1), ("upgraded", 4)]

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 
-from _support import register_digits, wait_deployment, wait_devices_known
+import numpy as np
+import pytest
+from _support import ASSETS, register_digits, wait_deployment, wait_devices_known
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from edgefleet.agent._system import SystemMetrics, pick_temperature
+from edgefleet.agent._windows import DriftSpec, WindowStats, add_latencies
+from edgefleet.agent.drift import DriftWindow
 from edgefleet.agent.telemetry import TelemetryBuffer, summarize
-from edgefleet.contract import ManualClock
+from edgefleet.contract import DDSketch, InputError, Manifest, ManualClock, ModelError, TensorSpec
+from edgefleet.optimizer import reference_profile
+from edgefleet.simulations.bench._digits import manifest as digits_manifest
 from edgefleet.simulations.fleet import wait_until
 
 
@@ -119,4 +128,133 @@ def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     buf.stop()  # drains what was queued
     again = TelemetryBuffer(tmp_path / "t.db")
     assert again.stats()["raw_rows"] == 10
+    assert again.stats()["dropped"] == 15  # the count survives a restart
     again.stop()
+
+
+@pytest.fixture
+def digits_agent(tmp_path, trust_root):
+    """A running, offline agent serving digits from a bundle with a reference profile."""
+    from edgefleet.agent import Agent, AgentConfig
+
+    clock = ManualClock(1_700_000_040.0)
+    agent = Agent(AgentConfig(device_id="pi-t", state_dir=tmp_path / "state",
+                              trust_root=trust_root, broker_url="mqtt://127.0.0.1:1",
+                              api_port=0, summary_window_s=60.0), clock=clock)
+    m = digits_manifest()
+    agent.store.activate(agent.store.install(m, m.encode(), ASSETS / "digits.onnx").ref)
+    agent.start()
+    agent.clock_ = clock  # type: ignore[attr-defined]
+    yield agent
+    agent.stop()
+
+
+def test_summaries_count_errors_by_kind_and_carry_drift_inputs_system_and_stream(
+        digits_agent, evalset):
+    agent, clock = digits_agent, digits_agent.clock_
+    agent.tick()  # the first window opens
+    x = evalset["x"][:1].copy()
+    for i in range(120):
+        x[0] = evalset["x"][i]
+        agent.predict(x)  # the same array, rewritten by the caller every time
+    x[0] = 1e6  # after the last call: the buffer copied what it needs
+    for bad in (evalset["x"][:1, :10], evalset["x"][:1].astype("float64")):
+        with pytest.raises(InputError):
+            agent.predict(bad)
+    with pytest.raises(ModelError):
+        agent.predict(evalset["x"][:1], model="not-served")  # refused before it runs
+    clock.advance(60.0)
+    agent.tick()
+    (s,) = agent.buffer.pending(clock.time(), resend_after_s=0, limit=10)
+    assert (s.count, s.errors, s.errors_by_kind) == (122, 2, {"bad_input": 2})
+    assert sum(s.predictions.values()) == 120 and s.latency_sketch["n"] == 122
+    assert 0 < s.latency_ms["p50"] <= s.latency_ms["p99"] <= s.latency_ms["max"]
+    assert s.inputs["samples"] == s.drift["samples"] == 120
+    assert s.inputs["mean"] < 1.0 and s.inputs["out_of_range"] < 60  # not the 1e6 rows
+    assert s.drift["psi_max"] >= 0 and set(s.drift["top"]) <= {str(i) for i in range(64)}
+    assert {"cpu_percent", "rss_bytes", "mem_percent", "disk_free_bytes"} <= set(s.system)
+    assert s.stream == agent.buffer.stream and len(s.stream) == 32
+    assert set(s.buffer) == {"bytes", "cap_bytes", "evicted_raw", "evicted_summaries",
+                             "dropped"}
+    assert s.buffer["cap_bytes"] == agent.config.max_buffer_bytes
+    assert 0 < s.buffer["bytes"] <= s.buffer["cap_bytes"]
+
+
+def test_agent_status_shows_buffer_size_rows_oldest_unsent_summary_drops_and_evictions(
+        digits_agent, evalset):
+    from edgefleet.cli import app
+
+    agent, clock = digits_agent, digits_agent.clock_
+    agent.tick()
+    for row in evalset["x"][:30]:
+        agent.predict(row[None, :])
+    clock.advance(60.0)
+    agent.tick()
+    assert agent.server is not None
+    runner = CliRunner()
+    shown = runner.invoke(app, ["agent", "status", "--url", agent.server.url])
+    assert shown.exit_code == 0, shown.output
+    for label in ("buffer", "MiB of 64.0 MiB", "30 raw, 1 summaries (1 unsent)",
+                  "oldest unsent summary", "dropped", "evicted", "0 raw, 0 summaries"):
+        assert label in shown.output
+    data = json.loads(runner.invoke(app, ["agent", "status", "--url", agent.server.url,
+                                          "--json"]).output)
+    buf = data["buffer"]
+    assert buf["oldest_unacked_window_end"] == clock.time()
+    assert (buf["raw_rows"], buf["summaries_unacked"], buf["dropped"], buf["evicted_raw"],
+            buf["evicted_summaries"]) == (30, 1, 0, 0, 0)
+    assert 0 < buf["bytes"] <= buf["cap_bytes"] == 64 * 1024 * 1024
+
+
+Temp = namedtuple("Temp", "label current high critical")
+
+
+def test_cpu_temperature_is_reported_only_where_the_hardware_has_a_sensor(tmp_path):
+    pi = {"cpu_thermal": [Temp("", 51.54, None, None)], "rp1_adc": [Temp("", 38.0, 0, 0)]}
+    x86 = {"acpitz": [Temp("", 27.8, 0, 0)],
+           "coretemp": [Temp("Package id 0", 45.0, 80, 100), Temp("Core 0", 47.0, 80, 100)]}
+    assert pick_temperature(pi) == 51.5
+    assert pick_temperature(x86) == 47.0  # the CPU's sensors beat the ACPI zone
+    assert pick_temperature({"nvme": [Temp("Composite", 33.9, 80, 85)]}) == 33.9
+    assert pick_temperature({}) is None
+    assert pick_temperature({"bogus": [Temp("", -273.0, None, None)]}) is None
+    metrics = SystemMetrics(tmp_path)()
+    assert metrics["disk_free_bytes"] > 0 and metrics["rss_bytes"] > 0
+    assert "temperature_c" not in metrics or -40 < metrics["temperature_c"] < 150
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1e4, allow_nan=False), max_size=300))
+def test_batched_latencies_land_in_the_same_sketch_buckets_as_one_by_one(values):
+    one, batch = DDSketch().extend(values), DDSketch()
+    add_latencies(batch, np.array(values))
+    assert (batch.buckets, batch.zero, batch.count) == (one.buckets, one.zero, one.count)
+    assert batch.total == pytest.approx(one.total)
+    stats = WindowStats()
+    stats.add(["m"] * len(values), [1] * len(values), values, [None] * len(values),
+              ["0"] * len(values))
+    again = WindowStats.from_state(json.loads(json.dumps(stats.state())))
+    assert again.state() == stats.state()
+
+
+def test_drift_on_a_subset_of_features_names_the_original_features(evalset):
+    cal = np.load(ASSETS / "calibration.npz")["x"]
+    profile = reference_profile(cal, max_features=16)
+    m = Manifest(name="digits", version=1, runtime="onnxruntime", model_file="m.onnx",
+                 model_sha256="0" * 64, model_length=1,
+                 inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                 outputs=[TensorSpec("probs", "FP32", ["batch", 10])],
+                 reference_profile=profile)
+    spec = DriftSpec.from_manifest(m)
+    assert spec is not None and spec.columns is not None
+    x = evalset["x"][:200] * 1.5  # shifted
+    compact = spec.window()
+    compact.add(spec.rows(x))
+    full = DriftWindow(profile)
+    full.add(x)
+    assert spec.scores(compact, {}) == full.scores({})
+    assert compact.inputs() == full.inputs()
+    # a profile for another input shape, or none at all: no drift for that model
+    assert DriftSpec.from_manifest(Manifest(**{**m.to_dict(), "inputs": [
+        TensorSpec("pixels", "FP32", ["batch", 8])]})) is None
+    assert DriftSpec.from_manifest(Manifest(**{**m.to_dict(), "reference_profile": {}})) is None

@@ -1,0 +1,48 @@
+"""What the agent holds in memory about the model it serves and a health window in progress."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+from edgefleet.contract import DesiredState, ModelRef
+
+from ._windows import DriftSpec
+from .health import HealthPolicy
+from .models import InstalledModel
+from .runtime import Runtime
+
+__all__ = ["Loaded", "Trial"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """An installed model with its runtime session, ready to serve."""
+
+    installed: InstalledModel
+    runtime: Runtime
+    # worked out once for the inference path: the ref it answers with, the input a
+    # bare array is fed to and the drift spec (None: the bundle has no usable profile)
+    ref: ModelRef = dataclasses.field(init=False)
+    first_input: str = dataclasses.field(init=False)
+    drift: DriftSpec | None = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", self.installed.ref)
+        object.__setattr__(self, "first_input", self.runtime.inputs[0].name)
+        object.__setattr__(self, "drift", DriftSpec.from_manifest(self.installed.manifest))
+
+
+@dataclasses.dataclass
+class Trial:
+    """A health window in progress (mirrored in state.json for restarts)."""
+
+    desired: DesiredState
+    policy: HealthPolicy
+    started_at: float
+    baseline_p95: float | None
+    count: int = 0
+    errors: int = 0
+    # the newest latencies only: a long window at a high rate must not grow memory
+    latencies: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=4096))
