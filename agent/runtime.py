@@ -12,6 +12,8 @@ import numpy as np
 
 from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
 
+from ._litert import LiteRtRuntime, litert_module
+
 __all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]
 
 _ORT_TO_V2 = {
@@ -45,6 +47,9 @@ def available_runtimes() -> list[str]:
                   for p in ort.get_available_providers()]
     except ImportError:  # pragma: no cover - the agent extra installs it
         pass
+    litert = litert_module()
+    if litert is not None:  # .tflite models: LiteRT or tflite-runtime, whichever is there
+        found.append(f"litert:{litert[0]}")
     return found
 
 
@@ -141,5 +146,7 @@ def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1) -> Runt
     """
     if runtime == "onnxruntime":
         return OnnxRuntime(path, intra_op_threads=intra_op_threads)
+    if runtime == "litert" and litert_module() is not None:
+        return LiteRtRuntime(path, threads=intra_op_threads)
     raise ModelLoadError(f"runtime {runtime!r} is not available on this agent",
                          reason="runtime_unavailable")

@@ -18,9 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import Manifest, RegistryError, TargetTrust, TensorSpec, bundle_paths
+from edgefleet.contract import (
+    Manifest,
+    OptimizationError,
+    RegistryError,
+    TargetTrust,
+    TensorSpec,
+    bundle_paths,
+)
 from edgefleet.contract.files import atomic_write
-from edgefleet.optimizer import OptimizeTarget, inspect_model, optimize, reference_profile
+from edgefleet.optimizer import (
+    OptimizeTarget,
+    inspect_model,
+    inspect_tflite,
+    is_tflite,
+    optimize,
+    reference_profile,
+    run_tflite,
+)
 
 from .signing import TrustRepository
 from .store import Store
@@ -29,6 +44,7 @@ __all__ = ["Registry", "load_datasets"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILE = "model.onnx"
+_TFLITE_FILE = "model.tflite"
 log = logging.getLogger(__name__)
 _SMOKE_SAMPLES = 16
 _SMOKE_MIN_ACCURACY = 0.75
@@ -89,13 +105,15 @@ class Registry:
             datasets["calibration"] = load_datasets(calibration_npz, need_labels=False)
         directory = self._dir(name, self.store.next_version(name))
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / _MODEL_FILE
+        tflite = is_tflite(model)  # a LiteRT flatbuffer, else ONNX
+        path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
         atomic_write(path, model)
         try:
-            signature = inspect_model(path)
+            signature = inspect_tflite(path) if tflite else inspect_model(path)
         except Exception as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise ValueError(f"not a loadable ONNX model: {exc}") from exc
+            kind = ".tflite" if tflite else "ONNX"
+            raise ValueError(f"not a loadable {kind} model: {exc}") from exc
         for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
             if raw is not None:
                 atomic_write(directory / f"{kind}.npz", raw)
@@ -105,7 +123,8 @@ class Registry:
         counter = self._counter(name) + int(security_release)
         return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
                          variant="fp32", report=None, hardware_classes=hardware_classes,
-                         release_counter=max(counter, 1))
+                         release_counter=max(counter, 1),
+                         runtime="litert" if tflite else "onnxruntime")
 
     def _counter(self, name: str) -> int:
         """The highest release counter of ``name`` so far (0: a new model)."""
@@ -115,17 +134,17 @@ class Registry:
     def _add(self, name: str, path: Path, signature: dict[str, Any], labels: list[str],
              metrics: dict[str, Any], *, parent: int | None, variant: str,
              report: dict[str, Any] | None, hardware_classes: list[str] | None,
-             release_counter: int) -> dict[str, Any]:
+             release_counter: int, runtime: str = "onnxruntime") -> dict[str, Any]:
         from edgefleet.contract import sha256_file
 
         version = self.store.next_version(name)
-        final = self._dir(name, version) / _MODEL_FILE
+        final = self._dir(name, version) / path.name
         if path != final:
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), final)
         digest, size = sha256_file(str(final))
         self.store.add_model(name=name, version=version, parent=parent, variant=variant,
-                             runtime="onnxruntime", file=str(final), sha256=digest,
+                             runtime=runtime, file=str(final), sha256=digest,
                              size_bytes=size, signature=signature, labels=labels,
                              metrics=metrics, report=report,
                              hardware_classes=list(hardware_classes or []),
@@ -152,6 +171,9 @@ class Registry:
             OptimizationError: the optimizer failed.
         """
         row = self.store.get_model(name, version)
+        if row["runtime"] != "onnxruntime":
+            raise OptimizationError(f"{name}:{version} is a {row['runtime']} model; the "
+                                    "optimizer works on ONNX models", reason="unsupported")
         evalset = self.dataset(name, version, "eval")
         calib = self.dataset(name, version, "calibration")
         if evalset is None:
@@ -183,20 +205,21 @@ class Registry:
             NotFoundError: unknown version.
         """
         row = self.store.get_model(name, version)
-        manifest_path, model_target = bundle_paths(name, version, _MODEL_FILE)
+        model_file = Path(row["file"]).name
+        manifest_path, model_target = bundle_paths(name, version, model_file)
         if row["bundled"]:
             return manifest_path
         model_bytes = Path(row["file"]).read_bytes()
         classes = list(row.get("hardware_classes") or [])
         manifest = Manifest(
-            name=name, version=version, runtime=row["runtime"], model_file=_MODEL_FILE,
+            name=name, version=version, runtime=row["runtime"], model_file=model_file,
             model_sha256=row["sha256"], model_length=row["size_bytes"],
             inputs=[TensorSpec(**t) for t in row["signature"]["inputs"]],
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
             labels=list(row["labels"]),
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
-            smoke_test=self._smoke_test(name, version, Path(row["file"]), row["variant"]),
-            reference_profile=self._profile(name, version, Path(row["file"]),
+            smoke_test=self._smoke_test(name, version, self._runner(row), row["variant"]),
+            reference_profile=self._profile(name, version, self._runner(row),
                                             list(row["labels"])),
             parent=row["parent"], variant=row["variant"])
         trust = TargetTrust(model=name, version=version, hardware_classes=classes,
@@ -206,16 +229,25 @@ class Registry:
         self.store.mark_bundled(name, version)
         return manifest_path
 
-    def _smoke_test(self, name: str, version: int, path: Path, variant: str) -> dict[str, Any]:
+    @staticmethod
+    def _runner(row: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+        """Run a version's model on a batch with its own runtime (first output)."""
+        path = Path(row["file"])
+        if row["runtime"] == "litert":
+            return lambda x: run_tflite(path, x)
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
+        name = sess.get_inputs()[0].name
+        return lambda x: np.asarray(sess.run(None, {name: x})[0])
+
+    def _smoke_test(self, name: str, version: int, run: Callable[[np.ndarray], np.ndarray],
+                    variant: str) -> dict[str, Any]:
         data = self.dataset(name, version, "eval") or self.dataset(name, version, "calibration")
         if data is None:
             return {}
         x = data["x"][:_SMOKE_SAMPLES]
-        out = sess.run(None, {inp.name: x})[0]
+        out = run(x)
         smoke: dict[str, Any] = {"input": x.tolist(), "expected": out.tolist(),
                                  "atol": 0.05 if variant == "int8" else 1e-3}
         if "y" in data and out.ndim == 2:
@@ -224,19 +256,16 @@ class Registry:
             smoke["min_accuracy"] = _SMOKE_MIN_ACCURACY
         return smoke
 
-    def _profile(self, name: str, version: int, path: Path,
+    def _profile(self, name: str, version: int, run: Callable[[np.ndarray], np.ndarray],
                  labels: list[str]) -> dict[str, Any]:
         """The drift reference: eval and calibration inputs, and the model's predictions
         on them ({} without data, or when the model's first output is not class scores)."""
-        import onnxruntime as ort
-
         sets = [d["x"] for kind in ("eval", "calibration")
                 if (d := self.dataset(name, version, kind)) is not None]
         if not sets:
             return {}
         x = np.concatenate([s.reshape(len(s), *sets[0].shape[1:]) for s in sets])
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+        out = run(x)
         preds = out.argmax(axis=1) if out.ndim == 2 and out.shape[1] > 1 else None
         try:
             return reference_profile(x, preds, labels=labels or None)

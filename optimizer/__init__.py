@@ -17,6 +17,13 @@ from edgefleet.optimizer._inspect import inspect_model
 from edgefleet.optimizer._pipeline import optimize
 from edgefleet.optimizer._profile import reference_profile
 from edgefleet.optimizer._prune import PruneStats, prune_array, prune_model
+from edgefleet.optimizer._tflite import (
+    inspect_tflite,
+    is_tflite,
+    onnx_to_tflite,
+    quantize_tflite,
+    run_tflite,
+)
 from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 
 __all__ = [
@@ -30,8 +37,13 @@ __all__ = [
     "decide_gates",
     "evaluate",
     "inspect_model",
+    "inspect_tflite",
+    "is_tflite",
+    "onnx_to_tflite",
     "optimize",
     "prune_array",
     "prune_model",
+    "quantize_tflite",
     "reference_profile",
+    "run_tflite",
 ]

@@ -25,7 +25,8 @@ PUBLIC = {
     "edgefleet.optimizer": {
         "Evaluation", "GateDecision", "MethodChoice", "OptimizationResult", "OptimizeTarget",
         "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
-        "prune_array", "prune_model", "reference_profile"},
+        "prune_array", "prune_model", "reference_profile", "inspect_tflite", "is_tflite",
+        "onnx_to_tflite", "quantize_tflite", "run_tflite"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},

@@ -1,0 +1,107 @@
+"""``.tflite`` models through LiteRT (``ai-edge-litert``) or ``tflite-runtime``.
+
+Whichever is installed is used: ``ai_edge_litert.interpreter`` first (LiteRT, the
+successor, with wheels for current Pythons), then ``tflite_runtime.interpreter``
+(which stops at Python 3.11). An interpreter is not thread-safe and keeps one input
+shape at a time, so runs are serialized and the input is resized when the batch size
+changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
+
+__all__ = ["LiteRtRuntime", "litert_module"]
+
+_NP_TO_V2 = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16",
+             np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8",
+             np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64",
+             np.dtype(np.bool_): "BOOL", np.dtype(np.float64): "FP64"}
+
+
+def litert_module() -> tuple[str, Any] | None:
+    """``(name, interpreter module)`` of the LiteRT flavour installed, or None."""
+    try:
+        from ai_edge_litert import interpreter as litert
+
+        return "ai-edge-litert", litert
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as tflite  # type: ignore[import-not-found]
+
+        return "tflite-runtime", tflite
+    except ImportError:
+        return None
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    signature = detail.get("shape_signature")
+    shape = list(signature if signature is not None and len(signature) else detail["shape"])
+    return TensorSpec(name=str(detail["name"]),
+                      datatype=_NP_TO_V2.get(np.dtype(detail["dtype"]), "FP32"),
+                      shape=["batch" if i == 0 and d in (-1, 1) else int(d)
+                             for i, d in enumerate(shape)])
+
+
+class LiteRtRuntime:
+    """A LiteRT interpreter behind the agent's ``Runtime`` interface.
+
+    Args:
+        path: the ``.tflite`` file.
+        threads: interpreter threads.
+
+    Raises:
+        ModelLoadError: no LiteRT installed, or the interpreter refuses the file.
+    """
+
+    def __init__(self, path: Path, *, threads: int = 1) -> None:
+        found = litert_module()
+        if found is None:
+            raise ModelLoadError("no LiteRT runtime installed (pip install ai-edge-litert)",
+                                 reason="runtime_unavailable")
+        self.flavour, module = found
+        try:
+            self._it = module.Interpreter(model_path=str(path), num_threads=threads)
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"LiteRT cannot load {path.name}: {exc}") from exc
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+        self.inputs = [_spec(d) for d in self._in]
+        self.outputs = [_spec(d) for d in self._out]
+        self._lock = threading.Lock()
+        self._batch = int(self._in[0]["shape"][0]) if len(self._in[0]["shape"]) else 1
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raises: InputError for feeds that do not fit, ModelError if the run fails."""
+        if set(feeds) != {d["name"] for d in self._in}:
+            raise InputError(f"expected inputs {[d['name'] for d in self._in]}, "
+                             f"got {sorted(feeds)}")
+        with self._lock:
+            try:
+                batch = int(next(iter(feeds.values())).shape[0])
+                if batch != self._batch:
+                    for d in self._in:
+                        self._it.resize_tensor_input(d["index"],
+                                                     [batch, *list(d["shape"][1:])])
+                    self._it.allocate_tensors()
+                    self._batch = batch
+                for d in self._in:
+                    arr = feeds[d["name"]]
+                    if arr.dtype != d["dtype"]:
+                        raise InputError(f"{d['name']}: expected {np.dtype(d['dtype'])}, "
+                                         f"got {arr.dtype}")
+                    self._it.set_tensor(d["index"], arr)
+                self._it.invoke()
+                return {d["name"]: np.array(self._it.get_tensor(d["index"])) for d in self._out}
+            except InputError:
+                raise
+            except (ValueError, RuntimeError, IndexError) as exc:
+                raise ModelError(f"LiteRT run failed: {exc}") from exc
