@@ -32,7 +32,7 @@ from edgefleet.contract import (
 )
 
 from .models import InstalledModel
-from .runtime import V2_TO_NUMPY, Runtime, available_runtimes, load_runtime
+from .runtime import V2_TO_NUMPY, Runtime, available_runtimes
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -265,8 +265,7 @@ class JobRunner:
         self.report(d, JobState.INSTALLING)
         installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust)
         agent.updater.clear()
-        runtime = load_runtime(m.runtime, installed.model_path,
-                               intra_op_threads=agent.config.intra_op_threads)
+        runtime = agent.load_runtime(installed)
         smoke_test(installed, runtime)
         if d.mode == "shadow":
             agent.start_shadow(installed, runtime, d.shadow_sample or 0.1)
@@ -281,7 +280,7 @@ class JobRunner:
             CompatibilityError: the bundle is for other hardware classes.
             RollbackError: its release counter is below this device's floor.
         """
-        hw = self.agent.config.hardware_class
+        hw = self.agent.hardware_class
         if not trust.allows(hw):
             raise CompatibilityError(f"signed for hardware classes {trust.hardware_classes}, "
                                      f"this device is {hw}", reason="wrong_hardware")
@@ -301,9 +300,9 @@ class JobRunner:
             raise CompatibilityError(f"runtime {runtime} is not installed on this device",
                                      reason="runtime_unavailable")
         classes = compat.get("hardware_classes") or []
-        if classes and self.agent.config.hardware_class not in classes:
+        if classes and self.agent.hardware_class not in classes:
             raise CompatibilityError(f"bundle is for {classes}, this device is "
-                                     f"{self.agent.config.hardware_class}",
+                                     f"{self.agent.hardware_class}",
                                      reason="wrong_hardware")
         need = str(compat.get("min_agent_version", "0"))
         if _version_tuple(need) > _version_tuple(edgefleet.__version__):

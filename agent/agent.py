@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
-import platform
 import shutil
 import threading
 import time
@@ -42,6 +40,7 @@ from ._mqtt import AgentLink
 from ._system import SystemMetrics
 from .commands import CommandGuard, ControlInbox
 from .config import AgentConfig
+from .hardware import detect
 from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
 from .runtime import Runtime, available_runtimes, load_runtime
@@ -81,6 +80,9 @@ class Agent:
         if not (tuf_dir / "root.json").exists():
             shutil.copyfile(config.trust_root, tuf_dir / "root.json")
         self.store = ModelStore(state)
+        self.hardware = detect()
+        self.hardware_class = (self.hardware.hardware_class if config.hardware_class == "auto"
+                               else config.hardware_class)
         self._stop = threading.Event()
         self.jobs = JobRunner(self)
         self._shadow: ShadowRunner | None = None
@@ -147,9 +149,16 @@ class Agent:
         """Whether the agent's worker threads are all running (for a service watchdog)."""
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
+    def load_runtime(self, installed: InstalledModel) -> Runtime:
+        """Open an installed model with its runtime, on this device's best provider."""
+        return load_runtime(installed.manifest.runtime, installed.model_path,
+                            intra_op_threads=self.config.intra_op_threads,
+                            providers=list(self.config.execution_providers),
+                            hardware_class=self.hardware_class,
+                            cache_dir=self.config.state_dir / "engine-cache")
+
     def _load(self, installed: InstalledModel) -> _Loaded:
-        return _Loaded(installed, load_runtime(installed.manifest.runtime, installed.model_path,
-                                               intra_op_threads=self.config.intra_op_threads))
+        return _Loaded(installed, self.load_runtime(installed))
 
     def _load_installed(self) -> None:
         trial = self.store.read_trial()
@@ -435,11 +444,17 @@ class Agent:
     def _birth(self, bd_seq: int) -> bytes:
         state = self.store.read_state()
         return Birth(bd_seq=bd_seq, agent_version=edgefleet.__version__, ts=self.clock.time(),
-                     hw={"class": self.config.hardware_class, "machine": platform.machine(),
-                         "cpus": os.cpu_count() or 1, "tags": dict(self.config.tags)},
+                     hw={**self.hardware.to_dict(), "class": self.hardware_class,
+                         "tags": dict(self.config.tags), "providers": self._providers()},
                      runtimes=available_runtimes(), active=state["active"],
                      last_good=state["last_good"], trust=dict(self.jobs.trust),
                      api_url=self.server.url if self.server else "").encode()
+
+    def _providers(self) -> dict[str, Any]:
+        """What the active model runs on (and why not on what was asked for)."""
+        active = self._active
+        report = getattr(active.runtime, "providers", None) if active else None
+        return report.to_dict() if report is not None else {}
 
     def announce(self) -> None:
         """Publish a fresh birth (state changed: model, trust)."""

@@ -53,7 +53,11 @@ class AgentConfig:
     broker_ca_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
-    hardware_class: str = "generic"
+    # "auto": detected (agent.hardware: rpi4, rpi5, jetson-orin, x86-vnni…); else as given
+    hardware_class: str = "auto"
+    # onnxruntime providers to ask for, best first (empty: TensorRT and CUDA on Jetson
+    # classes, the CPU elsewhere); one that fails to load falls back to the CPU, reported
+    execution_providers: list[str] = dataclasses.field(default_factory=list)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     intra_op_threads: int = 1
     summary_window_s: float = 60.0

@@ -13,6 +13,7 @@ import numpy as np
 from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
 
 from ._litert import LiteRtRuntime, litert_module
+from ._providers import choose_providers, open_session
 
 __all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]
 
@@ -54,17 +55,23 @@ def available_runtimes() -> list[str]:
 
 
 class OnnxRuntime:
-    """An onnxruntime CPU session with input checking.
+    """An onnxruntime session with input checking, on the best provider that loads.
 
     Args:
         path: the ``.onnx`` file.
         intra_op_threads: threads per operator (1 keeps a Pi's other cores free).
+        providers: execution providers to ask for (none: by hardware class; see
+            ``_providers``); ``self.providers`` reports what is active and why.
+        hardware_class: the device's class.
+        cache_dir: TensorRT's engine cache.
 
     Raises:
         ModelLoadError: the file is missing or onnxruntime refuses it.
     """
 
-    def __init__(self, path: Path, *, intra_op_threads: int = 1) -> None:
+    def __init__(self, path: Path, *, intra_op_threads: int = 1,
+                 providers: list[str] | None = None, hardware_class: str = "generic",
+                 cache_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -72,9 +79,11 @@ class OnnxRuntime:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chosen = choose_providers(list(providers or []), ort.get_available_providers(),
+                                  hardware_class=hardware_class, cache_dir=cache_dir)
         try:
-            self._session = ort.InferenceSession(str(path), opts,
-                                                 providers=["CPUExecutionProvider"])
+            self._session, self.providers = open_session(path, opts, chosen,
+                                                         list(providers or []))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/… types
             raise ModelLoadError(f"onnxruntime could not load {path.name}: {exc}") from exc
         self.inputs = [_spec(i) for i in self._session.get_inputs()]
@@ -138,14 +147,17 @@ def _names_error(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> NoRet
     raise InputError(f"expected inputs {{{signature_text(specs)}}}, got names {sorted(feeds)}")
 
 
-def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1) -> Runtime:
+def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1,
+                 providers: list[str] | None = None, hardware_class: str = "generic",
+                 cache_dir: Path | None = None) -> Runtime:
     """Load ``path`` with the named runtime.
 
     Raises:
         ModelLoadError: unknown runtime or the file cannot be loaded.
     """
     if runtime == "onnxruntime":
-        return OnnxRuntime(path, intra_op_threads=intra_op_threads)
+        return OnnxRuntime(path, intra_op_threads=intra_op_threads, providers=providers,
+                           hardware_class=hardware_class, cache_dir=cache_dir)
     if runtime == "litert" and litert_module() is not None:
         return LiteRtRuntime(path, threads=intra_op_threads)
     raise ModelLoadError(f"runtime {runtime!r} is not available on this agent",
