@@ -253,7 +253,8 @@ class JobRunner:
                 agent.switch_to(local, d, reason="rollback")
                 return
         self.report(d, JobState.DOWNLOADING)
-        bundle = agent.updater.fetch(d.model, d.version, check=self.check_target,
+        bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
+                                     check=self.check_target,
                                      on_refreshed=self._on_refreshed)
         self.report(d, JobState.VERIFYING)
         m = bundle.manifest

@@ -39,6 +39,7 @@ from edgefleet.contract import (
     TrustError,
     bundle_paths,
 )
+from edgefleet.contract.bundle import manifest_path_ok, model_target
 
 __all__ = ["BundleUpdater", "ChunkFetcher", "ChunkSource", "VerifiedBundle"]
 
@@ -173,13 +174,16 @@ class BundleUpdater:
                        "mqtt:/targets/", fetcher=self.fetcher, bootstrap=None)
 
     def fetch(self, name: str, version: int, *,
+              manifest_path: str = "",
               check: Callable[[TargetTrust], None] | None = None,
               on_refreshed: Callable[[TrustError | None], None] | None = None,
               on_step: Callable[[str], None] | None = None) -> VerifiedBundle:
         """Refresh trust metadata, then download and verify a bundle.
 
-        ``check`` sees the bundle's signed ``TargetTrust`` (hardware classes, release
-        counter) before anything but metadata is downloaded, and raises to refuse it.
+        ``manifest_path`` names the bundle (a per-class variant; default: the version's
+        default bundle). ``check`` sees the bundle's signed ``TargetTrust`` (hardware
+        classes, release counter) before anything but metadata is downloaded, and raises
+        to refuse it.
         ``on_refreshed`` hears whether the metadata refresh itself succeeded (``None``)
         or why it did not.
 
@@ -199,7 +203,11 @@ class BundleUpdater:
                 report(exc)
                 raise
             report(None)
-            manifest_path, _ = bundle_paths(name, version, "x")
+            if not manifest_path.startswith("bundles/"):  # none named: the default bundle
+                manifest_path, _ = bundle_paths(name, version, "x")
+            if not manifest_path_ok(manifest_path, name, version):
+                raise TrustError(f"{manifest_path} is not a bundle of {name}:{version}",
+                                 reason="manifest_mismatch")
             info = updater.get_targetinfo(manifest_path)
             if info is None:
                 raise TrustError(f"{manifest_path} is not signed by the repository",
@@ -217,10 +225,10 @@ class BundleUpdater:
             if manifest.name != name or manifest.version != version:
                 raise TrustError(f"manifest names {manifest.name}:{manifest.version}, "
                                  f"expected {name}:{version}", reason="manifest_mismatch")
-            _, model_target = bundle_paths(name, version, manifest.model_file)
-            model_info = updater.get_targetinfo(model_target)
+            model_path = model_target(manifest_path, manifest.model_file)
+            model_info = updater.get_targetinfo(model_path)
             if model_info is None:
-                raise TrustError(f"{model_target} is not signed", reason="unknown_target")
+                raise TrustError(f"{model_path} is not signed", reason="unknown_target")
             if (model_info.length != manifest.model_length
                     or model_info.hashes.get("sha256") != manifest.model_sha256
                     or TargetTrust.from_custom(model_info.custom) != trust):

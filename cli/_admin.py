@@ -61,6 +61,30 @@ def model_register(
                       f"({row['size_bytes']:,} bytes, sha256 {row['sha256'][:12]}…)")
 
 
+@model_app.command("add-variant")
+def model_add_variant(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION the variant belongs to.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                          help="The .onnx or .tflite file.")],
+    variant: Annotated[str, typer.Option(help="Variant name, e.g. int8 or tflite-int8.")],
+    hardware_class: Annotated[list[str], typer.Option(
+        "--hardware-class", help="Class(es) that get this file (repeat).")],
+    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Give a version another file for some hardware classes; they get it, others refuse it."""
+    name, _, version = ref.partition(":")
+    if not version.isdigit():
+        fail(f"expected NAME:VERSION, got {ref!r}")
+    row = ApiClient(url, token).call(
+        "POST", f"/v1/models/{name}/{version}/variants",
+        files={"model": (model.name, model.read_bytes())},
+        data={"variant": variant, "hardware_classes": json.dumps(hardware_class)})
+    if not emit(row, as_json):
+        console.print(f"{name}:{version} variant [bold]{row['variant']}[/bold] "
+                      f"({row['runtime']}, {row['size_bytes']:,} bytes) for "
+                      f"{', '.join(row['hardware_classes'])}")
+
+
 @model_app.command("list")
 def model_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """List model versions with their lineage."""

@@ -5,6 +5,10 @@ A bundle for model ``name`` version ``v`` is a set of TUF targets::
     bundles/{name}/{v}/manifest.json     the Manifest below (JSON)
     bundles/{name}/{v}/{model_file}      the model bytes
 
+and a per-class variant of that version (another file for other hardware) sits one
+folder down, ``bundles/{name}/{v}/{variant}/``; the desired state names the manifest
+each device is to fetch.
+
 The manifest names the model file's sha256 and length; the TUF targets metadata
 signs both files' hashes and lengths, so a device verifies the manifest through TUF
 and the model file both through TUF and against the manifest.
@@ -24,7 +28,8 @@ from typing import Any, ClassVar
 
 from .messages import Message
 
-__all__ = ["Manifest", "TargetTrust", "TensorSpec", "bundle_paths", "sha256_file"]
+__all__ = ["Manifest", "TargetTrust", "TensorSpec", "bundle_paths", "manifest_path_ok",
+           "model_target", "sha256_file"]
 
 BUNDLE_ROOT = "bundles"
 
@@ -102,10 +107,29 @@ class TargetTrust(Message):
         return not self.hardware_classes or hardware_class in self.hardware_classes
 
 
-def bundle_paths(name: str, version: int, model_file: str) -> tuple[str, str]:
-    """The TUF target paths of a bundle's manifest and model file."""
-    base = f"{BUNDLE_ROOT}/{name}/{version}"
+def bundle_paths(name: str, version: int, model_file: str,
+                 variant: str = "") -> tuple[str, str]:
+    """The TUF target paths of a bundle's manifest and model file.
+
+    A version's default bundle sits at ``bundles/{name}/{version}/``; a per-class
+    variant of it at ``bundles/{name}/{version}/{variant}/``.
+    """
+    base = f"{BUNDLE_ROOT}/{name}/{version}" + (f"/{variant}" if variant else "")
     return f"{base}/manifest.json", f"{base}/{model_file}"
+
+
+def model_target(manifest_path: str, model_file: str) -> str:
+    """The model file's target path beside a manifest's."""
+    return f"{manifest_path.rsplit('/', 1)[0]}/{model_file}"
+
+
+def manifest_path_ok(manifest_path: str, name: str, version: int) -> bool:
+    """Whether a manifest path names a bundle of ``name:version`` (default or variant)."""
+    base = f"{BUNDLE_ROOT}/{name}/{version}/"
+    rest = manifest_path[len(base):] if manifest_path.startswith(base) else ""
+    parts = rest.split("/")
+    return rest == "manifest.json" or (len(parts) == 2 and parts[1] == "manifest.json"
+                                       and parts[0] not in ("", ".", ".."))
 
 
 def sha256_file(path: str, block: int = 1 << 20) -> tuple[str, int]:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 __all__ = ["SCHEMA_VERSION", "alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens",
            "deployments", "desired", "device_credentials", "devices", "events", "jobs", "meta",
-           "migrate", "models", "rollups", "streams", "telemetry"]
+           "migrate", "models", "rollups", "streams", "telemetry", "variants"]
 
 meta = sa.MetaData()
 
@@ -226,7 +226,23 @@ schema_info = sa.Table(
     sa.Column("applied_at", sa.Float, nullable=False),
 )
 
-SCHEMA_VERSION = 4
+variants = sa.Table(  # per-class variants of a model version (another file, same model)
+    "model_variants", meta,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("variant", sa.String(64), primary_key=True),
+    sa.Column("runtime", sa.String(32), nullable=False),
+    sa.Column("file", sa.String(512), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.JSON, nullable=False),
+    sa.Column("hardware_classes", sa.JSON, nullable=False),
+    sa.Column("report", sa.JSON, nullable=True),
+    sa.Column("bundled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+SCHEMA_VERSION = 5
 
 
 def _v2(conn: sa.Connection) -> None:
@@ -288,7 +304,12 @@ def _v4(conn: sa.Connection) -> None:
         "MAX(received_at) FROM telemetry GROUP BY device"))
 
 
-_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: sa.Connection) -> None:
+    """Per-class variants of model versions."""
+    meta.create_all(conn, tables=[variants])
+
+
+_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def migrate(conn: sa.Connection) -> int:

@@ -130,6 +130,33 @@ def create_app(ctl: FleetController) -> FastAPI:
     def get_model(_: Auth, name: str, version: int) -> dict[str, Any]:
         return _public(ctl.registry.get(name, version))
 
+    @app.post("/v1/models/{name}/{version}/variants", status_code=201)
+    async def add_variant(
+        request: Request, _: Auth, name: str, version: int,
+        variant: Annotated[str, Form()], hardware_classes: Annotated[str, Form()],
+        model: Annotated[UploadFile, File()],
+    ) -> dict[str, Any]:
+        try:
+            classes = json.loads(hardware_classes)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(422, f"hardware_classes must be a JSON list: {exc}") from exc
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise HTTPException(422, "hardware_classes must be a JSON list of strings")
+        limit = ctl.settings.max_upload_bytes
+        data = await model.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"upload larger than {limit} bytes")
+        row = await run_in_threadpool(ctl.registry.add_variant, name, version, data,
+                                      variant=variant, hardware_classes=classes)
+        note(request, after={"name": name, "version": version, "variant": variant,
+                             "hardware_classes": classes, "sha256": row["sha256"]})
+        return _public(row)
+
+    @app.get("/v1/models/{name}/{version}/variants")
+    def list_variants(_: Auth, name: str, version: int) -> list[dict[str, Any]]:
+        ctl.registry.get(name, version)
+        return [_public(v) for v in ctl.registry.variants(name, version)]
+
     @app.post("/v1/models/{name}/{version}/optimize", status_code=201)
     def optimize_model(request: Request, _: Auth, name: str, version: int,
                        body: OptimizeBody) -> dict[str, Any]:

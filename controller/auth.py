@@ -66,6 +66,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/models"): VIEWER,
     ("GET", "/v1/models/{name}/{version}"): VIEWER,
     ("POST", "/v1/models/{name}/{version}/optimize"): ADMIN,
+    ("POST", "/v1/models/{name}/{version}/variants"): ADMIN,
+    ("GET", "/v1/models/{name}/{version}/variants"): VIEWER,
     ("POST", "/v1/deployments"): OPERATOR,
     ("GET", "/v1/deployments"): VIEWER,
     ("GET", "/v1/deployments/{dep_id}"): VIEWER,

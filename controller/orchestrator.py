@@ -9,6 +9,7 @@ any point carries on where it was when it starts again.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -46,12 +47,14 @@ class Orchestrator:
     Args:
         store: the controller store.
         publish: sends one device its desired state (retained) and a deploy command.
-        manifest_for: signs a version's bundle if needed; returns its manifest path.
+        manifest_for: ``(model, version, device)`` → the manifest path of the bundle that
+            device gets (its class's variant or the default), signed if needed.
         clock: time source (wave timeouts, durations).
     """
 
-    def __init__(self, store: Store, publish: Publish, manifest_for: Callable[[str, int], str],
-                 *, clock: Clock | None = None) -> None:
+    def __init__(self, store: Store, publish: Publish,
+                 manifest_for: Callable[[str, int, str], str], *,
+                 clock: Clock | None = None) -> None:
         self.store = store
         self._publish = publish
         self._manifest_for = manifest_for
@@ -101,7 +104,7 @@ class Orchestrator:
               version: int, policy: RolloutPolicy, mode: str = "active",
               downgrade: bool = False, state: str = "pending") -> None:
         desired = DesiredState(deployment=dep["id"], job=job, model=model, version=version,
-                               manifest=self._manifest_for(model, version),
+                               manifest="",
                                issued_at=self.clock.time(), mode=mode,
                                allow_downgrade=downgrade, health=policy.device_health(),
                                shadow_sample=policy.sample if mode == "shadow" else 0.0)
@@ -112,7 +115,8 @@ class Orchestrator:
                 fields.update(reason="", detail="")
             if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know
                 self.store.update_job(dep["id"], device, **fields)
-            self._publish(device, desired)
+            self._publish(device, dataclasses.replace(
+                desired, manifest=self._manifest_for(model, version, device)))
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:

@@ -12,14 +12,17 @@ import io
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlalchemy as sa
 
 from edgefleet.contract import (
     Manifest,
+    NotFoundError,
     OptimizationError,
     RegistryError,
     TargetTrust,
@@ -37,6 +40,7 @@ from edgefleet.optimizer import (
     run_tflite,
 )
 
+from ._tables import variants
 from .signing import TrustRepository
 from .store import Store
 
@@ -198,15 +202,18 @@ class Registry:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def ensure_bundle(self, name: str, version: int) -> str:
-        """Sign the bundle of a version (once); returns the manifest's target path.
+    def ensure_bundle(self, name: str, version: int, variant: str = "") -> str:
+        """Sign the bundle of a version, or of one of its variants (once); returns the
+        manifest's target path.
 
         Raises:
-            NotFoundError: unknown version.
+            NotFoundError: unknown version or variant.
         """
-        row = self.store.get_model(name, version)
+        base = self.store.get_model(name, version)
+        row = dict(base) if not variant else {**base, **self._variant(name, version, variant),
+                                              "variant": variant}
         model_file = Path(row["file"]).name
-        manifest_path, model_target = bundle_paths(name, version, model_file)
+        manifest_path, model_target = bundle_paths(name, version, model_file, variant)
         if row["bundled"]:
             return manifest_path
         model_bytes = Path(row["file"]).read_bytes()
@@ -216,18 +223,88 @@ class Registry:
             model_sha256=row["sha256"], model_length=row["size_bytes"],
             inputs=[TensorSpec(**t) for t in row["signature"]["inputs"]],
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
-            labels=list(row["labels"]),
+            labels=list(base["labels"]),
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
             smoke_test=self._smoke_test(name, version, self._runner(row), row["variant"]),
             reference_profile=self._profile(name, version, self._runner(row),
-                                            list(row["labels"])),
-            parent=row["parent"], variant=row["variant"])
+                                            list(base["labels"])),
+            parent=base["parent"], variant=row["variant"])
         trust = TargetTrust(model=name, version=version, hardware_classes=classes,
-                            release_counter=int(row.get("release_counter") or 1)).custom()
+                            release_counter=int(base.get("release_counter") or 1)).custom()
         self.repo.add_targets({manifest_path: manifest.encode(), model_target: model_bytes},
                               custom={manifest_path: trust, model_target: trust})
-        self.store.mark_bundled(name, version)
+        if variant:
+            with self.store.engine.begin() as c:
+                c.execute(variants.update().where(
+                    (variants.c.name == name) & (variants.c.version == version)
+                    & (variants.c.variant == variant)).values(bundled=True))
+        else:
+            self.store.mark_bundled(name, version)
         return manifest_path
+
+    # -- per-class variants -----------------------------------------------------------
+    def add_variant(self, name: str, version: int, model: bytes, *, variant: str,
+                    hardware_classes: list[str],
+                    report: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Give a version another file for some hardware classes (e.g. int8 where it is
+        faster, a ``.tflite`` for LiteRT devices). Devices of those classes get it; its
+        signed trust data binds it to them, so other devices refuse it.
+
+        Raises:
+            NotFoundError: unknown version.
+            ValueError: bad variant name or classes, a model that does not load, or
+                classes already covered by another variant of this version.
+        """
+        self.store.get_model(name, version)
+        if not _NAME.match(variant) or variant in ("manifest.json",):
+            raise ValueError(f"variant name {variant!r}: letters, digits, '.', '_', '-'")
+        if not hardware_classes or not all(_NAME.match(c) for c in hardware_classes):
+            raise ValueError("a variant needs hardware classes (letters, digits, '.', '_', '-')")
+        taken = {c for v in self.variants(name, version) for c in v["hardware_classes"]}
+        if taken & set(hardware_classes):
+            raise ValueError(f"classes {sorted(taken & set(hardware_classes))} already have a "
+                             f"variant of {name}:{version}")
+        tflite = is_tflite(model)
+        directory = self._dir(name, version) / "variants" / variant
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
+        atomic_write(path, model)
+        try:
+            signature = inspect_tflite(path) if tflite else inspect_model(path)
+        except Exception as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise ValueError(f"not a loadable model: {exc}") from exc
+        from edgefleet.contract import sha256_file
+
+        digest, size = sha256_file(str(path))
+        row = {"name": name, "version": version, "variant": variant,
+               "runtime": "litert" if tflite else "onnxruntime", "file": str(path),
+               "sha256": digest, "size_bytes": size, "signature": signature,
+               "hardware_classes": list(hardware_classes), "report": report,
+               "bundled": False, "created_at": time.time()}
+        with self.store.engine.begin() as c:
+            c.execute(variants.insert().values(**row))
+        return row
+
+    def variants(self, name: str, version: int) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(
+                sa.select(variants).where((variants.c.name == name)
+                                          & (variants.c.version == version))
+                .order_by(variants.c.variant))]
+
+    def _variant(self, name: str, version: int, variant: str) -> dict[str, Any]:
+        for v in self.variants(name, version):
+            if v["variant"] == variant:
+                return v
+        raise NotFoundError(f"{name}:{version} has no variant {variant!r}")
+
+    def manifest_for(self, name: str, version: int, hardware_class: str) -> str:
+        """The bundle a device of ``hardware_class`` gets (its variant, else the default),
+        signed on first use; returns its manifest path."""
+        chosen = next((v["variant"] for v in self.variants(name, version)
+                       if hardware_class in v["hardware_classes"]), "")
+        return self.ensure_bundle(name, version, chosen)
 
     @staticmethod
     def _runner(row: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:

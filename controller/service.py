@@ -91,7 +91,7 @@ class FleetController:
             controller_password=settings.mqtt_password, reload=broker_reload,
             clock=self.clock.time)
         self.orchestrator = Orchestrator(self.store, self._publish_desired,
-                                         self.registry.ensure_bundle, clock=self.clock)
+                                         self._manifest_for, clock=self.clock)
         self.broker: Any = None
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
@@ -300,6 +300,14 @@ class FleetController:
         assert self.link is not None
         self.link.publish(device, DeviceTopic.CMD, self.repo.sign_command(cmd.encode()))
         return cmd
+
+    def _manifest_for(self, model: str, version: int, device: str) -> str:
+        """The bundle this device gets: its hardware class's variant, else the default."""
+        try:
+            hw_class = str(self.store.get_device(device)["hw"].get("class", ""))
+        except NotFoundError:  # targeted before it ever connected: the default bundle
+            hw_class = ""
+        return self.registry.manifest_for(model, version, hw_class)
 
     def provision(self, *, claim_token: str, public_key: str, proof: str, ts: float,
                   device_id: str | None = None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def rollout(tmp_path):
         store.upsert_device(d, online=True, tags={"env": "production"},
                             active={"name": "digits", "version": 1})
     sent: list[tuple[str, DesiredState]] = []
-    orch = Orchestrator(store, lambda d, s: sent.append((d, s)), lambda m, v: f"{m}/{v}.json",
+    orch = Orchestrator(store, lambda d, s: sent.append((d, s)), lambda m, v, d: f"{m}/{v}.json",
                         clock=clock)
     return orch, store, clock, sent
 

@@ -47,10 +47,10 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
 
     store = Store(f"sqlite:///{path}")
 
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     with store.engine.connect() as c:
         versions = [r[0] for r in c.execute(sa.text("SELECT version FROM schema_info"))]
-    assert versions == [1, 2, 3, 4]  # each migration is recorded
+    assert versions == [1, 2, 3, 4, 5]  # each migration is recorded
     assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
     assert store.deployment_state("dep-done") == "succeeded"
     view = describe(store.get_deployment("dep-old", with_events=True))
@@ -59,7 +59,7 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
     assert "telemetry_received" in indexes
     Store(f"sqlite:///{path}")  # opening it again changes nothing
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 4
+        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 5
 
 
 def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
@@ -75,7 +75,7 @@ def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
 
     store = Store(f"sqlite:///{path}", audit_anchor=tmp_path / "audit-head.json")
 
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     dep = store.get_deployment("dep-done")
     assert (dep["state"], dep["approved_by"], dep["approved_at"]) == ("succeeded", None, None)
     assert describe(store.get_deployment("dep-done", with_events=True))["approved_by"] is None
@@ -108,7 +108,7 @@ def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_p
 
     store = Store(f"sqlite:///{path}")
 
-    assert store.schema_version == 4
+    assert store.schema_version == 5
     rows = store.summaries("pi-1")
     assert [(r["stream"], r["seq"], r["count"]) for r in rows] == [("", 1, 10), ("", 2, 10),
                                                                     ("", 3, 10)]
@@ -138,3 +138,15 @@ def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_p
     assert ingest.counters["summaries_stored"] == 2 and ingest.counters["summaries_lost"] == 0
     assert sorted((r["stream"], r["seq"]) for r in store.summaries("pi-1")) == [
         ("", 1), ("", 2), ("", 3), ("reprovisioned", 1), ("upgraded", 4)]
+
+
+def test_v4_store_gains_model_variants(tmp_path):
+    path = tmp_path / "v4.db"
+    old = Store(f"sqlite:///{path}")
+    with old.engine.begin() as c:  # make it a v4 store: no variants table, v5 not recorded
+        c.execute(sa.text("DROP TABLE model_variants"))
+        c.execute(sa.text("UPDATE schema_info SET version = 4 WHERE version = 5"))
+    old.engine.dispose()
+    store = Store(f"sqlite:///{path}")
+    assert store.schema_version == 5
+    assert "model_variants" in sa.inspect(store.engine).get_table_names()
