@@ -39,7 +39,7 @@ def image_build(
         "--agent-version", help="edgefleet\\[agent] version to pin (default: this one's).")]
     = None,
     hardware_class: Annotated[str | None, typer.Option(
-        "--hardware-class", help="Override the recipe's (rpi-arm64, jetson).")] = None,
+        "--hardware-class", help="Instead of detection (auto: rpi4, rpi5…).")] = None,
     broker_url: Annotated[str | None, typer.Option(
         "--broker-url", help="mqtt://host:port for agent.toml.")] = None,
     device_id: Annotated[str | None, typer.Option(

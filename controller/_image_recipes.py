@@ -13,14 +13,14 @@ BUILTIN_META: dict[str, dict[str, Any]] = {
     "rpi-os-arm64": {
         "target": "rpi-os-arm64",
         "description": "Raspberry Pi OS (64-bit, Debian 12 bookworm), Raspberry Pi 4/5",
-        "hardware_class": "rpi-arm64",
+        "hardware_class": "auto",
         "pythons": ["python3"],
         "apt_packages": ["python3-venv"],
     },
     "jetson-l4t": {
         "target": "jetson-l4t",
         "description": "NVIDIA Jetson Linux 36 (JetPack 6, Ubuntu 22.04), Jetson Orin",
-        "hardware_class": "jetson",
+        "hardware_class": "auto",
         "pythons": ["python3.12", "python3.11", "python3"],
         "apt_packages": ["python3.11", "python3.11-venv"],
     },

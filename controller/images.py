@@ -152,7 +152,7 @@ def _recipe(meta: Mapping[str, Any], files: dict[str, str], source: str) -> Reci
     if meta.get("target") not in TARGETS:
         raise ImageBuildError(f"recipe {source}: target must be one of {', '.join(TARGETS)}")
     if not _NAME.match(str(meta.get("hardware_class", ""))):
-        raise ImageBuildError(f"recipe {source}: hardware_class must be a name like rpi-arm64")
+        raise ImageBuildError(f"recipe {source}: hardware_class must be auto or a name like rpi5")
     lists = {key: meta.get(key, []) for key in ("pythons", "apt_packages")}
     for key, value in lists.items():
         if not isinstance(value, list) or not all(isinstance(v, str) and _COMMAND.match(v)

@@ -314,7 +314,7 @@ def test_cli_build_shows_inputs_but_never_the_token(tmp_path, trust_root):
     assert "edgefleet[agent]==" + __version__ in human.output and "site=lab" in human.output
     as_json = runner.invoke(app, [*args, "--json"], env=env)
     report = json.loads(as_json.stdout)
-    assert report["inputs"]["hardware_class"] == "jetson"
+    assert report["inputs"]["hardware_class"] == "auto"
     assert report["sha256"] == hashlib.sha256((tmp_path / "j.tar.gz").read_bytes()).hexdigest()
     assert TOKEN not in human.output + as_json.output
 
