@@ -44,10 +44,26 @@ _MAX_PAYLOAD = 4 * 1024 * 1024
 T = TypeVar("T", bound="Message")
 
 
+_origin = functools.cache(typing.get_origin)  # field types are few and hashable
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
+    # the plain field types first: most fields of most messages are one of them
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MessageError(f"{where}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if hint is str or hint is bool:
+        if not isinstance(value, hint):
+            raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+        return value
     if hint is Any:
         return value
+    origin = _origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -74,38 +90,27 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise MessageError(f"{where}: expected an object, got {type(value).__name__}")
         return _from_dict(hint, value, where)  # type: ignore[arg-type]
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MessageError(f"{where}: expected a number, got {type(value).__name__}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
-        return value
-    if hint in (str, bool):
-        if not isinstance(value, hint):
-            raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
-        return value
     raise TypeError(f"unsupported field type {hint!r} at {where}")
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    """A message class's resolved field types (resolving them is slow: once per class)."""
-    return typing.get_type_hints(cls)
+def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """``(name, resolved type, required)`` per init field of a message class, resolved once
+    per class (``typing.get_type_hints`` is slow)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name], f.default is dataclasses.MISSING
+                  and f.default_factory is dataclasses.MISSING)
+                 for f in dataclasses.fields(cls) if f.init)
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = _hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
+    for name, hint, required in _fields(cls):
+        if name not in data:
+            if required:
+                raise MessageError(f"{where}: missing field {name!r}")
             continue
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MessageError(f"{where}: missing field {f.name!r}")
-            continue
-        kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}.{f.name}")
+        kwargs[name] = _check(data[name], hint, f"{where}.{name}")
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:

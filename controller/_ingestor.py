@@ -2,7 +2,7 @@
 
 paho's thread only queues a summary's payload (``submit``), never waiting on the
 database or even on JSON: one worker thread takes up to ``batch_max`` queued summaries
-at a time, decodes them (``ingest.decode_summary``: a malformed one is counted in
+at a time, decodes them (``Summary.decode``: a malformed one is counted in
 ``malformed``, logged and dropped), judges each with ``ingest.admit`` against its
 stream's position, writes the stored ones, the positions and the devices'
 ``last_seen`` in one transaction, and only then publishes one ``Ack`` per device with
@@ -30,7 +30,7 @@ from edgefleet.contract import Clock, MessageError, Summary
 
 from ._telemetry_store import StreamKey, TelemetryStore, summary_row
 from .aggregate import sketch_shape_ok
-from .ingest import StreamState, admit, decode_summary, initial_state
+from .ingest import StreamState, admit, initial_state
 
 __all__ = ["Ingestor"]
 
@@ -177,7 +177,7 @@ class Ingestor:
                 out.append((device, payload, received, None))
                 continue
             try:
-                out.append((device, decode_summary(payload), received, payload))
+                out.append((device, Summary.decode(payload), received, payload))
             except MessageError as exc:
                 self.counters["malformed"] += 1
                 log.warning("dropped telemetry from %s: %s (%s)", device, exc, exc.reason)

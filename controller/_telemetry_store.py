@@ -65,7 +65,7 @@ def summary_row(device: str, summary: Summary, received_at: float, *, sketch_ok:
     """The telemetry row of one summary (``sketch_ok=False`` drops a malformed sketch).
 
     ``raw``, the summary as received, lets SQLite take the JSON columns from it (key
-    ``_raw``, only when they are exactly what ``decode_summary`` validated).
+    ``_raw``, only when they are exactly what ``Summary.decode`` validated).
     """
     payload = summary_fields(summary)
     split = {k: payload.pop(k) or None for k in SPLIT}

@@ -22,26 +22,20 @@ Summaries of a stream that arrive in the same ingest batch are judged in ``seq``
 A stream the controller has never seen starts at ``last = 0`` — except that a new
 stream of a device whose legacy stream (``""``) ended at ``seq - 1`` continues it (an
 agent that gained a stream id on upgrade keeps counting).
-
-``decode_summary`` is a strict decoder for the hot path, equal in what it accepts
-and returns to ``Summary.decode`` (a test pins that) but without resolving type hints
-on every message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from typing import Any, Literal
 
-from edgefleet.contract import MessageError, Summary
+from edgefleet.contract import Summary
 
-__all__ = ["StreamState", "Verdict", "admit", "decode_summary", "encode_ack",
-           "initial_state", "summary_fields"]
+__all__ = ["StreamState", "Verdict", "admit", "encode_ack", "initial_state",
+           "summary_fields"]
 
 Action = Literal["store", "duplicate", "hold"]
-_MAX_PAYLOAD = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,79 +79,7 @@ def admit(state: StreamState, seq: int, *, now: float, gap_timeout_s: float,
     return Verdict("hold", StreamState(last_seq=state.last_seq, gap_since=since), lost=lost)
 
 
-# -- decoding ---------------------------------------------------------------------------
-def _checker(hint: Any) -> Any:
-    if hint is int:
-        def check_int(v: Any, where: str) -> int:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise MessageError(f"{where}: expected an integer, got {type(v).__name__}")
-            return v
-        return check_int
-    if hint is float:
-        def check_float(v: Any, where: str) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise MessageError(f"{where}: expected a number, got {type(v).__name__}")
-            return float(v)
-        return check_float
-    if hint in (str, bool):
-        def check_plain(v: Any, where: str) -> Any:
-            if not isinstance(v, hint):
-                raise MessageError(f"{where}: expected {hint.__name__}, got {type(v).__name__}")
-            return v
-        return check_plain
-    if hint is dict or typing.get_origin(hint) is dict:
-        def check_dict(v: Any, where: str) -> Any:
-            if not isinstance(v, dict):
-                raise MessageError(f"{where}: expected an object, got {type(v).__name__}")
-            return v
-        return check_dict
-    return None
-
-
-def _spec() -> list[tuple[str, Any, bool]] | None:
-    hints = typing.get_type_hints(Summary)
-    spec = []
-    for f in dataclasses.fields(Summary):
-        check = _checker(hints[f.name])
-        if check is None:  # a field type this fast path does not know: use the contract's
-            return None
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        spec.append((f.name, check, required))
-    return spec
-
-
-_SPEC = _spec()
-
-
-def decode_summary(payload: bytes | str) -> Summary:
-    """``Summary.decode``, faster.
-
-    Raises:
-        MessageError: not JSON, not an object, too large, or a field is missing or of
-            the wrong type.
-    """
-    if _SPEC is None:
-        return Summary.decode(payload)
-    if len(payload) > _MAX_PAYLOAD:
-        raise MessageError(f"summary: payload of {len(payload)} bytes is too large")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"summary: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise MessageError("summary: expected a JSON object")
-    kwargs = {}
-    for name, check, required in _SPEC:
-        if name in data:
-            kwargs[name] = check(data[name], f"summary.{name}")
-        elif required:
-            raise MessageError(f"summary: missing field {name!r}")
-    try:
-        return Summary(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise MessageError(f"summary: {exc}") from exc
-
-
+# -- encoding ------------------------------------------------------------------------
 _FIELDS = dataclasses.fields(Summary)
 
 

@@ -11,7 +11,7 @@ stream and realistic summaries (sketch, drift, inputs, buffer: ~1.3 KB):
 * ``mqtt_closed_loop``: a publisher process plays the fleet at the same time, keeping
   at most ``WINDOW`` summaries unacked as agents do; acked (= committed) per second.
   The publisher (Python paho) shares the same 2 cores, so this is a lower bound.
-* ``in_process``: the same controller code without the network — ``decode_summary``
+* ``in_process``: the same controller code without the network — ``Summary.decode``
   and ``Ingestor.process`` in batches — to show what MQTT costs.
 * ``baseline``: raw batched ``sqlite3`` inserts of the very same rows (same table and
   indexes, JSON columns encoded, ``executemany`` per batch): the storage ceiling.
@@ -198,10 +198,9 @@ def _figures(n: int, elapsed: float, counters: dict[str, int]) -> dict[str, Any]
 
 def _in_process(root: Path, payloads: list[tuple[str, bytes]]) -> tuple[dict[str, Any],
                                                                           list[dict[str, Any]]]:
-    from edgefleet.contract import ManualClock
+    from edgefleet.contract import ManualClock, Summary
     from edgefleet.controller._ingestor import Ingestor
     from edgefleet.controller._telemetry_store import summary_row
-    from edgefleet.controller.ingest import decode_summary
     from edgefleet.controller.store import Store
 
     store = Store(f"sqlite:///{root / 'in-process.db'}")
@@ -211,7 +210,7 @@ def _in_process(root: Path, payloads: list[tuple[str, bytes]]) -> tuple[dict[str
     for i in range(0, len(payloads), BATCH):
         ingest.process([(d, p, 1.8e9) for d, p in payloads[i:i + BATCH]])
     elapsed = time.perf_counter() - start
-    rows = [summary_row(d, decode_summary(p), 1.8e9) for d, p in payloads]
+    rows = [summary_row(d, Summary.decode(p), 1.8e9) for d, p in payloads]
     return {"per_s": round(len(payloads) / elapsed), "elapsed_s": round(elapsed, 2)}, rows
 
 
