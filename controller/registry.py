@@ -218,6 +218,7 @@ class Registry:
             return manifest_path
         model_bytes = Path(row["file"]).read_bytes()
         classes = list(row.get("hardware_classes") or [])
+        run = self._runner(row)  # one session for the smoke test and the profile
         manifest = Manifest(
             name=name, version=version, runtime=row["runtime"], model_file=model_file,
             model_sha256=row["sha256"], model_length=row["size_bytes"],
@@ -225,9 +226,8 @@ class Registry:
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
             labels=list(base["labels"]),
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
-            smoke_test=self._smoke_test(name, version, self._runner(row), row["variant"]),
-            reference_profile=self._profile(name, version, self._runner(row),
-                                            list(base["labels"])),
+            smoke_test=self._smoke_test(name, version, run, row["variant"]),
+            reference_profile=self._profile(name, version, run, list(base["labels"])),
             parent=base["parent"], variant=row["variant"])
         trust = TargetTrust(model=name, version=version, hardware_classes=classes,
                             release_counter=int(base.get("release_counter") or 1)).custom()

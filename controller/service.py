@@ -286,7 +286,8 @@ class FleetController:
 
     def _send_desired(self, device: str, desired: DesiredState) -> None:
         assert self.link is not None
-        desired = dataclasses.replace(desired, device=device)
+        if desired.device != device:  # a stored state from before states were addressed
+            desired = dataclasses.replace(desired, device=device)
         self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(desired.encode()),
                           retain=True)
 
