@@ -188,10 +188,17 @@ class JobRunner:
             self.report(job, JobState.DOWNLOADING, progress={"bytes": done, "total": total})
 
     # -- worker -------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, idle_s: float = 1.0) -> None:
+        """Apply desired states until ``stop``.
+
+        Args:
+            idle_s: how long the worker sleeps when nothing wakes it (a retry due sooner
+                wakes it sooner); a host running thousands of agents passes a long one.
+        """
         retry_at = 0.0
         while not stop.is_set():
-            self._wake.wait(1.0)
+            due_in = retry_at - time.monotonic()  # a retry still to come wakes it then
+            self._wake.wait(min(idle_s, due_in) if due_in > 0 else idle_s)
             self._wake.clear()
             interval = self.agent.config.trust_check_interval_s
             if (interval > 0 and time.monotonic() - self._last_refresh > interval

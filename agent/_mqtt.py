@@ -3,6 +3,10 @@
 The one place paho is touched on the device. Reconnects are paho's, with a bounded
 backoff; every request waits with a timeout. Malformed payloads are counted, logged
 and dropped by the dispatcher; a handler error never reaches paho's loop.
+
+A device runs its session on paho's own network thread. A simulated fleet running
+hundreds of agents in one process passes a ``NetworkLoop`` instead, which drives every
+client from one thread through paho's external-loop API and owns their reconnects.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -29,10 +34,25 @@ from edgefleet.contract import (
 
 from .config import AgentConfig, parse_broker_url
 
-__all__ = ["AgentLink"]
+__all__ = ["AgentLink", "NetworkLoop"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes], None]
+
+
+class NetworkLoop(Protocol):
+    """Drives many paho clients from one thread instead of a network thread per client.
+
+    ``add`` takes a client on which ``connect_async`` was called: the loop connects it,
+    reads and writes its socket, keeps it alive and reconnects it with a backoff between
+    ``reconnect_min_s`` and ``reconnect_max_s`` until ``remove``. ``remove`` returns once
+    what the client had queued (a DISCONNECT) is written or a short timeout passed.
+    """
+
+    def add(self, client: mqtt.Client, *, reconnect_min_s: float,
+            reconnect_max_s: float) -> None: ...
+
+    def remove(self, client: mqtt.Client) -> None: ...
 
 
 class AgentLink:
@@ -43,12 +63,16 @@ class AgentLink:
         birth: called on every connect; returns the birth payload to publish.
         handlers: device-topic suffix → handler for ``cmd``, ``desired``, ``telemetry/ack``.
         on_connected: called (from paho's thread) after each successful connect.
+        network: drives the session instead of a paho thread of its own (simulated
+            fleets); ``None`` on a device.
     """
 
     def __init__(self, config: AgentConfig, *, birth: Callable[[int], bytes],
                  handlers: dict[str, Handler],
-                 on_connected: Callable[[], None] | None = None) -> None:
+                 on_connected: Callable[[], None] | None = None,
+                 network: NetworkLoop | None = None) -> None:
         self.config = config
+        self._network = network
         self._birth = birth
         self._handlers = handlers
         self._on_connected = on_connected
@@ -88,6 +112,10 @@ class AgentLink:
         """Connect in the background; returns at once, even when the broker is down."""
         host, port = parse_broker_url(self.config.broker_url)
         self._client.connect_async(host, port, keepalive=self.config.keepalive_s)
+        if self._network is not None:
+            self._network.add(self._client, reconnect_min_s=self.config.reconnect_min_s,
+                              reconnect_max_s=self.config.reconnect_max_s)
+            return
         self._client.loop_start()
 
     def stop(self) -> None:
@@ -102,7 +130,10 @@ class AgentLink:
                 info.wait_for_publish(2.0)
             self._client.disconnect()
         finally:
-            self._client.loop_stop()
+            if self._network is not None:
+                self._network.remove(self._client)
+            else:
+                self._client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object,
                     reason: mqtt.ReasonCode, _props: object = None) -> None:

@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,15 +33,15 @@ from edgefleet.contract import (
     ModelRef,
     SystemClock,
 )
+from edgefleet.contract.hardware import detect
 
 from ._jobs import JobRunner
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
-from ._mqtt import AgentLink
+from ._mqtt import AgentLink, NetworkLoop
 from ._system import SystemMetrics
 from .commands import CommandGuard, ControlInbox
 from .config import AgentConfig
-from .hardware import detect
 from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
 from .runtime import Runtime, available_runtimes, load_runtime
@@ -52,6 +53,8 @@ from .updater import BundleUpdater, ChunkFetcher
 __all__ = ["Agent", "Prediction"]
 
 log = logging.getLogger(__name__)
+# thousands of idle job workers waking every second cost a hosting process whole cores
+_HOSTED_JOB_IDLE_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +71,15 @@ class Agent:
     Args:
         config: the agent configuration.
         clock: time source for telemetry windows, health windows and command expiry.
+        network: drives the MQTT session from a shared thread (simulated fleets run
+            hundreds of agents per process); ``None``: paho's own thread, as on a device.
+        system_metrics: what telemetry windows report about the system (CPU, RAM, disk,
+            temperature); ``None``: read with psutil when each window closes.
     """
 
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
+                 network: NetworkLoop | None = None,
+                 system_metrics: Callable[[], dict[str, float]] | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         state = config.state_dir
@@ -92,7 +101,7 @@ class Agent:
                                       max_bytes=config.max_buffer_bytes,
                                       max_raw_rows=config.max_raw_rows,
                                       flush_interval_s=config.telemetry_flush_interval_s,
-                                      system_metrics=SystemMetrics(state),
+                                      system_metrics=system_metrics or SystemMetrics(state),
                                       shadow_stats=self._shadow_stats)
         self.guard = CommandGuard(config.device_id, tuf_dir / "root.json",
                                   state / "commands-seen.json", self.clock,
@@ -102,6 +111,7 @@ class Agent:
                                            "rebirth": self.announce},
                                   refresh_then=self.jobs.after_trust_refresh)
         self.link = AgentLink(config, birth=self._birth, on_connected=self._on_connected,
+                              network=network,
                               handlers={DeviceTopic.CMD: self.inbox.on_cmd,
                                         DeviceTopic.DESIRED: self.inbox.on_desired,
                                         DeviceTopic.TELEMETRY_ACK: self._on_ack})
@@ -122,13 +132,25 @@ class Agent:
         self.errors = 0
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> None:
-        """Serve the installed model at once, then connect in the background."""
+    def start(self, *, hosted: bool = False) -> None:
+        """Serve the installed model at once, then connect in the background.
+
+        Args:
+            hosted: run inside a host that drives many agents (a simulated fleet): no v2
+                HTTP server, no telemetry writer thread (records are committed when their
+                window closes) and no loop thread (the host calls ``tick``); the job
+                worker keeps its thread, waking when there is work (or a retry is due)
+                rather than every second.
+        """
         self._load_installed()
-        self.buffer.start()
-        self.server = InferenceServer(self, self.config.api_host, self.config.api_port)
-        self.server.start()
-        for target, name in ((lambda: self.jobs.run(self._stop), "jobs"), (self._loop, "loop")):
+        idle_s = _HOSTED_JOB_IDLE_S if hosted else 1.0
+        workers: list[tuple[Any, str]] = [(lambda: self.jobs.run(self._stop, idle_s), "jobs")]
+        if not hosted:
+            self.buffer.start()
+            self.server = InferenceServer(self, self.config.api_host, self.config.api_port)
+            self.server.start()
+            workers.append((self._loop, "loop"))
+        for target, name in workers:
             t = threading.Thread(target=target, name=f"{self.config.device_id}-{name}", daemon=True)
             t.start()
             self._threads.append(t)

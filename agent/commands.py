@@ -104,7 +104,14 @@ class CommandGuard:
     # -- verification -------------------------------------------------------------------
     def _load_keys(self) -> None:
         try:
-            mtime = self.root_path.stat().st_mtime
+            try:
+                mtime = self.root_path.stat().st_mtime
+            except FileNotFoundError:
+                if self._keys_mtime < 0:  # never loaded: fail closed
+                    raise
+                # python-tuf re-creates root.json (remove, then link) each time it opens
+                # the metadata: for that instant the root already loaded stays in force
+                return
             if mtime != self._keys_mtime:
                 self._keys, self._threshold = _command_keys(self.root_path.read_bytes())
                 self._keys_mtime = mtime

@@ -53,7 +53,7 @@ class AgentConfig:
     broker_ca_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
-    # "auto": detected (agent.hardware: rpi4, rpi5, jetson-orin, x86-vnni…); else as given
+    # "auto": detected (contract.hardware: rpi4, rpi5, jetson-orin, x86-vnni…); else as given
     hardware_class: str = "auto"
     # onnxruntime providers to ask for, best first (empty: TensorRT and CUDA on Jetson
     # classes, the CPU elsewhere); one that fails to load falls back to the CPU, reported

@@ -18,11 +18,13 @@ import typer
 
 from ._admin import devices_app, model_app
 from ._bench import register_bench
+from ._db import db_app
 from ._identity import claim_tokens_app, register_identity
 from ._image import image_app
 from ._output import console, emit, fail, table, when
 from ._rollouts import deployments_app, register_deploy
 from ._security import audit_app, tokens_app
+from ._simulate import register_simulate
 from ._telemetry import alerts_app, telemetry_app
 
 __all__ = ["app", "main"]
@@ -46,9 +48,11 @@ app.add_typer(image_app, name="image")
 app.add_typer(claim_tokens_app, name="claim-tokens")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(db_app, name="db")
 register_identity(devices_app)
 register_deploy(app)
 register_bench(app)
+register_simulate(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -147,6 +151,11 @@ def controller_serve(
     token: Annotated[str | None, typer.Option(
         help="Admin API token (env EDGEFLEET_TOKEN; default: DATA/admin-token, generated).")]
     = None,
+    share_group: Annotated[str | None, typer.Option(
+        help="Run as one of several replicas: MQTT 5 shared subscriptions in this group, one "
+             "leader at a time (needs a broker; PostgreSQL across hosts).")] = None,
+    client_id: Annotated[str | None, typer.Option(
+        help="MQTT client id; each replica needs its own.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the controller: HTTP API + MQTT (+ the embedded broker without --broker)."""
@@ -160,8 +169,12 @@ def controller_serve(
     if not (keys / "root.json").exists():
         fail(f"no keys in {keys}; run `edgefleet keys init --dir {keys}` first")
     try:
+        extra = {k: v for k, v in (("share_group", share_group), ("client_id", client_id))
+                 if v is not None}
+        if extra.get("share_group") and broker is None:
+            fail("replicas (--share-group) need a shared broker: give --broker")
         settings = Settings(db_url=db, broker_url=broker, keys_dir=keys, data_dir=data,
-                            admin_token=admin, api_host=host, api_port=port)
+                            admin_token=admin, api_host=host, api_port=port, **extra)
         ctl = FleetController(settings)
         ctl.start()
     except (EdgefleetError, ValueError) as exc:

@@ -16,6 +16,7 @@ BUILTIN_META: dict[str, dict[str, Any]] = {
         "hardware_class": "auto",
         "pythons": ["python3"],
         "apt_packages": ["python3-venv"],
+        "extras": ["agent", "tflite"],
     },
     "jetson-l4t": {
         "target": "jetson-l4t",

@@ -18,6 +18,7 @@ Drop policy: when the queue is full a summary is not queued and not acked (count
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -43,6 +44,21 @@ COUNTERS = ("summaries_stored", "summaries_duplicate", "summaries_held_back", "s
             "malformed")
 
 
+@dataclasses.dataclass
+class _Judged:
+    """One batch, judged: rows to insert, stream positions, acks, counts."""
+
+    work: dict[StreamKey, StreamState] = dataclasses.field(default_factory=dict)
+    positions: dict[StreamKey, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    new_streams: set[StreamKey] = dataclasses.field(default_factory=set)
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    acks: dict[str, list[int]] = dataclasses.field(
+        default_factory=lambda: defaultdict(list))
+    seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    counts: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(
+        ("stored", "duplicate", "held_back", "lost", "invalid"), 0))
+
+
 class Ingestor:
     """Stores summaries exactly once and in order per stream, in batches.
 
@@ -56,12 +72,17 @@ class Ingestor:
         batch_wait_s: how long a batch waits to fill once it has a summary (bigger
             batches under load, at most this much added ack latency).
         gap_timeout_s: how long a gap in a stream may hold summaries back.
+        shared: controller replicas share the telemetry (MQTT 5 shared subscriptions):
+            stream positions are read, locked and written in each batch's transaction
+            instead of kept in memory, so a device's summaries may reach any replica.
     """
 
     def __init__(self, store: TelemetryStore, ack: AckFn, *, clock: Clock,
                  counters: dict[str, int], queue_max: int = 100_000, batch_max: int = 2000,
-                 batch_wait_s: float = 0.05, gap_timeout_s: float = 30.0) -> None:
+                 batch_wait_s: float = 0.05, gap_timeout_s: float = 30.0,
+                 shared: bool = False) -> None:
         self.store = store
+        self.shared = shared
         self._ack = ack
         self.clock = clock
         self.counters = counters
@@ -191,73 +212,81 @@ class Ingestor:
         """
         items = self._decoded(batch)
         devices = {item[0] for item in items}
-        unknown = devices - self._loaded
-        if unknown:
-            self._states.update(self.store.load_streams(unknown))
-            self._loaded |= unknown
-        now = self.clock.time()
-        work: dict[StreamKey, StreamState] = {}
-        positions: dict[StreamKey, dict[str, Any]] = {}
-        new_streams: set[StreamKey] = set()
-        rows: list[dict[str, Any]] = []
-        acks: dict[str, list[int]] = defaultdict(list)
-        seen: dict[str, float] = {}
-        counts = dict.fromkeys(("stored", "duplicate", "held_back", "lost", "invalid"), 0)
-        # a stream's summaries that arrived in the same batch are taken in seq order
-        for device, s, received, raw in sorted(items, key=lambda it: (it[0], it[1].stream,
-                                                                      it[1].seq)):
-            key = (device, s.stream)
-            state = work.get(key) or self._states.get(key)
-            if state is None:
-                legacy = work.get((device, "")) or self._states.get((device, ""))
-                state = initial_state(s.seq, stream=s.stream,
-                                      legacy_last=legacy.last_seq if legacy else None)
-                new_streams.add(key)
-            evicted = s.buffer.get("evicted_through_seq") if s.buffer else None
-            verdict = admit(state, s.seq, now=now, gap_timeout_s=self.gap_timeout_s,
-                            evicted_through=evicted if type(evicted) is int else None)
-            work[key] = verdict.state
-            pos = positions.setdefault(key, {"stored": 0, "lost": 0, "buffer": None})
-            pos["received"] = received
-            pos["lost"] += verdict.lost
-            counts["lost"] += verdict.lost
-            seen[device] = max(seen.get(device, received), received)
-            if verdict.action == "hold":
-                counts["held_back"] += 1
-                continue
-            acks[device].append(s.seq)
-            if verdict.action == "duplicate":
-                counts["duplicate"] += 1
-                continue
-            sketch_ok = not s.latency_sketch or sketch_shape_ok(s.latency_sketch)
-            counts["invalid"] += not sketch_ok
-            rows.append(summary_row(device, s, received, sketch_ok=sketch_ok, raw=raw))
-            pos["stored"] += 1
-            counts["stored"] += 1
-            if s.buffer:
-                pos["buffer"] = dict(s.buffer)
-        for key, pos in positions.items():
-            pos.update(last_seq=work[key].last_seq, gap_since=work[key].gap_since)
-        try:
-            self.store.write_batch(rows, positions, new_streams, seen,
-                                   maybe_new_devices=devices - self._known)
-        except Exception:
-            self._forget(devices)  # reload positions from the database next time
-            raise
-        self._states.update(work)
-        self._known |= devices
-        c = self.counters
+        if self.shared:  # replicas: positions read (and locked) in the writing transaction
+            with self.store.engine.begin() as conn:
+                states = self.store.load_streams(devices, conn=conn, lock=True)
+                judged = self._judge(items, states)
+                self.store.write_batch(judged.rows, judged.positions, judged.new_streams,
+                                       judged.seen, maybe_new_devices=devices, conn=conn)
+        else:
+            unknown = devices - self._loaded
+            if unknown:
+                self._states.update(self.store.load_streams(unknown))
+                self._loaded |= unknown
+            judged = self._judge(items, self._states)
+            try:
+                self.store.write_batch(judged.rows, judged.positions, judged.new_streams,
+                                       judged.seen, maybe_new_devices=devices - self._known)
+            except Exception:
+                self._forget(devices)  # reload positions from the database next time
+                raise
+            self._states.update(judged.work)
+            self._known |= devices
+        c, counts = self.counters, judged.counts
         c["summaries_stored"] += counts["stored"]
         c["summaries_duplicate"] += counts["duplicate"]
         c["summaries_held_back"] += counts["held_back"]
         c["summaries_lost"] += counts["lost"]
         c["sketch_invalid"] += counts["invalid"]
         c["ingest_batches"] += 1
-        for device, seqs in acks.items():
+        for device, seqs in judged.acks.items():
             try:
                 self._ack(device, sorted(set(seqs)))
             except Exception:  # stored: the device resends and gets a duplicate's ack
                 log.exception("acking summaries of %s failed", device)
+
+    def _judge(self, items: list[tuple[str, Summary, float, bytes | None]],
+               states: dict[StreamKey, StreamState]) -> _Judged:
+        """Which summaries to store, hold back or ack as repeats, given stream positions."""
+        now = self.clock.time()
+        out = _Judged()
+        work = out.work
+        # a stream's summaries that arrived in the same batch are taken in seq order
+        for device, s, received, raw in sorted(items, key=lambda it: (it[0], it[1].stream,
+                                                                      it[1].seq)):
+            key = (device, s.stream)
+            state = work.get(key) or states.get(key)
+            if state is None:
+                legacy = work.get((device, "")) or states.get((device, ""))
+                state = initial_state(s.seq, stream=s.stream,
+                                      legacy_last=legacy.last_seq if legacy else None)
+                out.new_streams.add(key)
+            evicted = s.buffer.get("evicted_through_seq") if s.buffer else None
+            verdict = admit(state, s.seq, now=now, gap_timeout_s=self.gap_timeout_s,
+                            evicted_through=evicted if type(evicted) is int else None)
+            work[key] = verdict.state
+            pos = out.positions.setdefault(key, {"stored": 0, "lost": 0, "buffer": None})
+            pos["received"] = received
+            pos["lost"] += verdict.lost
+            out.counts["lost"] += verdict.lost
+            out.seen[device] = max(out.seen.get(device, received), received)
+            if verdict.action == "hold":
+                out.counts["held_back"] += 1
+                continue
+            out.acks[device].append(s.seq)
+            if verdict.action == "duplicate":
+                out.counts["duplicate"] += 1
+                continue
+            sketch_ok = not s.latency_sketch or sketch_shape_ok(s.latency_sketch)
+            out.counts["invalid"] += not sketch_ok
+            out.rows.append(summary_row(device, s, received, sketch_ok=sketch_ok, raw=raw))
+            pos["stored"] += 1
+            out.counts["stored"] += 1
+            if s.buffer:
+                pos["buffer"] = dict(s.buffer)
+        for key, pos in out.positions.items():
+            pos.update(last_seq=work[key].last_seq, gap_since=work[key].gap_since)
+        return out
 
     def _forget(self, devices: set[str]) -> None:
         self._loaded -= devices

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.contract import CTL_STATE, EdgefleetError, TransportError, device_wildcard
 from edgefleet.contract.topics import DeviceTopic, device_topic, parse_device_topic
@@ -35,12 +38,15 @@ class ControllerLink:
         broker_url: ``mqtt://host:port``, or ``mqtts://host:port`` for TLS.
         client_id: MQTT client id (persistent session, so nothing is missed across restarts).
         handler: called for every device message from paho's network thread.
+        share_group: replicas: MQTT 5 shared subscriptions in this group (``""``: MQTT
+            3.1.1, plain subscriptions, one controller).
     """
 
     def __init__(self, broker_url: str, client_id: str, handler: Handler, *,
                  username: str | None = None, password: str | None = None,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, share_group: str = "") -> None:
         parsed = urlparse(broker_url)
+        self._share = share_group
         tls = parsed.scheme == "mqtts"
         self._host = parsed.hostname or "127.0.0.1"
         self._port = parsed.port or (8883 if tls else 1883)
@@ -48,8 +54,12 @@ class ControllerLink:
         self.connected = threading.Event()
         self._stopping = False
         self.malformed = 0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   clean_session=False, protocol=mqtt.MQTTv311)
+        if share_group:  # MQTT 5 (shared subscriptions); the session is set at connect
+            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                       protocol=mqtt.MQTTv5)
+        else:
+            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                       clean_session=False, protocol=mqtt.MQTTv311)
         self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # float seconds
         self._client.max_inflight_messages_set(100)
         self._client.max_queued_messages_set(0)
@@ -69,7 +79,17 @@ class ControllerLink:
             TransportError: the broker could not be reached in time.
         """
         try:
-            self._client.connect_async(self._host, self._port, keepalive=15)
+            if self._share:
+                # A replica's session ends with its connection: the broker then hands the
+                # group's messages to the live replicas only. What was in flight to a dead
+                # one is resent by the devices (unacked telemetry, births, job statuses
+                # the new leader asks for again).
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 0
+                self._client.connect_async(self._host, self._port, keepalive=15,
+                                           clean_start=True, properties=props)
+            else:
+                self._client.connect_async(self._host, self._port, keepalive=15)
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot connect to {self._host}:{self._port}: {exc}") from exc
         self._client.loop_start()
@@ -92,7 +112,11 @@ class ControllerLink:
         if reason.is_failure:
             log.warning("broker refused the controller: %s", reason)
             return
-        client.subscribe([(device_wildcard(s), 1) for s in SUBSCRIPTIONS])
+        if self._share:
+            client.subscribe([(f"$share/{self._share}/{device_wildcard(s)}",
+                               SubscribeOptions(qos=1)) for s in SUBSCRIPTIONS])
+        else:
+            client.subscribe([(device_wildcard(s), 1) for s in SUBSCRIPTIONS])
         client.publish(CTL_STATE, json.dumps({"online": True, "ts": time.time()}), qos=1,
                        retain=True)
         self.connected.set()

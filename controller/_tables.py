@@ -1,19 +1,17 @@
-"""The controller's tables and their migrations (SQLAlchemy Core, SQLite or PostgreSQL).
+"""The controller's tables as the newest schema has them (SQLAlchemy Core, SQLite or PostgreSQL).
 
-The schema carries a version in ``schema_info``; ``migrate`` brings an older store up
-to date in one transaction together with the record that it ran.
+The tables are made and changed by the Alembic revisions in ``migrations/versions``
+(``store.upgrade_schema`` runs them); a change here goes with a new revision that makes
+it, and ``tests/test_store_migration.py`` checks that the two agree.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import sqlalchemy as sa
 
-__all__ = ["SCHEMA_VERSION", "alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens",
-           "deployments", "desired", "device_credentials", "devices", "events", "jobs", "meta",
-           "migrate", "models", "rollups", "streams", "telemetry", "variants"]
+__all__ = ["alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens", "deployments",
+           "desired", "device_credentials", "devices", "events", "jobs", "meta", "models",
+           "rollups", "streams", "telemetry", "variants"]
 
 meta = sa.MetaData()
 
@@ -220,12 +218,6 @@ device_credentials = sa.Table(  # a provisioned device's key and broker password
     sa.Column("revoked_at", sa.Float, nullable=True),
     sa.Column("revoked_by", sa.String(64), nullable=True),
 )
-schema_info = sa.Table(
-    "schema_info", meta,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.Float, nullable=False),
-)
-
 variants = sa.Table(  # per-class variants of a model version (another file, same model)
     "model_variants", meta,
     sa.Column("name", sa.String(128), primary_key=True),
@@ -241,89 +233,3 @@ variants = sa.Table(  # per-class variants of a model version (another file, sam
     sa.Column("bundled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
-
-SCHEMA_VERSION = 5
-
-
-def _v2(conn: sa.Connection) -> None:
-    """Rollouts: strategy/policy/plan on deployments, wave/arm/job on jobs, events, desired."""
-    cols = {
-        "deployments": ["strategy VARCHAR(32) NOT NULL DEFAULT 'all-at-once'", "policy JSON",
-                        "plan JSON", "phase VARCHAR(32) NOT NULL DEFAULT 'waves'",
-                        "wave INTEGER NOT NULL DEFAULT -1", "phase_started_at FLOAT",
-                        "result JSON", "updated_at FLOAT"],
-        "jobs": ["job VARCHAR(80)", "wave INTEGER NOT NULL DEFAULT 0",
-                 "arm VARCHAR(16) NOT NULL DEFAULT ''", "from_model VARCHAR(128)",
-                 "from_version INTEGER"],
-    }
-    for table, defs in cols.items():
-        for d in defs:
-            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {d}"))
-    if conn.dialect.name == "postgresql":  # birth sequence numbers are clock-seeded now
-        conn.execute(sa.text("ALTER TABLE devices ALTER COLUMN bd_seq TYPE BIGINT"))
-    # v1 deployments had no plan or policy: they end here rather than being driven
-    conn.execute(sa.text("UPDATE deployments SET state = 'legacy' WHERE state = 'running'"))
-    for index in telemetry.indexes:  # the table's own Index objects (no new ones attached)
-        index.create(conn, checkfirst=True)
-    meta.create_all(conn, tables=[events, desired])
-
-
-def _v3(conn: sa.Connection) -> None:
-    """Security: API tokens, approval of production deployments, the audit log, claim
-    tokens and device credentials, signed hardware classes and release counters."""
-    for d in ("approved_by VARCHAR(64)", "approved_at FLOAT"):
-        conn.execute(sa.text(f"ALTER TABLE deployments ADD COLUMN {d}"))
-    for d in ("hardware_classes JSON", "release_counter INTEGER NOT NULL DEFAULT 1"):
-        conn.execute(sa.text(f"ALTER TABLE model_versions ADD COLUMN {d}"))
-    meta.create_all(conn, tables=[api_tokens, audit_log, audit_head, claim_tokens,
-                                  device_credentials])
-
-
-def _v4(conn: sa.Connection) -> None:
-    """Fleet telemetry: (device, stream, seq) keys, sketches, drift and buffer columns,
-    ingest positions per stream, hourly rollups, alert state.
-
-    The telemetry table is rebuilt (its primary key gains ``stream``); existing rows
-    keep stream ``""`` (agents from before streams) and seed their stream positions.
-    """
-    for index in ("telemetry_received", "telemetry_window"):
-        conn.execute(sa.text(f"DROP INDEX IF EXISTS {index}"))
-    conn.execute(sa.text("ALTER TABLE telemetry RENAME TO telemetry_v3"))
-    if conn.dialect.name == "postgresql":  # constraint names are per schema there
-        conn.execute(sa.text("ALTER TABLE telemetry_v3 RENAME CONSTRAINT telemetry_pkey "
-                             "TO telemetry_v3_pkey"))
-    meta.create_all(conn, tables=[telemetry, streams, rollups, alerts])
-    cols = ("device, seq, window_start, window_end, historical, model, version, count, errors, "
-            "payload, received_at")
-    conn.execute(sa.text(f"INSERT INTO telemetry ({cols}, stream) "
-                         f"SELECT {cols}, '' FROM telemetry_v3"))
-    conn.execute(sa.text("DROP TABLE telemetry_v3"))
-    conn.execute(sa.text(
-        "INSERT INTO telemetry_streams (device, stream, last_seq, stored, lost, first_received, "
-        "last_received) SELECT device, '', MAX(seq), COUNT(*), 0, MIN(received_at), "
-        "MAX(received_at) FROM telemetry GROUP BY device"))
-
-
-def _v5(conn: sa.Connection) -> None:
-    """Per-class variants of model versions."""
-    meta.create_all(conn, tables=[variants])
-
-
-_MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
-
-
-def migrate(conn: sa.Connection) -> int:
-    """Create or upgrade the schema inside the caller's transaction; returns its version."""
-    inspector = sa.inspect(conn)
-    if not inspector.has_table("schema_info"):
-        meta.create_all(conn)
-        conn.execute(schema_info.insert().values(version=SCHEMA_VERSION, applied_at=time.time()))
-        return SCHEMA_VERSION
-    current = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar() or 1
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(f"store schema {current} is newer than this controller "
-                           f"({SCHEMA_VERSION})")
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        _MIGRATIONS[version](conn)
-        conn.execute(schema_info.insert().values(version=version, applied_at=time.time()))
-    return SCHEMA_VERSION

@@ -8,6 +8,7 @@ resolution, rollups at hour resolution (an hour counts when it starts in the ran
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -106,30 +107,41 @@ class TelemetryStore:
         self.engine = engine
 
     # -- ingest -------------------------------------------------------------------------
-    def load_streams(self, devices: Iterable[str]) -> dict[StreamKey, StreamState]:
-        """Every known stream of these devices, with its position."""
+    def load_streams(self, devices: Iterable[str], *, conn: sa.Connection | None = None,
+                     lock: bool = False) -> dict[StreamKey, StreamState]:
+        """Every known stream of these devices, with its position.
+
+        With ``conn`` and ``lock`` (controller replicas, PostgreSQL) the rows stay locked
+        until that transaction ends (``SELECT … FOR UPDATE``, in key order), so two
+        replicas judge a stream's summaries one after the other."""
         ids = sorted(set(devices))
         out: dict[StreamKey, StreamState] = {}
-        with self.engine.connect() as c:
+        with contextlib.ExitStack() as stack:
+            c = conn if conn is not None else stack.enter_context(self.engine.connect())
             for i in range(0, len(ids), 500):
                 q = sa.select(streams.c.device, streams.c.stream, streams.c.last_seq,
                               streams.c.gap_since).where(streams.c.device.in_(ids[i:i + 500]))
+                if lock and c.dialect.name == "postgresql":
+                    q = q.order_by(streams.c.device, streams.c.stream).with_for_update()
                 for d, s, last, gap in c.execute(q):
                     out[(d, s)] = StreamState(int(last), gap)
         return out
 
     def write_batch(self, rows: Sequence[dict[str, Any]],
                     positions: Mapping[StreamKey, dict[str, Any]], new_streams: set[StreamKey],
-                    seen: Mapping[str, float], maybe_new_devices: Iterable[str] = ()) -> None:
+                    seen: Mapping[str, float], maybe_new_devices: Iterable[str] = (), *,
+                    conn: sa.Connection | None = None) -> None:
         """One transaction: the summaries, their streams' positions, devices' last_seen.
 
         ``positions`` maps a stream to ``{last_seq, gap_since, stored, lost, received,
         buffer}`` (``stored``/``lost`` are increments; ``buffer`` None keeps the last one).
-        Devices in ``maybe_new_devices`` that have no row yet get one.
+        Devices in ``maybe_new_devices`` that have no row yet get one. With ``conn``, in
+        that connection's transaction (the caller commits).
         """
         from ._tables import devices
 
-        with self.engine.begin() as c:
+        with contextlib.ExitStack() as stack:
+            c = conn if conn is not None else stack.enter_context(self.engine.begin())
             if rows:
                 _insert_summaries(c, rows)
             inserts = [{"device": d, "stream": s, "last_seq": p["last_seq"],

@@ -36,6 +36,8 @@ class OptimizeBody(BaseModel):
     sparsity: float = Field(0.0, ge=0.0, lt=1.0)
     accuracy_budget_pt: float = Field(1.0, ge=0.0, le=100.0)
     latency_runs: int = Field(200, ge=10, le=100_000)
+    # a variant per class (int8 / fp32, ONNX / .tflite, TensorRT FP16), chosen and reported
+    hardware_classes: list[str] = Field(default_factory=list, max_length=32)
 
 
 class DeployBody(BaseModel):
@@ -82,7 +84,8 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "broker_connected": bool(ctl.link and ctl.link.connected.is_set())}
+        return {"ok": True, "broker_connected": bool(ctl.link and ctl.link.connected.is_set()),
+                "replica": ctl.settings.client_id, "leader": ctl.leading}
 
     @app.post("/v1/models", status_code=201)
     async def register_model(
@@ -163,9 +166,11 @@ def create_app(ctl: FleetController) -> FastAPI:
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
                                 latency_runs=body.latency_runs)
-        row = _public(ctl.registry.optimize(name, version, target))
+        row = _public(ctl.registry.optimize(name, version, target,
+                                            hardware_classes=body.hardware_classes or None))
         note(request, after={"name": row["name"], "version": row["version"],
-                             "variant": row["variant"]})
+                             "variant": row["variant"],
+                             "hardware_classes": body.hardware_classes})
         return row
 
     @app.post("/v1/deployments", status_code=201)

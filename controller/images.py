@@ -60,6 +60,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # device ids, tag keys
 _TOKEN = re.compile(r"^[\x21-\x7e]{16,4096}$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*[A-Za-z0-9.+!_-]*$")
 _COMMAND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
+_EXTRAS = {"agent", "tflite"}  # the edgefleet extras a device may install
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 _WHEEL = re.compile(r"^edgefleet-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-none-any\.whl$")
 _WHEELS = "usr/lib/edgefleet/wheels"
@@ -82,6 +83,8 @@ class Recipe:
     apt_packages: tuple[str, ...]  # installed at first boot when no interpreter fits
     files: Mapping[str, str]
     source: str  # "builtin" or the recipe directory
+    # edgefleet extras pip installs: "agent", plus "tflite" where .tflite variants run
+    extras: tuple[str, ...] = ("agent",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +149,8 @@ def load_recipe(directory: Path) -> Recipe:
 
 
 def _recipe(meta: Mapping[str, Any], files: dict[str, str], source: str) -> Recipe:
-    unknown = set(meta) - {"target", "description", "hardware_class", "pythons", "apt_packages"}
+    unknown = set(meta) - {"target", "description", "hardware_class", "pythons", "apt_packages",
+                           "extras"}
     if unknown:
         raise ImageBuildError(f"recipe {source}: unknown keys {sorted(unknown)}")
     if meta.get("target") not in TARGETS:
@@ -158,6 +162,10 @@ def _recipe(meta: Mapping[str, Any], files: dict[str, str], source: str) -> Reci
         if not isinstance(value, list) or not all(isinstance(v, str) and _COMMAND.match(v)
                                                   for v in value):
             raise ImageBuildError(f"recipe {source}: {key} must be a list of names")
+    extras = meta.get("extras", ["agent"])
+    if not isinstance(extras, list) or "agent" not in extras or set(extras) - _EXTRAS:
+        raise ImageBuildError(f"recipe {source}: extras must list agent and any of "
+                              f"{sorted(_EXTRAS - {'agent'})}")
     missing = [name for name in TEMPLATES if name not in files]
     if missing or not lists["pythons"]:
         raise ImageBuildError(f"recipe {source}: missing templates {missing} or pythons")
@@ -169,7 +177,8 @@ def _recipe(meta: Mapping[str, Any], files: dict[str, str], source: str) -> Reci
                                   f"{unknown_mark.group()}")
     return Recipe(target=meta["target"], description=str(meta.get("description", "")),
                   hardware_class=meta["hardware_class"], pythons=tuple(lists["pythons"]),
-                  apt_packages=tuple(lists["apt_packages"]), files=files, source=source)
+                  apt_packages=tuple(lists["apt_packages"]), files=files, source=source,
+                  extras=tuple(extras))
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -317,18 +326,19 @@ def build_overlay(recipe: Recipe, *, out: Path, controller_url: str, trust_root:
         raise ImageBuildError(f"broker URL must look like mqtt://host:port, got {broker_url!r}")
     entries = [_Entry("etc/edgefleet", 0o755, kind=tarfile.DIRTYPE),
                _Entry("usr/lib/edgefleet", 0o755, kind=tarfile.DIRTYPE)]
+    extras = ",".join(recipe.extras)
     if wheel is not None:
         wheel_name, wheel_data, version = _read_wheel(wheel)
         if agent_version not in (None, version):
             raise ImageBuildError(f"agent version {agent_version} but the wheel is {version}")
-        requirement = f"/{_WHEELS}/{wheel_name}[agent]"
+        requirement = f"/{_WHEELS}/{wheel_name}[{extras}]"
         entries += [_Entry(_WHEELS, 0o755, kind=tarfile.DIRTYPE),
                     _Entry(f"{_WHEELS}/{wheel_name}", 0o644, wheel_data)]
     elif agent_version is None or not _VERSION.match(agent_version):
         raise ImageBuildError(f"agent version {agent_version!r}: give a version such as "
                               "0.1.0 to pin edgefleet[agent], or a wheel")
     else:
-        requirement, version = f"edgefleet[agent]=={agent_version}", agent_version
+        requirement, version = f"edgefleet[{extras}]=={agent_version}", agent_version
     sorted_tags = dict(sorted((tags or {}).items()))
     script = recipe.files["install-agent.sh"]
     for key, value in (("REQUIREMENT", requirement), ("PYTHONS", " ".join(recipe.pythons)),

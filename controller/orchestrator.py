@@ -9,16 +9,18 @@ any point carries on where it was when it starts again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from edgefleet.contract import Clock, DesiredState, SystemClock
 
 from ._views import describe
 from .auth import approval_refusal
+from .lease import Lease
 from .rollout import (
     CohortMetrics,
     RolloutPolicy,
@@ -50,16 +52,35 @@ class Orchestrator:
         manifest_for: ``(model, version, device)`` → the manifest path of the bundle that
             device gets (its class's variant or the default), signed if needed.
         clock: time source (wave timeouts, durations).
+        lease: leadership among replicas: only the leader steps deployments; any
+            replica creates them and applies operators' actions, each under a lock on
+            the deployment that all replicas share (``None``: a single controller).
     """
 
     def __init__(self, store: Store, publish: Publish,
                  manifest_for: Callable[[str, int, str], str], *,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, lease: Lease | None = None) -> None:
         self.store = store
         self._publish = publish
         self._manifest_for = manifest_for
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
+        self.lease = lease
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica steps deployments (always, without a lease)."""
+        return self.lease is None or self.lease.held
+
+    @contextlib.contextmanager
+    def _exclusive(self, dep_id: str) -> Iterator[None]:
+        """This process's lock, then the replicas' lock on one deployment."""
+        with self.lock:
+            if self.lease is None:
+                yield
+            else:
+                with self.lease.exclusive(f"deployment:{dep_id}"):
+                    yield
 
     # -- creation -----------------------------------------------------------------------
     def create(self, dep_id: str, model: str, version: int, targets: list[str],
@@ -86,7 +107,7 @@ class Orchestrator:
                          "arm": ("new" if d in plan["arms"]["new"] else "control")
                          if "arms" in plan else "",
                          "from_model": active.get("name"), "from_version": active.get("version")})
-        with self.lock:
+        with self._exclusive(dep_id):
             self.store.add_deployment(dep_id, model, version, strategy=policy.strategy,
                                       policy=policy.to_dict(), plan=plan, targets=rows,
                                       created_by=created_by,
@@ -96,7 +117,8 @@ class Orchestrator:
             if needs_approval:
                 self.store.add_event(dep_id, "approval_requested", created_by,
                                      production_devices=list(needs_approval)[:20])
-            self.tick_one(dep_id)
+            if self.leading:  # else the leader's next tick starts it
+                self.tick_one(dep_id)
         return self.store.get_deployment(dep_id)
 
     # -- sending ------------------------------------------------------------------------
@@ -157,7 +179,7 @@ class Orchestrator:
         """Move every active deployment forward (called periodically)."""
         for dep in self.store.list_deployments(DRIVEN):
             try:
-                with self.lock:
+                with self._exclusive(dep["id"]):
                     self.tick_one(dep["id"])
             except Exception:
                 log.exception("rollout step for %s failed", dep["id"])
@@ -397,7 +419,7 @@ class Orchestrator:
         """
         from edgefleet.contract import RegistryError
 
-        with self.lock:
+        with self._exclusive(dep_id):
             dep = self.store.get_deployment(dep_id)
             policy = RolloutPolicy.from_dict(dep["policy"] or {})
             state, strategy = dep["state"], dep["strategy"]
@@ -445,7 +467,8 @@ class Orchestrator:
                 self.store.update_deployment(dep_id, approved_by=actor, approved_at=now,
                                              phase_started_at=now)
                 self._set(dep, "running", actor, "approved")
-                self.tick_one(dep_id)
+                if self.leading:
+                    self.tick_one(dep_id)
             elif action == "rollback":
                 if state in ("rolling_back", "rolled_back", "dropped", "pending_approval"):
                     raise refuse()  # (pending: nothing was sent; abort it instead)
@@ -473,6 +496,21 @@ class Orchestrator:
                 raise ValueError(f"unknown action {action!r}")
             return self.store.get_deployment(dep_id, with_events=True)
 
-    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
+    def run(self, stop: threading.Event, interval_s: float = 0.5,
+            on_lead: Callable[[], None] | None = None) -> None:
+        """Tick every ``interval_s`` while this replica leads (taking the lease when free);
+        ``on_lead`` runs each time this replica becomes the leader, before its first tick."""
+        leading = False
         while not stop.wait(interval_s):
+            if self.lease is not None:
+                now_leading = self.lease.acquire()
+                if now_leading and not leading and on_lead is not None:
+                    try:
+                        on_lead()
+                    except Exception:
+                        log.exception("taking over as leader failed; trying again")
+                        continue
+                leading = now_leading
+                if not leading:
+                    continue
             self.tick()

@@ -36,6 +36,7 @@ from edgefleet.optimizer import (
     inspect_tflite,
     is_tflite,
     optimize,
+    optimize_for_classes,
     reference_profile,
     run_tflite,
 )
@@ -52,6 +53,25 @@ _TFLITE_FILE = "model.tflite"
 log = logging.getLogger(__name__)
 _SMOKE_SAMPLES = 16
 _SMOKE_MIN_ACCURACY = 0.75
+
+
+def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], bool]:
+    """Write a model file into ``directory`` and read its signature: ``(path, signature,
+    is_tflite)``.
+
+    Raises:
+        ValueError: not a loadable ONNX or ``.tflite`` model (``directory`` is removed).
+    """
+    tflite = is_tflite(model)  # a LiteRT flatbuffer, else ONNX
+    path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
+    atomic_write(path, model)
+    try:
+        signature = inspect_tflite(path) if tflite else inspect_model(path)
+    except Exception as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        kind = ".tflite" if tflite else "ONNX"
+        raise ValueError(f"not a loadable {kind} model: {exc}") from exc
+    return path, signature, tflite
 
 
 def load_datasets(data: bytes, *, need_labels: bool) -> dict[str, np.ndarray]:
@@ -109,15 +129,7 @@ class Registry:
             datasets["calibration"] = load_datasets(calibration_npz, need_labels=False)
         directory = self._dir(name, self.store.next_version(name))
         directory.mkdir(parents=True, exist_ok=True)
-        tflite = is_tflite(model)  # a LiteRT flatbuffer, else ONNX
-        path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
-        atomic_write(path, model)
-        try:
-            signature = inspect_tflite(path) if tflite else inspect_model(path)
-        except Exception as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            kind = ".tflite" if tflite else "ONNX"
-            raise ValueError(f"not a loadable {kind} model: {exc}") from exc
+        path, signature, tflite = _write_model(directory, model)
         for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
             if raw is not None:
                 atomic_write(directory / f"{kind}.npz", raw)
@@ -166,13 +178,20 @@ class Registry:
         return None
 
     def optimize(self, name: str, version: int, target: OptimizeTarget,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[str], None] | None = None, *,
+                 hardware_classes: list[str] | None = None) -> dict[str, Any]:
         """Quantize/prune a version into a child version carrying the report.
+
+        Without ``hardware_classes`` the child's file is what the gates ship (int8 or
+        fp32). With them the child's own file is the fp32 model, and every class whose
+        best variant differs (int8 ONNX, a ``.tflite``) gets it as a variant bound to
+        the class; the report lists each class's choice and why.
 
         Raises:
             NotFoundError: unknown version.
             RegistryError: the version has no eval or calibration set.
             OptimizationError: the optimizer failed.
+            ValueError: malformed hardware class names.
         """
         row = self.store.get_model(name, version)
         if row["runtime"] != "onnxruntime":
@@ -188,6 +207,9 @@ class Registry:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
+            if hardware_classes:
+                return self._optimize_for_classes(name, row, calib_x, evalset, work, target,
+                                                  progress, hardware_classes)
             result = optimize(Path(row["file"]), calib_x, evalset["x"], evalset["y"], work,
                               target, progress=progress)
             report = dict(result.report)
@@ -201,6 +223,25 @@ class Registry:
                              release_counter=max(self._counter(name), 1))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _optimize_for_classes(self, name: str, row: dict[str, Any], calib_x: np.ndarray,
+                              evalset: dict[str, np.ndarray], work: Path,
+                              target: OptimizeTarget, progress: Callable[[str], None] | None,
+                              classes: list[str]) -> dict[str, Any]:
+        plan = optimize_for_classes(Path(row["file"]), calib_x, evalset["x"], evalset["y"],
+                                    work, classes, target, progress)
+        staged = work / "shipped.onnx"
+        shutil.copyfile(work / plan.optimization.report["files"]["fp32"], staged)
+        accuracy = plan.report["candidates"]["fp32"]["accuracy"]
+        child = self._add(name, staged, inspect_model(staged), row["labels"],
+                          {"accuracy": accuracy}, parent=row["version"], variant="fp32",
+                          report=plan.report, hardware_classes=row.get("hardware_classes"),
+                          release_counter=max(self._counter(name), 1))
+        for variant, cls in plan.classes.items():
+            self.add_variant(name, child["version"], plan.files[variant].read_bytes(),
+                             variant=variant, hardware_classes=cls,
+                             report=plan.report["candidates"][variant])
+        return child
 
     def ensure_bundle(self, name: str, version: int, variant: str = "") -> str:
         """Sign the bundle of a version, or of one of its variants (once); returns the
@@ -264,16 +305,9 @@ class Registry:
         if taken & set(hardware_classes):
             raise ValueError(f"classes {sorted(taken & set(hardware_classes))} already have a "
                              f"variant of {name}:{version}")
-        tflite = is_tflite(model)
         directory = self._dir(name, version) / "variants" / variant
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
-        atomic_write(path, model)
-        try:
-            signature = inspect_tflite(path) if tflite else inspect_model(path)
-        except Exception as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise ValueError(f"not a loadable model: {exc}") from exc
+        path, signature, tflite = _write_model(directory, model)
         from edgefleet.contract import sha256_file
 
         digest, size = sha256_file(str(path))
@@ -299,11 +333,16 @@ class Registry:
                 return v
         raise NotFoundError(f"{name}:{version} has no variant {variant!r}")
 
-    def manifest_for(self, name: str, version: int, hardware_class: str) -> str:
+    def manifest_for(self, name: str, version: int, hardware_class: str,
+                     runtimes: list[str] | None = None) -> str:
         """The bundle a device of ``hardware_class`` gets (its variant, else the default),
-        signed on first use; returns its manifest path."""
+        signed on first use; returns its manifest path.
+
+        ``runtimes`` are those the device reported; a variant needing another runtime
+        (a ``.tflite`` on a device without LiteRT) is passed over for the default."""
         chosen = next((v["variant"] for v in self.variants(name, version)
-                       if hardware_class in v["hardware_classes"]), "")
+                       if hardware_class in v["hardware_classes"]
+                       and (runtimes is None or v["runtime"] in runtimes)), "")
         return self.ensure_bundle(name, version, chosen)
 
     @staticmethod

@@ -39,6 +39,7 @@ from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
 from .auth import production_targets
 from .ingest import encode_ack
+from .lease import Lease
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
@@ -50,6 +51,9 @@ from .store import Store
 __all__ = ["FleetController", "select_devices"]
 
 log = logging.getLogger(__name__)
+# how a job ends, controller side (device "healthy" on a rollback job is "reverted", …)
+SETTLED_JOB_STATES = ("healthy", "failed", "rolled_back", "reverted", "revert_failed",
+                      "shadow_stopped", "shadow_stop_failed", "held", "hold_failed")
 
 
 def select_devices(devices: list[dict[str, Any]], *, ids: list[str] | None,
@@ -81,7 +85,7 @@ class FleetController:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url, audit_anchor=settings.data_dir / "audit-head.json")
         self.repo = TrustRepository(settings.data_dir / "repo", settings.keys_dir,
-                                    clock=self.clock)
+                                    clock=self.clock, shared=bool(settings.share_group))
         self.registry = Registry(self.store, self.repo, settings.data_dir / "models")
         if broker_reload is None and settings.broker_reload_command:
             broker_reload = reload_command(settings.broker_reload_command)
@@ -90,8 +94,11 @@ class FleetController:
             controller_user=settings.mqtt_username or settings.client_id,
             controller_password=settings.mqtt_password, reload=broker_reload,
             clock=self.clock.time)
+        # replicas (share_group set): one leads rollouts and the periodic work at a time
+        self.lease = Lease(self.store.engine) if settings.share_group else None
         self.orchestrator = Orchestrator(self.store, self._publish_desired,
-                                         self._manifest_for, clock=self.clock)
+                                         self._manifest_for, clock=self.clock,
+                                         lease=self.lease)
         self.broker: Any = None
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
@@ -105,7 +112,8 @@ class FleetController:
                                  counters=self.counters, queue_max=settings.telemetry_queue_max,
                                  batch_max=settings.telemetry_batch_max,
                                  batch_wait_s=settings.telemetry_batch_wait_s,
-                                 gap_timeout_s=settings.telemetry_gap_timeout_s)
+                                 gap_timeout_s=settings.telemetry_gap_timeout_s,
+                                 shared=bool(settings.share_group))
         self.alerts = AlertMonitor(self.store, settings, self.clock)
 
     def start(self) -> None:
@@ -125,7 +133,8 @@ class FleetController:
                                    username=self.settings.mqtt_username,
                                    password=self.settings.mqtt_password,
                                    ca_file=str(self.settings.broker_ca_file)
-                                   if self.settings.broker_ca_file else None)
+                                   if self.settings.broker_ca_file else None,
+                                   share_group=self.settings.share_group)
         self.ingestor.start()
         self.alerts.start()
         self.link.start()
@@ -136,8 +145,8 @@ class FleetController:
                                            daemon=True)
         self._refresher.start()
         self._rollouts = threading.Thread(
-            target=self.orchestrator.run, args=(self._stop, self.settings.rollout_tick_s),
-            name="rollouts", daemon=True)
+            target=self.orchestrator.run, args=(self._stop, self.settings.rollout_tick_s,
+                                                self._take_over), name="rollouts", daemon=True)
         self._rollouts.start()
 
     def stop(self) -> None:
@@ -152,9 +161,32 @@ class FleetController:
             self.link.stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.lease is not None:
+            self.lease.release()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this replica does the periodic work (always, for a single controller)."""
+        return self.orchestrator.leading
+
+    def _take_over(self) -> None:
+        """This replica now leads: send again the desired state of every device in a
+        running deployment. A job status the old leader received just before it died is
+        lost with it; a device asked again about a finished job says again how it ended,
+        and one still working on it carries on."""
+        resent = 0
+        for dep in self.store.list_deployments(ACTIVE):
+            for job in self.store.get_deployment(dep["id"])["jobs"]:
+                want = self.store.get_desired(job["device"])
+                if want is not None and want["deployment"] == dep["id"]:
+                    self._send_desired(job["device"], DesiredState(**want["payload"]))
+                    resent += 1
+        log.info("leading now; re-sent %d desired states of running deployments", resent)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.settings.trust_refresh_interval_s):
+            if not self.leading:
+                continue
             try:
                 self.repo.refresh()
             except Exception:
@@ -165,6 +197,8 @@ class FleetController:
         s = self.settings
         next_retention = self.clock.time()
         while not self._stop.wait(s.alert_interval_s):
+            if not self.leading:
+                continue
             try:
                 self.alerts.evaluate()
                 now = self.clock.time()
@@ -200,6 +234,7 @@ class FleetController:
     def _on_birth(self, device: str, birth: Birth) -> None:
         hw = dict(birth.hw)
         tags = hw.pop("tags", {}) if isinstance(hw.get("tags"), dict) else {}
+        hw["runtimes"] = list(birth.runtimes)  # a .tflite variant only where LiteRT runs
         if birth.trust:
             hw["trust"] = dict(birth.trust)  # e.g. expired metadata: installs nothing new
         self.store.upsert_device(
@@ -229,6 +264,7 @@ class FleetController:
             self.counters["desired_redriven"] += 1
 
     def _on_status(self, device: str, status: JobStatus) -> None:
+        """Record where a device's job stands (the job's steps and how it ended)."""
         state = status.state
         if status.job.endswith(".rb"):  # a rollback job: where the device ends up
             state = {"healthy": "reverted", "failed": "revert_failed",
@@ -246,7 +282,11 @@ class FleetController:
             fields.update(detail=f"{status.reason}: {status.detail}"[:500])
         if status.progress:
             fields["progress"] = status.progress
-        if self.store.update_job(status.deployment, device, only_job=status.job, **fields):
+        # A device reports a job's steps in order, but with replicas two of its statuses
+        # may be handled by two controllers at once: a step never overwrites how it ended.
+        settled = () if status.state in JobState.TERMINAL else SETTLED_JOB_STATES
+        if self.store.update_job(status.deployment, device, only_job=status.job,
+                                 unless_states=settled, **fields):
             return
         if status.state in (JobState.FAILED, JobState.ROLLED_BACK) and status.reason:
             # the controller moved on (e.g. a rollback) before this failure arrived:
@@ -305,10 +345,14 @@ class FleetController:
     def _manifest_for(self, model: str, version: int, device: str) -> str:
         """The bundle this device gets: its hardware class's variant, else the default."""
         try:
-            hw_class = str(self.store.get_device(device)["hw"].get("class", ""))
+            hw = self.store.get_device(device)["hw"]
         except NotFoundError:  # targeted before it ever connected: the default bundle
-            hw_class = ""
-        return self.registry.manifest_for(model, version, hw_class)
+            hw = {}
+        runtimes = hw.get("runtimes")  # unknown (None) for agents that did not report them
+        # reported as "runtime:detail" ("onnxruntime:CPU", "litert:ai-edge-litert")
+        known = sorted({str(r).split(":")[0] for r in runtimes}) \
+            if isinstance(runtimes, list) and runtimes else None
+        return self.registry.manifest_for(model, version, str(hw.get("class", "")), known)
 
     def provision(self, *, claim_token: str, public_key: str, proof: str, ts: float,
                   device_id: str | None = None) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     command_ttl_s: float = 3600.0
     trust_refresh_interval_s: float = 300.0
     rollout_tick_s: float = 0.5
+    # replicas (docs/operations.md): MQTT 5 shared subscriptions in this group ("": one
+    # controller); one replica at a time leads (rollouts, alerts, retention, re-signing)
+    share_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     max_upload_bytes: int = 200 * 1024 * 1024
     # deployments to a device with this tag (key=value; "" disables) wait for a second person
     production_tag: str = "env=production"

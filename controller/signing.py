@@ -12,10 +12,13 @@ counter (see ``edgefleet.contract.bundle``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,36 +68,59 @@ class TrustRepository:
         key_dir: the directory made by ``init_keys``.
         expiry: validity of targets, snapshot and timestamp metadata.
         clock: time source for expiry.
+        shared: several controller replicas publish into ``repo_dir`` (a shared folder).
     """
 
     def __init__(self, repo_dir: Path, key_dir: Path, *, expiry: TrustExpiry | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, shared: bool = False) -> None:
         self.repo_dir = repo_dir
         self.key_dir = key_dir
         self.metadata_dir = repo_dir / "metadata"
         self.targets_dir = repo_dir / "targets"
         self.expiry = expiry or TrustExpiry()
         self.clock = clock or SystemClock()
+        self.shared = shared
         self._lock = threading.RLock()
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         self.targets_dir.mkdir(parents=True, exist_ok=True)
-        self._load_root()
-        if (self.metadata_dir / "timestamp.json").exists():
-            ts = Metadata[Timestamp].from_bytes((self.metadata_dir / "timestamp.json").read_bytes())
-            snap_ver = ts.signed.snapshot_meta.version
-            self.snapshot = Metadata[Snapshot].from_bytes(
-                (self.metadata_dir / f"{snap_ver}.snapshot.json").read_bytes())
-            tgt_ver = self.snapshot.signed.meta["targets.json"].version
-            self.targets = Metadata[Targets].from_bytes(
-                (self.metadata_dir / f"{tgt_ver}.targets.json").read_bytes())
-            self.timestamp = ts
-            if not self._signed_by_current_keys():
-                self._publish(targets_changed=True)  # keys were rotated while we were down
-        else:
-            self.targets = Metadata(Targets(expires=self._exp(self.expiry.targets_s)))
-            self.snapshot = Metadata(Snapshot(expires=self._exp(self.expiry.snapshot_s)))
-            self.timestamp = Metadata(Timestamp(expires=self._exp(self.expiry.timestamp_s)))
-            self._publish(targets_changed=True, bump=False)
+        with self._writing(reload=False):
+            self._load_root()
+            if (self.metadata_dir / "timestamp.json").exists():
+                self._load_published()
+                if not self._signed_by_current_keys():
+                    self._publish(targets_changed=True)  # keys were rotated while we were down
+            else:
+                self.targets = Metadata(Targets(expires=self._exp(self.expiry.targets_s)))
+                self.snapshot = Metadata(Snapshot(expires=self._exp(self.expiry.snapshot_s)))
+                self.timestamp = Metadata(Timestamp(expires=self._exp(self.expiry.timestamp_s)))
+                self._publish(targets_changed=True, bump=False)
+
+    def _load_published(self) -> None:
+        """Take the timestamp, snapshot and targets metadata published on disk."""
+        ts = Metadata[Timestamp].from_bytes((self.metadata_dir / "timestamp.json").read_bytes())
+        snap_ver = ts.signed.snapshot_meta.version
+        self.snapshot = Metadata[Snapshot].from_bytes(
+            (self.metadata_dir / f"{snap_ver}.snapshot.json").read_bytes())
+        tgt_ver = self.snapshot.signed.meta["targets.json"].version
+        self.targets = Metadata[Targets].from_bytes(
+            (self.metadata_dir / f"{tgt_ver}.targets.json").read_bytes())
+        self.timestamp = ts
+
+    @contextlib.contextmanager
+    def _writing(self, *, reload: bool = True) -> Iterator[None]:
+        """Hold the repository for a change: this process's lock, then an ``flock`` shared
+        with other controller replicas using the same folder; when ``shared``, take what
+        another replica published meanwhile first, so versions only ever grow. (A single
+        controller trusts only what it holds in memory: a file changed under it is not
+        adopted.)"""
+        with self._lock, open(self.repo_dir / ".write.lock", "ab") as lock_file:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+            if reload and self.shared:
+                on_disk = Metadata[Timestamp].from_bytes(
+                    (self.metadata_dir / "timestamp.json").read_bytes())
+                if on_disk.signed.version > self.timestamp.signed.version:
+                    self._load_published()
+            yield
 
     def _load_root(self) -> None:
         """Publish every root version the key directory has; load the online keys."""
@@ -149,7 +175,7 @@ class TrustRepository:
             The signed ``TargetFile`` entries, by path.
         """
         custom = custom or {}
-        with self._lock:
+        with self._writing():
             added = {}
             for path, data in files.items():
                 if path.startswith("/") or ".." in path.split("/"):
@@ -173,7 +199,7 @@ class TrustRepository:
 
         Returns whether anything was re-signed.
         """
-        with self._lock:
+        with self._writing():
             on_disk = Metadata[Root].from_bytes((self.key_dir / "root.json").read_bytes())
             if on_disk.signed.version > self.root.signed.version:
                 self._load_root()

@@ -1,8 +1,12 @@
-"""The controller's store: data access over SQLAlchemy Core (SQLite default, PostgreSQL-ready).
+"""The controller's store: data access over SQLAlchemy Core (SQLite by default, or PostgreSQL).
 
 Pure data access; decisions live in ``rollout`` and the services. Every method opens
 its own short transaction, so the store can be shared by the API workers, the MQTT
 thread and the orchestrator.
+
+The schema is kept by Alembic revisions (``migrations/``): ``Store`` brings it up to
+date when it opens (``upgrade_schema``), in one transaction that holds the migration
+lock, so controllers starting together upgrade once.
 """
 
 from __future__ import annotations
@@ -13,17 +17,110 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
-from edgefleet.contract import NotFoundError
+from edgefleet.contract import NotFoundError, RegistryError
 
 from ._alert_store import AlertStore
 from ._audit_store import AuditStore
-from ._tables import deployments, desired, devices, events, jobs, migrate, models
+from ._tables import deployments, desired, devices, events, jobs, models
 from ._telemetry_store import TelemetryStore
 from ._token_store import TokenStore
 from .rollout import CohortMetrics, ShadowMetrics
 
-__all__ = ["Store"]
+__all__ = ["Store", "create_engine", "schema_status", "upgrade_schema"]
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_PG_LOCK = 0x65646765666C74  # pg_advisory_xact_lock key of the migrations ("edgeflt")
+
+
+def create_engine(url: str) -> sa.Engine:
+    """The store's engine for an SQLAlchemy URL (SQLite: WAL, a 30 s busy timeout)."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _wal(dbapi_conn: Any, _rec: Any) -> None:
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+    return engine
+
+
+def _alembic(conn: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic())
+
+
+def _current(conn: sa.Connection, scripts: ScriptDirectory) -> str | None:
+    """The store's revision (None: empty or pre-Alembic).
+
+    Raises:
+        RegistryError: a revision this controller does not know (``schema_too_new``).
+    """
+    heads = MigrationContext.configure(conn).get_current_heads()
+    for rev in heads:
+        try:
+            scripts.get_revision(rev)
+        except CommandError as exc:
+            raise RegistryError(f"the store's schema is at revision {rev}, which this "
+                                f"controller does not know (its newest is "
+                                f"{scripts.get_current_head()}): a newer controller "
+                                "upgraded it", reason="schema_too_new") from exc
+    return heads[0] if heads else None
+
+
+def upgrade_schema(engine: sa.Engine) -> str:
+    """Bring the store's schema to the newest revision; returns that revision.
+
+    One transaction, holding the migration lock (SQLite: ``BEGIN IMMEDIATE``;
+    PostgreSQL: an advisory lock): a failed step leaves the store as it was, and
+    controllers starting together upgrade once. A store made before Alembic (it has a
+    ``schema_info`` table) is brought to the baseline by the baseline revision itself.
+
+    Raises:
+        RegistryError: the store was upgraded by a newer controller (``schema_too_new``).
+    """
+    scripts = _scripts()
+    head = scripts.get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations in {_MIGRATIONS} (a broken install?)")
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":  # pysqlite would run the DDL outside a transaction
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+        if _current(conn, scripts) != head:
+            command.upgrade(_alembic(conn), "head")
+    return head
+
+
+def schema_status(engine: sa.Engine) -> dict[str, Any]:
+    """Where the store's schema stands: ``current`` and ``head`` revisions, ``up_to_date``,
+    and ``legacy_version`` (a pre-Alembic store's ``schema_info`` version, else None).
+
+    Raises:
+        RegistryError: the store was upgraded by a newer controller (``schema_too_new``).
+    """
+    scripts = _scripts()
+    with engine.connect() as conn:
+        current = _current(conn, scripts)
+        legacy = None
+        if current is None and sa.inspect(conn).has_table("schema_info"):
+            legacy = conn.execute(sa.text("SELECT MAX(version) FROM schema_info")).scalar()
+    head = scripts.get_current_head()
+    return {"current": current, "head": head, "up_to_date": current == head,
+            "legacy_version": legacy}
 
 
 def _row(r: sa.Row[Any] | None) -> dict[str, Any] | None:
@@ -40,20 +137,14 @@ class Store:
     Args:
         url: an SQLAlchemy URL (``sqlite:///ctl.db``, ``postgresql+psycopg://…``).
         audit_anchor: file that keeps the audit chain's head outside the database.
+
+    Raises:
+        RegistryError: the store was upgraded by a newer controller (``schema_too_new``).
     """
 
     def __init__(self, url: str, *, audit_anchor: Path | None = None) -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
-            @sa.event.listens_for(self.engine, "connect")
-            def _wal(dbapi_conn: Any, _rec: Any) -> None:
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-        with self.engine.begin() as c:
-            self.schema_version = migrate(c)
+        self.engine = create_engine(url)
+        self.schema_version = upgrade_schema(self.engine)  # the Alembic revision
         self.audit = AuditStore(self.engine, audit_anchor)
         self.tokens = TokenStore(self.engine)
         self.telemetry = TelemetryStore(self.engine)
@@ -184,12 +275,16 @@ class Store:
                       .values(updated_at=time.time(), **values))
 
     def update_job(self, dep_id: str, device: str, *, only_job: str | None = None,
-                   only_reason: str | None = None, **values: Any) -> bool:
+                   only_reason: str | None = None, unless_states: Iterable[str] = (),
+                   **values: Any) -> bool:
         """Update a job row; with ``only_job``, only while that device-side job is in force
-        (and with ``only_reason``, only while its reason is that)."""
+        (and with ``only_reason``, only while its reason is that; with ``unless_states``,
+        not while it is in one of those)."""
         q = jobs.update().where(jobs.c.deployment == dep_id, jobs.c.device == device)
         if only_job is not None:
             q = q.where(jobs.c.job == only_job)
+        if unless_states:
+            q = q.where(jobs.c.state.not_in(list(unless_states)))
         if only_reason is not None:
             q = q.where(jobs.c.reason == only_reason)
         with self.engine.begin() as c:

@@ -4,13 +4,16 @@
 QDQ per-channel for conv nets, dynamic for MatMul/Gemm nets — then measures fp32
 and int8 side by side and ships int8 only if its outputs are finite, its accuracy
 stays within budget and it is actually faster. Otherwise fp32 ships, and the report
-names the gate that failed.
+names the gate that failed. ``optimize_for_classes`` does that for a list of hardware
+classes and picks each one's variant (int8 or fp32, ONNX or ``.tflite``, TensorRT FP16
+for Jetson), measured on this machine for its own class and by rule for the others.
 
 Failures of onnx/onnxruntime surface as
 :class:`edgefleet.contract.errors.OptimizationError`; caller mistakes as
 ``ValueError``.
 """
 
+from edgefleet.optimizer._classes import Candidate, ClassChoice, choose_for_class
 from edgefleet.optimizer._decisions import GateDecision, MethodChoice, choose_method, decide_gates
 from edgefleet.optimizer._evaluate import Evaluation, evaluate
 from edgefleet.optimizer._inspect import inspect_model
@@ -23,16 +26,22 @@ from edgefleet.optimizer._tflite import (
     onnx_to_tflite,
     quantize_tflite,
     run_tflite,
+    time_tflite,
 )
 from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
+from edgefleet.optimizer._variants import ClassPlan, optimize_for_classes
 
 __all__ = [
+    "Candidate",
+    "ClassChoice",
+    "ClassPlan",
     "Evaluation",
     "GateDecision",
     "MethodChoice",
     "OptimizationResult",
     "OptimizeTarget",
     "PruneStats",
+    "choose_for_class",
     "choose_method",
     "decide_gates",
     "evaluate",
@@ -41,9 +50,11 @@ __all__ = [
     "is_tflite",
     "onnx_to_tflite",
     "optimize",
+    "optimize_for_classes",
     "prune_array",
     "prune_model",
     "quantize_tflite",
     "reference_profile",
     "run_tflite",
+    "time_tflite",
 ]

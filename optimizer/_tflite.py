@@ -15,6 +15,9 @@ float one with ai-edge-quantizer (``quantize_tflite``), also without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ import numpy as np
 
 from edgefleet.contract import OptimizationError
 
-__all__ = ["inspect_tflite", "is_tflite", "onnx_to_tflite", "quantize_tflite", "run_tflite"]
+__all__ = ["inspect_tflite", "is_tflite", "onnx_to_tflite", "quantize_tflite", "run_tflite",
+           "time_tflite"]
 
 
 def _dense_chain(model: Any) -> tuple[str, str, list[tuple[np.ndarray, np.ndarray, bool]], bool]:
@@ -156,9 +160,11 @@ def quantize_tflite(float_path: Path, out_path: Path) -> Path:
         raise OptimizationError("int8 .tflite needs ai-edge-quantizer "
                                 "(pip install 'edgefleet[tflite]')") from exc
     try:
-        q = quantizer.Quantizer(str(float_path))
-        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        q.quantize().export_model(str(out_path), overwrite=True)
+        # the quantizer prints a summary to stdout, which belongs to the caller (--json)
+        with contextlib.redirect_stdout(io.StringIO()):
+            q = quantizer.Quantizer(str(float_path))
+            q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+            q.quantize().export_model(str(out_path), overwrite=True)
     except Exception as exc:  # the quantizer raises plain exceptions of many kinds
         raise OptimizationError(f"ai-edge-quantizer failed on {float_path.name}: {exc}") \
             from exc
@@ -216,3 +222,23 @@ def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
     it.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]))
     it.invoke()
     return np.array(it.get_tensor(it.get_output_details()[0]["index"]))
+
+
+def time_tflite(path: Path, x: np.ndarray, *, runs: int, warmup: int) -> np.ndarray:
+    """Single-sample latencies (ms) of a ``.tflite`` model, cycling through ``x``."""
+    it = _interpreter(path)
+    inp = it.get_input_details()[0]
+    out = it.get_output_details()[0]["index"]
+    it.resize_tensor_input(inp["index"], [1, *x.shape[1:]])
+    it.allocate_tensors()
+    samples = [np.ascontiguousarray(x[i : i + 1], dtype=inp["dtype"]) for i in range(len(x))]
+    clock = time.perf_counter
+    times = np.empty(runs)
+    for i in range(warmup + runs):
+        t0 = clock()
+        it.set_tensor(inp["index"], samples[i % len(samples)])
+        it.invoke()
+        it.get_tensor(out)
+        if i >= warmup:
+            times[i - warmup] = (clock() - t0) * 1000.0
+    return times

@@ -5,7 +5,10 @@
 - ``MosquittoProcess``: a real Mosquitto broker on a free port (start/kill/restart).
 - ``LinkProxy``: a TCP relay whose link can be cut and restored.
 - ``run_demo``: the ``edgefleet demo`` loop.
+- ``simulate.run_simulation``: ``edgefleet simulate``, hundreds to thousands of real agents
+  in shard processes through a scenario of faults (``scenario``), with a report
+  (``report``); see docs/simulations.md.
 
 It imports the agent and the controller; nothing in the product imports it except the
-CLI's ``demo`` command.
+CLI's ``demo`` and ``simulate`` commands.
 """

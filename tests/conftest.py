@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _postgres import fresh_database, unavailable
 from _support import ASSETS, TOKEN
 
 from edgefleet.controller import FleetController, Settings, init_keys
@@ -39,9 +41,28 @@ def evalset() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-def controller(tmp_path: Path, mosquitto: MosquittoProcess,
-               trust_root: Path) -> Iterator[FleetController]:
-    settings = Settings(db_url=f"sqlite:///{tmp_path / 'ctl.db'}", broker_url=mosquitto.url,
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh database on the local PostgreSQL server (tests/_postgres.py)."""
+    why = unavailable()
+    if why:
+        pytest.skip(why)
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The controller fixture's store: SQLite, or with EDGEFLEET_TEST_DB=postgresql a fresh
+    PostgreSQL database (to run the controller's scenarios on PostgreSQL)."""
+    if os.environ.get("EDGEFLEET_TEST_DB", "sqlite") == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'ctl.db'}"
+
+
+@pytest.fixture
+def controller(tmp_path: Path, mosquitto: MosquittoProcess, trust_root: Path,
+               db_url: str) -> Iterator[FleetController]:
+    settings = Settings(db_url=db_url, broker_url=mosquitto.url,
                         keys_dir=trust_root.parent, data_dir=tmp_path / "ctl",
                         admin_token=TOKEN, client_id=f"ctl-{tmp_path.name}"[:60])
     ctl = FleetController(settings)

@@ -26,7 +26,8 @@ PUBLIC = {
         "Evaluation", "GateDecision", "MethodChoice", "OptimizationResult", "OptimizeTarget",
         "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
         "prune_array", "prune_model", "reference_profile", "inspect_tflite", "is_tflite",
-        "onnx_to_tflite", "quantize_tflite", "run_tflite"},
+        "onnx_to_tflite", "quantize_tflite", "run_tflite", "time_tflite", "Candidate",
+        "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.agent.hardware import classify, detect
+from edgefleet.contract.hardware import classify, detect
 
 RECORDED = Path(__file__).parent / "fixtures" / "hardware"
 

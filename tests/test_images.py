@@ -116,7 +116,9 @@ def test_overlay_holds_config_trust_root_token_and_install_step(tmp_path, trust_
     assert (root / "etc/edgefleet/claim-token").read_text() == TOKEN
 
     script = (root / "usr/lib/edgefleet/install-agent.sh").read_text()
-    assert "REQUIREMENT='edgefleet[agent]==0.1.0'" in script
+    extras = ",".join(builtin_recipe(target).extras)
+    assert f"REQUIREMENT='edgefleet[{extras}]==0.1.0'" in script
+    assert extras == ("agent,tflite" if target == "rpi-os-arm64" else "agent")
     assert not re.search(r"@[A-Z_]+@", script)
     install = unit_lines(root / "usr/lib/systemd/system/edgefleet-install.service")
     assert {"Type=oneshot", "ConditionPathExists=!/opt/edgefleet/.installed",
@@ -142,6 +144,16 @@ def test_checked_in_recipes_are_the_builtin_ones():
     for target in TARGETS:
         on_disk = load_recipe(REPO / "firmware-images" / target)
         assert dataclasses.replace(on_disk, source="builtin") == builtin_recipe(target)
+
+
+@pytest.mark.parametrize("extras", ['["tflite"]', '["agent", "controller"]', '"agent"'])
+def test_a_recipe_must_install_the_agent_and_only_device_extras(tmp_path, extras):
+    shutil.copytree(REPO / "firmware-images", tmp_path / "fw")
+    recipe = tmp_path / "fw" / "rpi-os-arm64" / "recipe.toml"
+    text = recipe.read_text().replace('extras = ["agent", "tflite"]', f"extras = {extras}")
+    recipe.write_text(text)
+    with pytest.raises(ImageBuildError, match="extras must list agent"):
+        load_recipe(recipe.parent)
 
 
 @needs_systemd_analyze
@@ -233,7 +245,7 @@ def test_first_boot_install_runs_once_and_starts_the_agent(tmp_path, trust_root)
     first = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     calls = log.read_text().splitlines()
-    wheel = "/usr/lib/edgefleet/wheels/edgefleet-0.1.0-py3-none-any.whl[agent]"
+    wheel = "/usr/lib/edgefleet/wheels/edgefleet-0.1.0-py3-none-any.whl[agent,tflite]"
     assert calls[:2] == ["systemd-sysusers /usr/lib/sysusers.d/edgefleet.conf",
                          "systemd-tmpfiles --create /usr/lib/tmpfiles.d/edgefleet.conf"]
     assert f"python -m venv {prefix}" in calls

@@ -10,6 +10,7 @@ import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -58,7 +59,6 @@ def env(tmp_path_factory):
         # much slower in compute, so that it is at least twice as slow as what the agents
         # observe (their latency includes waiting for the interpreter, shared by 20 agents)
         "slow": save(slowed(good, 512, depth=24), models / "slow.onnx"),
-        "twin": save(train_small((32,), 1), models / "twin.onnx"),
         "weak": save(train_small((4,), 4), models / "weak.onnx"),
         "alt": save(train_small((32,), 2), models / "alt.onnx"),
     }
@@ -185,7 +185,11 @@ def test_a_silent_device_does_not_hold_the_rollout_past_the_wave_timeout(env):
 
 def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
     ctl, fleet = env["ctl"], env["fleet"]
-    twin = register_digits(ctl, env["files"]["twin"])
+    # the twin is the active model's own file registered again, so it agrees on every
+    # input (another training run of the same network agrees on only ~98% of the eval set,
+    # right at the gate); its latency ratio is reported and gated
+    active = ctl.registry.get("digits", _current(fleet))
+    twin = register_digits(ctl, Path(active["file"]))
     policy = RolloutPolicy(strategy="shadow", sample=0.5, min_agreement=0.98, duration_s=4.0,
                            min_samples=200, max_latency_ratio=3.0, wave_timeout_s=60)
 
@@ -194,9 +198,9 @@ def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
     assert fleet.agents[fleet.ids[0]].active.version != twin["version"]  # never served
     dep = wait_deployment(ctl, dep["id"], 90)
 
-    assert dep["state"] == "succeeded", dep["events"]
+    assert dep["state"] == "succeeded", (dep["result"], dep["events"])
     shadow = dep["result"]["shadow"]
-    assert shadow["samples"] >= 200 and shadow["agreement"] >= 0.98
+    assert shadow["samples"] >= 200 and shadow["agreement"] == 1.0
     assert shadow["latency_ratio"] is not None and shadow["mean_distance"] is not None
     assert any(e["kind"] == "promotion_started" for e in dep["events"])
     wait_until(lambda: set(_versions(fleet).values()) == {twin["version"]}, 30)

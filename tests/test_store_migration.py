@@ -1,14 +1,21 @@
-"""A store written by the previous schema is upgraded in place, and its old rollouts end."""
+"""Stores from before Alembic (schema_info versions 1 to 4) are upgraded in place by the
+baseline revision, lose nothing, and end with a new store's schema; the revisions and the
+tables the code uses agree; a failed upgrade changes nothing."""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
-from edgefleet.controller import _tables
+from edgefleet.contract import RegistryError
+from edgefleet.controller._tables import meta
 from edgefleet.controller.orchestrator import describe
-from edgefleet.controller.store import Store
+from edgefleet.controller.store import Store, schema_status
 
 V1 = """
 CREATE TABLE model_versions (name VARCHAR(128) NOT NULL, version INTEGER NOT NULL,
@@ -39,43 +46,121 @@ INSERT INTO jobs VALUES ('dep-old', 'pi-1', 'pending', '', '', '{}', 0);
 """
 
 
-def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
-    path = tmp_path / "v1.db"
+# What the pre-Alembic migrator's steps 2 and 3 left on SQLite (frozen, as they ran).
+V2_STEP = """
+ALTER TABLE deployments ADD COLUMN strategy VARCHAR(32) NOT NULL DEFAULT 'all-at-once';
+ALTER TABLE deployments ADD COLUMN policy JSON;
+ALTER TABLE deployments ADD COLUMN plan JSON;
+ALTER TABLE deployments ADD COLUMN phase VARCHAR(32) NOT NULL DEFAULT 'waves';
+ALTER TABLE deployments ADD COLUMN wave INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE deployments ADD COLUMN phase_started_at FLOAT;
+ALTER TABLE deployments ADD COLUMN result JSON;
+ALTER TABLE deployments ADD COLUMN updated_at FLOAT;
+ALTER TABLE jobs ADD COLUMN job VARCHAR(80);
+ALTER TABLE jobs ADD COLUMN wave INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN arm VARCHAR(16) NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN from_model VARCHAR(128);
+ALTER TABLE jobs ADD COLUMN from_version INTEGER;
+UPDATE deployments SET state = 'legacy' WHERE state = 'running';
+CREATE INDEX telemetry_received ON telemetry (received_at);
+CREATE INDEX telemetry_window ON telemetry (window_start);
+CREATE TABLE deployment_events (id INTEGER NOT NULL, deployment VARCHAR(64) NOT NULL,
+  ts FLOAT NOT NULL, actor VARCHAR(64) NOT NULL, kind VARCHAR(32) NOT NULL,
+  detail JSON NOT NULL, PRIMARY KEY (id));
+CREATE INDEX ix_deployment_events_deployment ON deployment_events (deployment);
+CREATE TABLE desired_state (device VARCHAR(64) NOT NULL, deployment VARCHAR(64) NOT NULL,
+  job VARCHAR(80) NOT NULL, model VARCHAR(128) NOT NULL, version INTEGER NOT NULL,
+  mode VARCHAR(16) NOT NULL, payload JSON NOT NULL, updated_at FLOAT NOT NULL,
+  PRIMARY KEY (device));
+INSERT INTO schema_info VALUES (2, 0);
+"""
+V3_STEP = """
+ALTER TABLE deployments ADD COLUMN approved_by VARCHAR(64);
+ALTER TABLE deployments ADD COLUMN approved_at FLOAT;
+ALTER TABLE model_versions ADD COLUMN hardware_classes JSON;
+ALTER TABLE model_versions ADD COLUMN release_counter INTEGER NOT NULL DEFAULT 1;
+CREATE TABLE api_tokens (id VARCHAR(16) NOT NULL, name VARCHAR(64) NOT NULL,
+  role VARCHAR(16) NOT NULL, hash VARCHAR(64) NOT NULL, created_at FLOAT NOT NULL,
+  created_by VARCHAR(64) NOT NULL, revoked_at FLOAT, expires_at FLOAT, PRIMARY KEY (id),
+  UNIQUE (name));
+CREATE TABLE audit_log (seq BIGINT NOT NULL, ts FLOAT NOT NULL, actor VARCHAR(64) NOT NULL,
+  action VARCHAR(128) NOT NULL, target VARCHAR(256) NOT NULL, detail JSON NOT NULL,
+  prev_hash VARCHAR(64) NOT NULL, hash VARCHAR(64) NOT NULL, PRIMARY KEY (seq));
+CREATE TABLE audit_head (id INTEGER NOT NULL, seq BIGINT NOT NULL, hash VARCHAR(64) NOT NULL,
+  updated_at FLOAT NOT NULL, PRIMARY KEY (id));
+CREATE TABLE claim_tokens (id VARCHAR(16) NOT NULL, label VARCHAR(128) NOT NULL,
+  hash VARCHAR(64) NOT NULL, uses_left INTEGER NOT NULL, expires_at FLOAT NOT NULL,
+  created_at FLOAT NOT NULL, created_by VARCHAR(64) NOT NULL, revoked_at FLOAT,
+  PRIMARY KEY (id), UNIQUE (hash));
+CREATE TABLE device_credentials (device VARCHAR(64) NOT NULL, public_key TEXT NOT NULL,
+  key_id VARCHAR(64) NOT NULL, passwd_line VARCHAR(256) NOT NULL,
+  provisioned_at FLOAT NOT NULL, claim_token VARCHAR(16) NOT NULL, revoked_at FLOAT,
+  revoked_by VARCHAR(64), PRIMARY KEY (device));
+INSERT INTO schema_info VALUES (3, 0);
+"""
+V3_TELEMETRY = """
+INSERT INTO telemetry VALUES ('pi-1', 1, 0, 60, 0, 'digits', 1, 10, 0,
+  '{"latency_ms": {"p95": 2.0}}', 101.0);
+INSERT INTO telemetry VALUES ('pi-1', 2, 0, 60, 0, 'digits', 1, 10, 0,
+  '{"latency_ms": {"p95": 2.0}}', 102.0);
+INSERT INTO telemetry VALUES ('pi-1', 3, 0, 60, 0, 'digits', 1, 10, 0,
+  '{"latency_ms": {"p95": 2.0}}', 103.0);
+"""
+
+
+def _old_store(path: Path, *scripts: str) -> str:
     db = sqlite3.connect(path)
-    db.executescript(V1)
+    for script in (V1, *scripts):
+        db.executescript(script)
     db.close()
+    return f"sqlite:///{path}"
 
-    store = Store(f"sqlite:///{path}")
 
-    assert store.schema_version == 5
+def _differences(store: Store) -> list:
+    """How the store's schema differs from the tables the code uses (Alembic's compare)."""
     with store.engine.connect() as c:
-        versions = [r[0] for r in c.execute(sa.text("SELECT version FROM schema_info"))]
-    assert versions == [1, 2, 3, 4, 5]  # each migration is recorded
+        return compare_metadata(MigrationContext.configure(c), meta)
+
+
+def test_a_new_store_has_exactly_the_tables_the_code_uses(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'new.db'}")
+
+    assert store.schema_version == "0005"
+    assert _differences(store) == []
+    assert schema_status(store.engine) == {"current": "0005", "head": "0005",
+                                           "up_to_date": True, "legacy_version": None}
+
+
+def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
+    url = _old_store(tmp_path / "v1.db")
+    assert schema_status(sa.create_engine(url))["legacy_version"] == 1
+
+    store = Store(url)
+
+    assert store.schema_version == "0005"
+    with store.engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0005",)]
+    tables = set(sa.inspect(store.engine).get_table_names())
+    assert "schema_info" not in tables  # alembic_version says where the schema stands now
     assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
     assert store.deployment_state("dep-done") == "succeeded"
     view = describe(store.get_deployment("dep-old", with_events=True))
     assert view["jobs"][0]["device"] == "pi-1" and view["policy"] is None
     indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("telemetry")}
     assert "telemetry_received" in indexes
-    Store(f"sqlite:///{path}")  # opening it again changes nothing
-    with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT COUNT(*) FROM schema_info")).scalar() == 5
+    # a new store's schema, but for devices.bd_seq, INTEGER from v1 (64-bit in SQLite too)
+    (only,) = _differences(store)
+    assert [(d[0], d[2], d[3]) for d in only] == [("modify_type", "devices", "bd_seq")]
+    again = Store(url)  # opening it again changes nothing
+    assert again.schema_version == "0005" and again.deployment_state("dep-old") == "legacy"
 
 
 def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
-    path = tmp_path / "v2.db"
-    db = sqlite3.connect(path)
-    db.executescript(V1)
-    db.close()
-    engine = sa.create_engine(f"sqlite:///{path}")
-    with engine.begin() as c:  # what the previous release left: schema 2
-        _tables._v2(c)
-        c.execute(sa.text("INSERT INTO schema_info VALUES (2, 0)"))
-    engine.dispose()
+    url = _old_store(tmp_path / "v2.db", V2_STEP)  # what the previous release left: schema 2
 
-    store = Store(f"sqlite:///{path}", audit_anchor=tmp_path / "audit-head.json")
+    store = Store(url, audit_anchor=tmp_path / "audit-head.json")
 
-    assert store.schema_version == 5
+    assert store.schema_version == "0005"
     dep = store.get_deployment("dep-done")
     assert (dep["state"], dep["approved_by"], dep["approved_at"]) == ("succeeded", None, None)
     assert describe(store.get_deployment("dep-done", with_events=True))["approved_by"] is None
@@ -91,24 +176,12 @@ def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_p
     from edgefleet.contract import ManualClock, Summary
     from edgefleet.controller._ingestor import Ingestor
 
-    path = tmp_path / "v3.db"
-    db = sqlite3.connect(path)
-    db.executescript(V1)
-    db.close()
-    engine = sa.create_engine(f"sqlite:///{path}")
-    with engine.begin() as c:  # what the previous release left: schema 3, (device, seq) keys
-        _tables._v2(c)
-        _tables._v3(c)
-        c.execute(sa.text("INSERT INTO schema_info VALUES (2, 0), (3, 0)"))
-        for seq in (1, 2, 3):
-            c.execute(sa.text(
-                "INSERT INTO telemetry VALUES ('pi-1', :seq, 0, 60, 0, 'digits', 1, 10, 0, "
-                "'{\"latency_ms\": {\"p95\": 2.0}}', :at)"), {"seq": seq, "at": 100.0 + seq})
-    engine.dispose()
+    # what the previous release left: schema 3, (device, seq) keys
+    url = _old_store(tmp_path / "v3.db", V2_STEP, V3_STEP, V3_TELEMETRY)
 
-    store = Store(f"sqlite:///{path}")
+    store = Store(url)
 
-    assert store.schema_version == 5
+    assert store.schema_version == "0005"
     rows = store.summaries("pi-1")
     assert [(r["stream"], r["seq"], r["count"]) for r in rows] == [("", 1, 10), ("", 2, 10),
                                                                     ("", 3, 10)]
@@ -141,12 +214,50 @@ def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_p
 
 
 def test_v4_store_gains_model_variants(tmp_path):
-    path = tmp_path / "v4.db"
-    old = Store(f"sqlite:///{path}")
-    with old.engine.begin() as c:  # make it a v4 store: no variants table, v5 not recorded
+    url = f"sqlite:///{tmp_path / 'v4.db'}"
+    old = Store(url)
+    with old.engine.begin() as c:  # make it what the old migrator left at v4
         c.execute(sa.text("DROP TABLE model_variants"))
-        c.execute(sa.text("UPDATE schema_info SET version = 4 WHERE version = 5"))
+        c.execute(sa.text("DROP TABLE alembic_version"))
+        c.execute(sa.text("CREATE TABLE schema_info (version INTEGER NOT NULL, "
+                          "applied_at FLOAT NOT NULL, PRIMARY KEY (version))"))
+        c.execute(sa.text("INSERT INTO schema_info VALUES (1, 0), (2, 0), (3, 0), (4, 0)"))
     old.engine.dispose()
-    store = Store(f"sqlite:///{path}")
-    assert store.schema_version == 5
-    assert "model_variants" in sa.inspect(store.engine).get_table_names()
+
+    store = Store(url)
+
+    assert store.schema_version == "0005"
+    assert _differences(store) == []
+
+
+def test_a_failed_upgrade_leaves_the_old_store_as_it_was(tmp_path):
+    # an alerts table made by hand on a v3 store: step 4 cannot create its own
+    url = _old_store(tmp_path / "v3.db", V2_STEP, V3_STEP, V3_TELEMETRY,
+                     "CREATE TABLE alerts (key TEXT);")
+
+    with pytest.raises(sa.exc.OperationalError, match="alerts"):
+        Store(url)
+
+    engine = sa.create_engine(url)
+    tables = set(sa.inspect(engine).get_table_names())
+    assert "telemetry_v3" not in tables and "telemetry_streams" not in tables
+    assert "alembic_version" not in tables
+    with engine.connect() as c:  # the rename and copy of step 4 were rolled back
+        assert c.execute(sa.text("SELECT COUNT(*) FROM telemetry")).scalar() == 3
+        assert c.execute(sa.text("SELECT MAX(version) FROM schema_info")).scalar() == 3
+    assert "stream" not in {col["name"] for col in sa.inspect(engine).get_columns("telemetry")}
+
+
+def test_a_store_upgraded_by_a_newer_controller_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ctl.db'}"
+    Store(url).engine.dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as c:
+        c.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+
+    with pytest.raises(RegistryError, match="0099") as err:
+        Store(url)
+
+    assert err.value.reason == "schema_too_new"
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0099"

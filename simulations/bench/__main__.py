@@ -1,4 +1,4 @@
-"""``python -m edgefleet.simulations.bench [--only NAME] [--size SIZE] [--json] [--out FILE]``."""
+"""``python -m edgefleet.simulations.bench [NAME...] [--quick] …``: ``edgefleet bench``."""
 
 import sys
 

@@ -96,6 +96,8 @@ def run(size: str = "full") -> dict[str, Any]:
     return make_result(
         "buffer_write", figure=round(with_drift), unit="records/s", baseline=round(baseline),
         ratio=round(with_drift / baseline, 3), target=f">= {TARGET_PER_S:,} records/s",
-        passed=with_drift >= TARGET_PER_S, records=n, batch=BATCH,
+        passed=with_drift >= TARGET_PER_S, target_value=TARGET_PER_S, target_op=">=",
+        why=(f"without drift {without_drift:,.0f} records/s; raw inserts of the same rows "
+             f"{baseline:,.0f}/s on this machine"), records=n, batch=BATCH,
         without_drift_per_s=round(without_drift),
         note="figure with drift on (input rows binned per batch); baseline: raw executemany")

@@ -20,6 +20,11 @@ for:
 ``generic``        anything else
 =================  ==============================================================
 
+``CLASS_TRAITS`` says what each class offers a model (int8 dot-product instructions, a
+TensorRT-capable GPU, the runtime its bundles prefer); the optimizer plans variants
+from it for the classes it cannot measure. It lives in the contract because agent,
+controller and optimizer all speak of these classes.
+
 Pure but for the file reads; nothing here needs root or extra packages.
 """
 
@@ -32,10 +37,44 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HardwareInfo", "classify", "detect"]
+__all__ = ["CLASS_TRAITS", "ClassTraits", "HardwareInfo", "classify", "detect"]
 
 _MODEL_FILES = ("proc/device-tree/model", "sys/firmware/devicetree/base/model")
 _INT8_FEATURES = ("asimddp", "avx512_vnni", "avx_vnni", "avx2", "i8mm", "sve")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassTraits:
+    """What a hardware class offers a model.
+
+    Attributes:
+        cpu: the CPU, in words, with the feature that matters for int8.
+        int8_dot_product: the CPU has int8 dot-product instructions (``asimddp``, VNNI),
+            so int8 kernels beat fp32 ones; without them int8 gains little or loses.
+        accelerator: ``"tensorrt"`` where onnxruntime's TensorRT provider builds FP16
+            engines from the fp32 model on the device; ``""`` for CPU-only classes.
+        runtime: the runtime its bundles prefer when the model converts: ``"litert"``
+            (XNNPACK, the Arm-tuned path Raspberry Pi images install) or ``"onnxruntime"``.
+    """
+
+    cpu: str
+    int8_dot_product: bool
+    accelerator: str = ""
+    runtime: str = "onnxruntime"
+
+
+CLASS_TRAITS: dict[str, ClassTraits] = {
+    "rpi5": ClassTraits("Cortex-A76, Armv8.2 with asimddp", True, runtime="litert"),
+    "rpi4": ClassTraits("Cortex-A72, Armv8.0 without asimddp", False, runtime="litert"),
+    "rpi": ClassTraits("older Raspberry Pi core without asimddp", False, runtime="litert"),
+    "jetson-orin": ClassTraits("Cortex-A78AE with asimddp, Ampere GPU", True, "tensorrt"),
+    "jetson": ClassTraits("Jetson before Orin, CUDA GPU", False, "tensorrt"),
+    "x86-vnni": ClassTraits("x86-64 with AVX-512 VNNI or AVX-VNNI", True),
+    "x86-avx2": ClassTraits("x86-64 with AVX2, no VNNI", False),
+    "arm64-dotprod": ClassTraits("arm64 with asimddp", True),
+    "arm64": ClassTraits("arm64 without asimddp", False),
+    "generic": ClassTraits("unknown CPU", False),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""Database commands: where the controller store's schema stands, and upgrading it.
+
+Thin over ``edgefleet.controller.store`` (``schema_status``, ``upgrade_schema``); the
+controller also upgrades its store by itself when it starts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ._output import console, emit, fail
+
+__all__ = ["db_app"]
+
+DbOpt = Annotated[str, typer.Option("--db", envvar="EDGEFLEET_DB_URL",
+                                    help="SQLAlchemy URL of the store (env EDGEFLEET_DB_URL), "
+                                         "e.g. postgresql+psycopg://user@host/edgefleet.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+_DEFAULT_DB = "sqlite:///edgefleet-controller.db"
+
+db_app = typer.Typer(help="The controller's database: schema revision and upgrades.",
+                     no_args_is_help=True)
+
+
+def _status(db: str, upgrade: bool) -> dict[str, Any]:
+    import sqlalchemy as sa
+
+    from edgefleet.contract import EdgefleetError
+    from edgefleet.controller.store import create_engine, schema_status, upgrade_schema
+
+    try:
+        shown = sa.make_url(db).render_as_string()  # (without the password)
+    except sa.exc.ArgumentError:
+        fail(f"not an SQLAlchemy database URL: {db!r}")
+        raise typer.Exit(1) from None
+    try:
+        engine = create_engine(db)
+        try:
+            before = schema_status(engine)
+            if not upgrade:
+                return before
+            upgrade_schema(engine)
+            return {**schema_status(engine), "from": before["current"],
+                    "from_legacy_version": before["legacy_version"]}
+        finally:
+            engine.dispose()
+    except EdgefleetError as exc:
+        message = str(exc)
+    except (sa.exc.SQLAlchemyError, ImportError) as exc:  # (ImportError: no driver)
+        message = f"database {shown}: {str(exc).strip().splitlines()[0]}"
+    fail(message)
+    raise typer.Exit(1)
+
+
+@db_app.command("current")
+def db_current(db: DbOpt = _DEFAULT_DB, as_json: JsonOpt = False) -> None:
+    """Show the store's schema revision and whether it is the newest."""
+    status = _status(db, upgrade=False)
+    if emit(status, as_json):
+        return
+    if status["current"] is None and status["legacy_version"] is not None:
+        console.print(f"schema {status['legacy_version']} from before Alembic; "
+                      f"`edgefleet db upgrade` takes it to {status['head']}")
+    elif status["current"] is None:
+        console.print(f"empty: no schema yet (newest: {status['head']})")
+    else:
+        note = "up to date" if status["up_to_date"] else \
+            f"behind: `edgefleet db upgrade` takes it to {status['head']}"
+        console.print(f"revision {status['current']} ({note})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = _DEFAULT_DB, as_json: JsonOpt = False) -> None:
+    """Upgrade the store's schema to the newest revision (the controller does it too)."""
+    status = _status(db, upgrade=True)
+    if emit(status, as_json):
+        return
+    if status["from"] == status["current"]:
+        console.print(f"revision {status['current']}: already up to date")
+    else:
+        was = status["from"] or (f"schema {status['from_legacy_version']} from before Alembic"
+                                 if status["from_legacy_version"] is not None else "empty")
+        console.print(f"upgraded from {was} to revision {status['current']}")
