@@ -115,12 +115,29 @@ class ControllerLink:
         if self._share:
             client.subscribe([(f"$share/{self._share}/{device_wildcard(s)}",
                                SubscribeOptions(qos=1)) for s in SUBSCRIPTIONS])
+            # a replica that dies leaves "offline" retained (its will) for the fleet: the
+            # others see it and say "online" again
+            client.subscribe(CTL_STATE, qos=1)
         else:
             client.subscribe([(device_wildcard(s), 1) for s in SUBSCRIPTIONS])
-        client.publish(CTL_STATE, json.dumps({"online": True, "ts": time.time()}), qos=1,
-                       retain=True)
+        self._announce(client)
         self.connected.set()
         log.info("controller connected to %s:%d", self._host, self._port)
+
+    @staticmethod
+    def _announce(client: mqtt.Client) -> None:
+        client.publish(CTL_STATE, json.dumps({"online": True, "ts": time.time()}), qos=1,
+                       retain=True)
+
+    def _on_controller_state(self, payload: bytes) -> None:
+        try:
+            online = json.loads(payload).get("online") is True
+        except (ValueError, AttributeError):
+            self.malformed += 1
+            return
+        if not online and not self._stopping and self.connected.is_set():
+            log.info("another replica left; announcing this one online")
+            self._announce(self._client)
 
     def _on_disconnect(self, *_args: object) -> None:
         self.connected.clear()
@@ -128,6 +145,10 @@ class ControllerLink:
             log.warning("controller lost the broker; reconnecting")
 
     def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == CTL_STATE:
+            if not msg.retain:  # a retained copy is old news: we announced ourselves
+                self._on_controller_state(bytes(msg.payload))
+            return
         parsed = parse_device_topic(msg.topic)
         if parsed is None:
             self.malformed += 1

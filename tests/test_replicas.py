@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from _support import ASSETS, TOKEN
 
+from edgefleet.contract import CTL_STATE
 from edgefleet.controller.lease import Lease
 from edgefleet.simulations.fleet import wait_until
 
@@ -37,7 +38,7 @@ class Replica:
 
     def __init__(self, name: str, *, db: str, broker: str, keys: Path, data: Path,
                  logs: Path) -> None:
-        self.name = name
+        self.name, self.broker = name, broker
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -86,6 +87,26 @@ def replicas(pg_url, mosquitto, trust_root, tmp_path) -> Iterator[dict[str, Repl
             r.stop()
 
 
+class StateWatch:
+    """Every message on the controller state topic, as a device sees it."""
+
+    def __init__(self, broker_url: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.seen: list[bool] = []
+        port = int(broker_url.rsplit(":", 1)[1])
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="state-watch")
+        self._client.on_message = lambda _c, _u, m: self.seen.append(
+            json.loads(m.payload).get("online") is True)
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(CTL_STATE, qos=1)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
 def _register(replica: Replica) -> dict[str, Any]:
     labels = json.loads((ASSETS / "digits.json").read_text())["labels"]
     return dict(replica.call("POST", "/v1/models", data={
@@ -127,9 +148,17 @@ def test_the_leader_dies_mid_rollout_and_telemetry_flood_and_nothing_is_lost_or_
         wait_until(lambda: any(j["state"] == "healthy" for j in b.call(
             "GET", f"/v1/deployments/{dep['id']}")["jobs"]), 60)
         assert b.call("GET", f"/v1/deployments/{dep['id']}")["state"] == "running"
+        watch = StateWatch(replicas["a"].broker)
+        wait_until(lambda: watch.seen == [True], 10)  # the retained state: online
         a.proc.kill()  # SIGKILL: no goodbye, its lease goes with its connection
         a.proc.wait(10)
         wait_until(lambda: b.health().get("leader"), 20)
+        # a's will said "offline" for the whole group; b, alive, says "online" again
+        wait_until(lambda: False in watch.seen and watch.seen[-1] is True, 20)
+        watch.stop()
+        late = StateWatch(replicas["a"].broker)  # what a device connecting now is told
+        wait_until(lambda: late.seen == [True], 10)
+        late.stop()
         wait_until(lambda: b.call("GET", f"/v1/deployments/{dep['id']}")["state"]
                    not in ("running", "paused"), 90)
         final = b.call("GET", f"/v1/deployments/{dep['id']}")

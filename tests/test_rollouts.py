@@ -148,7 +148,11 @@ def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env)
     slow = register_digits(ctl, env["files"]["slow"])
     policy = RolloutPolicy(strategy="staged", waves=(20, 100), health_window_s=3.0,
                            max_p95_regression=0.2, min_samples=100, wave_timeout_s=60,
-                           device_max_latency_ratio=50.0, on_breach="rollback")
+                           # the devices' own latency check is off: this is the
+                           # controller's p95 gate (the slow model is ~30x slower per call
+                           # here, and more under load: a device check would trip first,
+                           # now and then)
+                           device_max_latency_ratio=None, on_breach="rollback")
 
     dep = wait_deployment(ctl, ctl.deploy("digits", slow["version"], policy=policy)["id"], 90)
 
