@@ -40,6 +40,7 @@ __all__ = [
 
 MAX_CHUNK_BYTES = 128 * 1024
 _MAX_PAYLOAD = 4 * 1024 * 1024
+_INT32, _INT64 = 2**31 - 1, 2**63 - 1  # signed INTEGER / BIGINT
 
 T = TypeVar("T", bound="Message")
 
@@ -140,8 +141,8 @@ class Message:
         if len(payload) > _MAX_PAYLOAD:
             raise MessageError(f"{cls.kind}: payload of {len(payload)} bytes is too large")
         try:
-            data = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(payload, parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError) as exc:  # (JSONDecodeError is a ValueError)
             raise MessageError(f"{cls.kind}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise MessageError(f"{cls.kind}: expected a JSON object")
@@ -157,6 +158,11 @@ class Message:
         if not isinstance(data, dict):
             raise MessageError(f"{cls.kind}: expected a JSON object")
         return typing.cast(T, _from_dict(cls, data, cls.kind))
+
+
+def _no_constant(token: str) -> Any:
+    """``NaN`` and ``Infinity`` are not JSON (``encode`` never writes them)."""
+    raise ValueError(f"{token} is not a JSON number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,8 +373,14 @@ class Summary(Message):
     buffer: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.seq < 1 or self.count < 0 or self.errors < 0:
-            raise ValueError("seq must be ≥ 1 and counts ≥ 0")
+        if self.seq < 1 or self.count < 0 or self.errors < 0 or self.version < 0:
+            raise ValueError("seq must be ≥ 1; counts and version ≥ 0")
+        # what every store takes (PostgreSQL enforces these; SQLite would not)
+        if self.seq > _INT64 or max(self.count, self.errors, self.version) > _INT32:
+            raise ValueError("seq must fit 64 bits; count, errors and version 32 bits")
+        if len(self.model) > 128 or len(self.stream) > 64 or \
+                "\x00" in self.model or "\x00" in self.stream:
+            raise ValueError("model: at most 128 characters, stream 64, no NUL")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given
@@ -42,6 +43,18 @@ def test_summary_round_trips(seq, count, errors, lat, preds):
     s = Summary(seq=seq, window_start=0.0, window_end=60.0, count=count, errors=errors,
                 latency_ms=lat, predictions=preds)
     assert Summary.decode(s.encode()) == s
+
+
+@pytest.mark.parametrize("change", [
+    {"seq": 2**63}, {"version": 2**31}, {"count": 2**31}, {"errors": -1}, {"version": -1},
+    {"model": "m" * 129}, {"stream": "s" * 65}, {"model": "a\x00b"},
+    {"latency_ms": {"p95": float("nan")}}, {"system": {"cpu_pct": float("-inf")}},
+])
+def test_a_summary_no_store_could_keep_is_refused(change):
+    data = {**Summary(seq=1, window_start=0.0, window_end=1.0, count=1, errors=0).to_dict(),
+            **change}
+    with pytest.raises(MessageError):
+        Summary.decode(json.dumps(data).encode())
 
 
 @given(data=st.binary(max_size=MAX_CHUNK_BYTES), offset=st.integers(0, 2**40), file=ids)

@@ -209,6 +209,36 @@ def test_telemetry_is_stored_once_and_answers_queries_before_and_after_rollup(pg
     assert (pi1["windows"], pi1["count"]) == (3, 1010)
 
 
+def test_values_postgresql_would_refuse_never_stall_a_batch(pg_url):
+    """One device's out-of-range summary must not fail the batch others are in."""
+    store = Store(pg_url)
+    acks: list[tuple[str, list[int]]] = []
+    counters: dict[str, int] = {}
+    ingest = Ingestor(store.telemetry, lambda d, seqs: acks.append((d, seqs)),
+                      clock=ManualClock(BASE + 3600), counters=counters, gap_timeout_s=30)
+
+    def raw(seq: int, **changes: Any) -> bytes:
+        data = {**_window([1.0, 2.0], seq).to_dict(), **changes}
+        return json.dumps(data).encode()
+
+    huge = raw(1, system={"cpu_pct": 7.0}).replace(b"7.0", b"1e999")  # parses as infinity
+    ingest.process([
+        ("pi-1", raw(1), BASE + 60),
+        ("pi-2", huge, BASE + 60),  # stored, the infinity as null
+        ("pi-3", raw(1, version=2**31), BASE + 60),  # over PostgreSQL's INTEGER
+        ("pi-4", raw(1, count=2**40), BASE + 60),
+        ("pi-5", raw(1, model="m" * 200), BASE + 60),  # over VARCHAR(128)
+        ("pi-6", raw(1, model="dig\x00its"), BASE + 60),  # NUL: refused by PostgreSQL text
+        ("pi-7", raw(1, latency_ms={"p95": float("nan")}), BASE + 60),  # a NaN token
+    ])
+
+    assert sorted(acks) == [("pi-1", [1]), ("pi-2", [1])]
+    assert counters["malformed"] == 5
+    assert store.telemetry_counts() == {"pi-1": 1, "pi-2": 1}
+    (row,) = store.summaries("pi-2")
+    assert row["payload"]["system"] == {"cpu_pct": None}
+
+
 # -- audit, tokens, alerts ----------------------------------------------------------------
 def test_audit_appends_from_two_controller_replicas_form_one_chain(pg_url, tmp_path):
     replicas = [Store(pg_url, audit_anchor=tmp_path / f"head-{i}.json") for i in range(2)]
