@@ -20,6 +20,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
+from . import _json
 from .errors import MessageError
 
 __all__ = [
@@ -141,8 +142,8 @@ class Message:
         if len(payload) > _MAX_PAYLOAD:
             raise MessageError(f"{cls.kind}: payload of {len(payload)} bytes is too large")
         try:
-            data = json.loads(payload, parse_constant=_no_constant)
-        except (UnicodeDecodeError, ValueError) as exc:  # (JSONDecodeError is a ValueError)
+            data = _json.loads(payload)
+        except ValueError as exc:  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
             raise MessageError(f"{cls.kind}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise MessageError(f"{cls.kind}: expected a JSON object")
@@ -158,11 +159,6 @@ class Message:
         if not isinstance(data, dict):
             raise MessageError(f"{cls.kind}: expected a JSON object")
         return typing.cast(T, _from_dict(cls, data, cls.kind))
-
-
-def _no_constant(token: str) -> Any:
-    """``NaN`` and ``Infinity`` are not JSON (``encode`` never writes them)."""
-    raise ValueError(f"{token} is not a JSON number")
 
 
 @dataclasses.dataclass(frozen=True)

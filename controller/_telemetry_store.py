@@ -9,13 +9,13 @@ resolution, rollups at hour resolution (an hour counts when it starts in the ran
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from edgefleet.contract import Summary
+from edgefleet.contract._json import dumps
 
 from ._tables import rollups, streams, telemetry
 from .aggregate import Aggregate, rollup, window_drift_score
@@ -58,7 +58,7 @@ _SQLITE_INSERT_RAW = (
     + ", ".join(f"NULLIF(json_extract(?{_RAW}, '$.{c}'), '{{}}')" if c in SPLIT
                 else f"?{_PLAIN.index(c) + 1}" for c in _COLUMNS) + ")")
 _KEYS = tuple(f'"{k}"'.encode() for k in SPLIT)
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_encode = dumps  # standard JSON (a non-finite number: null)
 
 
 def summary_row(device: str, summary: Summary, received_at: float, *, sketch_ok: bool = True,

@@ -11,8 +11,6 @@ lock, so controllers starting together upgrade once.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +24,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from edgefleet.contract import NotFoundError, RegistryError
+from edgefleet.contract._json import dumps
 
 from ._alert_store import AlertStore
 from ._audit_store import AuditStore
@@ -40,34 +39,12 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK = 0x65646765666C74  # pg_advisory_xact_lock key of the migrations ("edgeflt")
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def json_dumps(value: Any) -> str:
-    """JSON columns: standard JSON only (a non-finite number becomes null).
-
-    PostgreSQL refuses ``NaN``/``Infinity`` in JSON, so one such value from a device
-    (``1e999`` parses as infinity) would fail every batch it is in.
-    """
-    try:
-        return json.dumps(value, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False)
-
-
 def create_engine(url: str) -> sa.Engine:
     """The store's engine for an SQLAlchemy URL (SQLite: WAL, a 30 s busy timeout)."""
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
+        return sa.create_engine(url, pool_pre_ping=True, json_serializer=dumps)
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                              json_serializer=json_dumps)
+                              json_serializer=dumps)
 
     @sa.event.listens_for(engine, "connect")
     def _wal(dbapi_conn: Any, _rec: Any) -> None:

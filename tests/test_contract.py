@@ -57,6 +57,25 @@ def test_a_summary_no_store_could_keep_is_refused(change):
         Summary.decode(json.dumps(data).encode())
 
 
+@pytest.mark.parametrize("backend", ["orjson", "stdlib"])
+def test_json_is_standard_with_or_without_orjson(backend, monkeypatch):
+    import numpy as np
+
+    from edgefleet.contract import _json
+
+    if backend == "stdlib":
+        monkeypatch.setattr(_json, "orjson", None)
+    elif _json.orjson is None:
+        pytest.skip("orjson is not installed (the controller extra installs it)")
+    assert _json.loads(b'{"a":[1,2.5,"x"],"b":null}') == {"a": [1, 2.5, "x"], "b": None}
+    for bad in (b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":1e999}', b'{"a":', b'\xff'):
+        with pytest.raises(ValueError):
+            _json.loads(bad)
+    assert json.loads(_json.dumps({"a": float("nan"), "b": [float("inf"), 1.5], 3: "x"})) == \
+        {"a": None, "b": [None, 1.5], "3": "x"}
+    assert json.loads(_json.dumps({"a": np.float64(0.25)})) == {"a": 0.25}
+
+
 @given(data=st.binary(max_size=MAX_CHUNK_BYTES), offset=st.integers(0, 2**40), file=ids)
 def test_chunk_frames_round_trip(data, offset, file):
     c = ChunkResponse(req="r1", file=f"targets/{file}", offset=offset, total=offset + len(data),
