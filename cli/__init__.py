@@ -156,6 +156,11 @@ def controller_serve(
              "leader at a time (needs a broker; PostgreSQL across hosts).")] = None,
     client_id: Annotated[str | None, typer.Option(
         help="MQTT client id; each replica needs its own.")] = None,
+    db_upgrade: Annotated[bool | None, typer.Option(
+        "--db-upgrade/--no-db-upgrade",
+        help="Upgrade the store's schema at start (default: yes; env "
+             "EDGEFLEET_DB_AUTO_UPGRADE). With --no-db-upgrade a store behind is refused "
+             "until `edgefleet db upgrade` runs.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the controller: HTTP API + MQTT (+ the embedded broker without --broker)."""
@@ -169,8 +174,8 @@ def controller_serve(
     if not (keys / "root.json").exists():
         fail(f"no keys in {keys}; run `edgefleet keys init --dir {keys}` first")
     try:
-        extra = {k: v for k, v in (("share_group", share_group), ("client_id", client_id))
-                 if v is not None}
+        extra = {k: v for k, v in (("share_group", share_group), ("client_id", client_id),
+                                   ("db_auto_upgrade", db_upgrade)) if v is not None}
         if extra.get("share_group") and broker is None:
             fail("replicas (--share-group) need a shared broker: give --broker")
         settings = Settings(db_url=db, broker_url=broker, keys_dir=keys, data_dir=data,

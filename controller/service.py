@@ -83,7 +83,8 @@ class FleetController:
         self.settings = settings
         self.clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.db_url, audit_anchor=settings.data_dir / "audit-head.json")
+        self.store = Store(settings.db_url, audit_anchor=settings.data_dir / "audit-head.json",
+                           upgrade=settings.db_auto_upgrade)
         self.repo = TrustRepository(settings.data_dir / "repo", settings.keys_dir,
                                     clock=self.clock, shared=bool(settings.share_group))
         self.registry = Registry(self.store, self.repo, settings.data_dir / "models")

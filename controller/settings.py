@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", frozen=True)
 
     db_url: str = "sqlite:///edgefleet-controller.db"
+    # bring the store's schema to this controller's at start (off: a store behind is
+    # refused until `edgefleet db upgrade` runs; for upgrades an operator schedules)
+    db_auto_upgrade: bool = True
     broker_url: str | None = None  # None: start the embedded broker
     keys_dir: Path = Path("keys")
     data_dir: Path = Path("controller-data")

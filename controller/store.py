@@ -139,14 +139,28 @@ class Store:
     Args:
         url: an SQLAlchemy URL (``sqlite:///ctl.db``, ``postgresql+psycopg://…``).
         audit_anchor: file that keeps the audit chain's head outside the database.
+        upgrade: bring the schema to this controller's revision (else refuse one behind).
 
     Raises:
-        RegistryError: the store was upgraded by a newer controller (``schema_too_new``).
+        RegistryError: the store was upgraded by a newer controller (``schema_too_new``);
+            without ``upgrade``, the store is behind (``schema_outdated``).
     """
 
-    def __init__(self, url: str, *, audit_anchor: Path | None = None) -> None:
+    def __init__(self, url: str, *, audit_anchor: Path | None = None,
+                 upgrade: bool = True) -> None:
         self.engine = create_engine(url)
-        self.schema_version = upgrade_schema(self.engine)  # the Alembic revision
+        if upgrade:
+            self.schema_version = upgrade_schema(self.engine)  # the Alembic revision
+        else:
+            status = schema_status(self.engine)
+            if not status["up_to_date"]:
+                self.engine.dispose()
+                raise RegistryError(
+                    f"the store's schema is at {status['current'] or 'nothing'}, this "
+                    f"controller needs {status['head']}; automatic upgrades are off: run "
+                    "`edgefleet db upgrade --db URL` (back the database up first)",
+                    reason="schema_outdated")
+            self.schema_version = status["head"]
         self.audit = AuditStore(self.engine, audit_anchor)
         self.tokens = TokenStore(self.engine)
         self.telemetry = TelemetryStore(self.engine)

@@ -261,3 +261,26 @@ def test_a_store_upgraded_by_a_newer_controller_is_refused(tmp_path):
     assert err.value.reason == "schema_too_new"
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0099"
+
+
+def test_with_automatic_upgrades_off_a_store_behind_is_refused_until_db_upgrade(tmp_path,
+                                                                                trust_root):
+    from typer.testing import CliRunner
+
+    from edgefleet.cli import app
+
+    url = _old_store(tmp_path / "ctl.db")
+    with pytest.raises(RegistryError, match="edgefleet db upgrade") as err:
+        Store(url, upgrade=False)
+    assert err.value.reason == "schema_outdated"
+    assert schema_status(sa.create_engine(url))["current"] is None  # left as it was
+
+    serve = CliRunner().invoke(app, ["controller", "serve", "--keys", str(trust_root.parent),
+                                     "--db", url, "--data", str(tmp_path / "data"),
+                                     "--no-db-upgrade", "--port", "0"])
+    assert serve.exit_code != 0 and "edgefleet db upgrade" in serve.output, serve.output
+
+    upgraded = CliRunner().invoke(app, ["db", "upgrade", "--db", url, "--json"])
+    assert upgraded.exit_code == 0, upgraded.output
+    store = Store(url, upgrade=False)  # now it opens
+    assert store.schema_version == schema_status(store.engine)["head"]
