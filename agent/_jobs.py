@@ -7,6 +7,7 @@ published again on the next connect.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -222,6 +223,15 @@ class JobRunner:
             except EdgefleetError as exc:
                 log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
                 self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    log.exception("job %s crashed", desired.job)
+                    self.report(desired, JobState.FAILED, reason="agent_error",
+                                detail=repr(exc))
+                else:  # the device's fault, not the bundle's: say so; the old model stays
+                    log.error("job %s: out of disk space: %s", desired.job, exc)
+                    self.report(desired, JobState.FAILED, reason="disk_full",
+                                detail=f"no space left to install the model: {exc}")
             except Exception as exc:  # never let a bad bundle kill the worker
                 log.exception("job %s crashed", desired.job)
                 self.report(desired, JobState.FAILED, reason="agent_error", detail=repr(exc))

@@ -169,7 +169,7 @@ def test_full_disk_device_reports_failure_and_keeps_serving_old_model(tmp_path):
     assert len(full) == 2
     for d in full:
         assert d["job_state"] == "failed" and d["version"] == first
-        assert "No space left on device" in d["detail"]
+        assert d["reason"] == "disk_full" and "No space left on device" in d["detail"]
         assert d["inferences"] > 0  # still answering on v1
         assert d["outcome"] == f"failed, serving v{first}"
     others = [d for d in devices.values() if "disk_full" not in d["faults"]]
