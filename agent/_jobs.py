@@ -223,18 +223,16 @@ class JobRunner:
             except EdgefleetError as exc:
                 log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
                 self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
-            except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    log.exception("job %s crashed", desired.job)
-                    self.report(desired, JobState.FAILED, reason="agent_error",
-                                detail=repr(exc))
-                else:  # the device's fault, not the bundle's: say so; the old model stays
+            except Exception as exc:  # never let a bad bundle kill the worker
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    # the device's fault, not the bundle's: say so; the old model stays
                     log.error("job %s: out of disk space: %s", desired.job, exc)
                     self.report(desired, JobState.FAILED, reason="disk_full",
                                 detail=f"no space left to install the model: {exc}")
-            except Exception as exc:  # never let a bad bundle kill the worker
-                log.exception("job %s crashed", desired.job)
-                self.report(desired, JobState.FAILED, reason="agent_error", detail=repr(exc))
+                else:
+                    log.exception("job %s crashed", desired.job)
+                    self.report(desired, JobState.FAILED, reason="agent_error",
+                                detail=repr(exc))
             finally:
                 with self._lock:
                     self.current = None

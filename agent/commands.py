@@ -104,17 +104,16 @@ class CommandGuard:
     # -- verification -------------------------------------------------------------------
     def _load_keys(self) -> None:
         try:
-            try:
-                mtime = self.root_path.stat().st_mtime
-            except FileNotFoundError:
-                if self._keys_mtime < 0:  # never loaded: fail closed
-                    raise
-                # python-tuf re-creates root.json (remove, then link) each time it opens
-                # the metadata: for that instant the root already loaded stays in force
-                return
+            mtime = self.root_path.stat().st_mtime
             if mtime != self._keys_mtime:
                 self._keys, self._threshold = _command_keys(self.root_path.read_bytes())
                 self._keys_mtime = mtime
+        except FileNotFoundError as exc:
+            # python-tuf re-creates root.json (remove, then link) each time it opens the
+            # metadata: for that instant the root already loaded stays in force
+            if self._keys_mtime < 0:  # never loaded: fail closed
+                raise SignatureError(f"cannot read the trusted root: {exc}",
+                                     reason="no_trusted_root") from exc
         except (OSError, ValueError, KeyError) as exc:  # fail closed: no root, no commands
             raise SignatureError(f"cannot read the trusted root: {exc}",
                                  reason="no_trusted_root") from exc

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ._admin import JsonOpt
 from ._output import console, emit, fail
 
 __all__ = ["db_app"]
@@ -17,7 +18,6 @@ __all__ = ["db_app"]
 DbOpt = Annotated[str, typer.Option("--db", envvar="EDGEFLEET_DB_URL",
                                     help="SQLAlchemy URL of the store (env EDGEFLEET_DB_URL), "
                                          "e.g. postgresql+psycopg://user@host/edgefleet.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 _DEFAULT_DB = "sqlite:///edgefleet-controller.db"
 
 db_app = typer.Typer(help="The controller's database: schema revision and upgrades.",
@@ -34,7 +34,6 @@ def _status(db: str, upgrade: bool) -> dict[str, Any]:
         shown = sa.make_url(db).render_as_string()  # (without the password)
     except sa.exc.ArgumentError:
         fail(f"not an SQLAlchemy database URL: {db!r}")
-        raise typer.Exit(1) from None
     try:
         engine = create_engine(db)
         try:
@@ -51,7 +50,6 @@ def _status(db: str, upgrade: bool) -> dict[str, Any]:
     except (sa.exc.SQLAlchemyError, ImportError) as exc:  # (ImportError: no driver)
         message = f"database {shown}: {str(exc).strip().splitlines()[0]}"
     fail(message)
-    raise typer.Exit(1)
 
 
 @db_app.command("current")

@@ -217,7 +217,9 @@ class Ingestor:
                 states = self.store.load_streams(devices, conn=conn, lock=True)
                 judged = self._judge(items, states)
                 self.store.write_batch(judged.rows, judged.positions, judged.new_streams,
-                                       judged.seen, maybe_new_devices=devices, conn=conn)
+                                       judged.seen, maybe_new_devices=devices - self._known,
+                                       conn=conn)
+            self._known |= devices  # a device's row, once there, stays
         else:
             unknown = devices - self._loaded
             if unknown:

@@ -58,7 +58,6 @@ _SQLITE_INSERT_RAW = (
     + ", ".join(f"NULLIF(json_extract(?{_RAW}, '$.{c}'), '{{}}')" if c in SPLIT
                 else f"?{_PLAIN.index(c) + 1}" for c in _COLUMNS) + ")")
 _KEYS = tuple(f'"{k}"'.encode() for k in SPLIT)
-_encode = dumps  # standard JSON (a non-finite number: null)
 
 
 def summary_row(device: str, summary: Summary, received_at: float, *, sketch_ok: bool = True,
@@ -388,9 +387,9 @@ def _insert_summaries(c: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
         c.execute(telemetry.insert(), [{k: v for k, v in r.items() if k != "_raw"}
                                        for r in rows])
         return
-    fast = [tuple(r[k] if k != "payload" else _encode(r[k]) for k in _PLAIN) + (r["_raw"],)
+    fast = [tuple(r[k] if k != "payload" else dumps(r[k]) for k in _PLAIN) + (r["_raw"],)
             for r in rows if "_raw" in r]
-    slow = [tuple(_encode(r[k]) if k in _JSON_COLUMNS and r[k] is not None else r[k]
+    slow = [tuple(dumps(r[k]) if k in _JSON_COLUMNS and r[k] is not None else r[k]
                   for k in _COLUMNS) for r in rows if "_raw" not in r]
     if fast:
         c.exec_driver_sql(_SQLITE_INSERT_RAW, fast)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from ._views import describe
 from .auth import approval_refusal
 from .lease import Lease
 from .rollout import (
+    JOB_DONE,
     CohortMetrics,
     RolloutPolicy,
     evaluate_shadow,
@@ -330,10 +331,9 @@ class Orchestrator:
     def _hold(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """On abort: devices whose job has not finished are told to keep what they run."""
         running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
-        finished = ("healthy", "failed", "rolled_back", "reverted", "revert_failed")
         for j in dep["jobs"]:
             now_on = running.get(j["device"]) or {}
-            if not j["job"] or j["state"] in finished or not now_on.get("version"):
+            if not j["job"] or j["state"] in JOB_DONE or not now_on.get("version"):
                 continue
             self._send(dep, [j["device"]], job=f"{dep['id']}.a", model=now_on["name"],
                        version=now_on["version"], policy=policy, downgrade=True, state="held")
@@ -396,16 +396,15 @@ class Orchestrator:
         """Promotion or rollback: done when every sent device answered or timed out."""
         job_suffix = ".p" if dep["state"] == "promoting" else ".rb"
         sent = [j for j in dep["jobs"] if (j["job"] or "").endswith(job_suffix)]
-        done_states = {"healthy", "failed", "rolled_back", "reverted", "revert_failed"}
         timed_out = self.clock.time() - dep["phase_started_at"] >= policy.wave_timeout_s
-        if all(j["state"] in done_states for j in sent) or timed_out:
+        if all(j["state"] in JOB_DONE for j in sent) or timed_out:
             final = (dep.get("result") or {}).get("final", "succeeded")
             bad = sum(j["state"] in ("failed", "rolled_back", "revert_failed") or
-                      j["state"] not in done_states for j in sent)
+                      j["state"] not in JOB_DONE for j in sent)
             if dep["state"] == "promoting" and sent and bad / len(sent) > policy.max_failure_rate:
                 final = "failed"  # the promotion itself breached
             self._set(dep, final, "orchestrator", final, phase="done",
-                      answered=sum(j["state"] in done_states for j in sent), sent=len(sent),
+                      answered=sum(j["state"] in JOB_DONE for j in sent), sent=len(sent),
                       failed=bad)
 
     # -- operator actions ---------------------------------------------------------------

@@ -214,15 +214,22 @@ class Registry:
                               target, progress=progress)
             report = dict(result.report)
             variant = "int8" if result.shipped == "int8" else "fp32"
-            metrics = {"accuracy": report.get(variant, {}).get("accuracy")}
-            staged = work / "shipped.onnx"
-            shutil.copyfile(result.shipped_path, staged)
-            return self._add(name, staged, inspect_model(staged), row["labels"], metrics,
-                             parent=version, variant=variant, report=report,
-                             hardware_classes=row.get("hardware_classes"),
-                             release_counter=max(self._counter(name), 1))
+            return self._add_child(name, row, Path(result.shipped_path), work, variant=variant,
+                                   accuracy=report.get(variant, {}).get("accuracy"),
+                                   report=report)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _add_child(self, name: str, row: dict[str, Any], source: Path, work: Path, *,
+                   variant: str, accuracy: float | None,
+                   report: dict[str, Any]) -> dict[str, Any]:
+        """Register an optimizer's output as the next version of ``name``, child of ``row``."""
+        staged = work / "shipped.onnx"
+        shutil.copyfile(source, staged)
+        return self._add(name, staged, inspect_model(staged), row["labels"],
+                         {"accuracy": accuracy}, parent=row["version"], variant=variant,
+                         report=report, hardware_classes=row.get("hardware_classes"),
+                         release_counter=max(self._counter(name), 1))
 
     def _optimize_for_classes(self, name: str, row: dict[str, Any], calib_x: np.ndarray,
                               evalset: dict[str, np.ndarray], work: Path,
@@ -230,13 +237,10 @@ class Registry:
                               classes: list[str]) -> dict[str, Any]:
         plan = optimize_for_classes(Path(row["file"]), calib_x, evalset["x"], evalset["y"],
                                     work, classes, target, progress)
-        staged = work / "shipped.onnx"
-        shutil.copyfile(work / plan.optimization.report["files"]["fp32"], staged)
-        accuracy = plan.report["candidates"]["fp32"]["accuracy"]
-        child = self._add(name, staged, inspect_model(staged), row["labels"],
-                          {"accuracy": accuracy}, parent=row["version"], variant="fp32",
-                          report=plan.report, hardware_classes=row.get("hardware_classes"),
-                          release_counter=max(self._counter(name), 1))
+        child = self._add_child(name, row, work / plan.optimization.report["files"]["fp32"],
+                                work, variant="fp32",
+                                accuracy=plan.report["candidates"]["fp32"]["accuracy"],
+                                report=plan.report)
         for variant, cls in plan.classes.items():
             self.add_variant(name, child["version"], plan.files[variant].read_bytes(),
                              variant=variant, hardware_classes=cls,

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "JOB_DONE",
+    "JOB_SETTLED",
     "STRATEGIES",
     "CohortMetrics",
     "Decision",
@@ -31,6 +33,10 @@ STRATEGIES = ("all-at-once", "staged", "canary", "shadow", "ab")
 ON_BREACH = ("pause", "abort", "rollback")
 TERMINAL_OK = frozenset({"healthy"})
 TERMINAL_BAD = frozenset({"failed", "rolled_back"})
+# a job that ran to its end, controller side (a device "healthy" on a rollback job is
+# "reverted", …); settled also counts the ends of shadow stops and holds
+JOB_DONE = TERMINAL_OK | TERMINAL_BAD | {"reverted", "revert_failed"}
+JOB_SETTLED = JOB_DONE | {"shadow_stopped", "shadow_stop_failed", "held", "hold_failed"}
 
 
 @dataclasses.dataclass(frozen=True)

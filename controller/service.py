@@ -43,7 +43,7 @@ from .lease import Lease
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
-from .rollout import RolloutPolicy, needs_redrive
+from .rollout import JOB_SETTLED, RolloutPolicy, needs_redrive
 from .settings import Settings
 from .signing import TrustRepository
 from .store import Store
@@ -51,9 +51,6 @@ from .store import Store
 __all__ = ["FleetController", "select_devices"]
 
 log = logging.getLogger(__name__)
-# how a job ends, controller side (device "healthy" on a rollback job is "reverted", …)
-SETTLED_JOB_STATES = ("healthy", "failed", "rolled_back", "reverted", "revert_failed",
-                      "shadow_stopped", "shadow_stop_failed", "held", "hold_failed")
 
 
 def select_devices(devices: list[dict[str, Any]], *, ids: list[str] | None,
@@ -285,7 +282,7 @@ class FleetController:
             fields["progress"] = status.progress
         # A device reports a job's steps in order, but with replicas two of its statuses
         # may be handled by two controllers at once: a step never overwrites how it ended.
-        settled = () if status.state in JobState.TERMINAL else SETTLED_JOB_STATES
+        settled = () if status.state in JobState.TERMINAL else JOB_SETTLED
         if self.store.update_job(status.deployment, device, only_job=status.job,
                                  unless_states=settled, **fields):
             return

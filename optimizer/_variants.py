@@ -22,6 +22,7 @@ from edgefleet.contract.errors import OptimizationError
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.hardware import CLASS_TRAITS, detect
 from edgefleet.optimizer._classes import Candidate, ClassChoice, choose_for_class
+from edgefleet.optimizer._decisions import decide_gates
 from edgefleet.optimizer._evaluate import score
 from edgefleet.optimizer._pipeline import optimize
 from edgefleet.optimizer._tflite import onnx_to_tflite, quantize_tflite, run_tflite, time_tflite
@@ -96,8 +97,12 @@ def _tflite_candidates(fp32_onnx: Path, out: Path, eval_x: np.ndarray, eval_y: n
             ("tflite-fp32", "tflite-int8"), ("fp32", "int8"), (fp32, int8), outputs, times,
             strict=True):
         s = score(y_hat.reshape(len(eval_x), -1), eval_y)
-        ok = s["finite"] and (base_accuracy - s["accuracy"]) * 100 <= (
-            target.accuracy_budget_pt + 1e-9)
+        gates = decide_gates(candidate_finite=s["finite"], baseline_accuracy=base_accuracy,
+                             candidate_accuracy=s["accuracy"],
+                             accuracy_budget_pt=target.accuracy_budget_pt,
+                             baseline_p50_ms=0.0, candidate_p50_ms=0.0,
+                             require_faster=False).gates
+        ok = gates["finite"] and gates["accuracy"]
         cands[variant] = Candidate(variant, "litert", precision, s["accuracy"], bool(ok),
                                    float(np.percentile(t, 50)), path.stat().st_size)
     return cands, {"tflite-fp32": fp32, "tflite-int8": int8}, {"made": True}

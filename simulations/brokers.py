@@ -162,6 +162,11 @@ class MosquittoProcess:
         return f"mqtt://127.0.0.1:{self._port}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None

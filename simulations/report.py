@@ -68,8 +68,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
     if deployed_wall is not None:
         cut = plan.faulted("partition", scenario.faults) | plan.faulted("crash", scenario.faults)
         full = plan.faulted("disk_full", scenario.faults)
-        gone = {d for i, ids in plan.picked.items() if scenario.faults[i].kind == "crash"
-                and scenario.faults[i].end is None for d in ids}
+        gone = plan.never_restarted(scenario.faults)
         expected = [d.id for d in plan.devices if d.id not in full | gone]
         reachable = [d for d in expected if d not in cut]
 
@@ -150,7 +149,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
 # minute, and at most three times what the broker alone needs to fan out the same bytes.
 HEALTHY_WITHIN_S = 60.0
 MAX_RATIO_TO_FANOUT = 3.0
-_FANOUT_WHY = ("each device fetches its bundle chunk by chunk from the controller, which "
+FANOUT_WHY = ("each device fetches its bundle chunk by chunk from the controller, which "
                "reads and publishes every chunk once per device on one MQTT thread "
                "(devices x bundle bytes through the controller), while the raw fan-out is one "
                "publish that the broker copies to every subscriber; see cpu_s_timed_part")
@@ -171,7 +170,7 @@ def targets(figures: dict[str, Any], devices: int) -> list[dict[str, Any]]:
         out.append({"target": f"rollout at most {MAX_RATIO_TO_FANOUT:.0f}x the raw fan-out",
                     "figure": ratio, "limit": MAX_RATIO_TO_FANOUT, "met": ok,
                     "by": None if ok else round(ratio / MAX_RATIO_TO_FANOUT, 1),
-                    **({} if ok else {"why": _FANOUT_WHY})})
+                    **({} if ok else {"why": FANOUT_WHY})})
     return out
 
 

@@ -157,6 +157,11 @@ class Plan:
         """Devices touched by faults of ``kind``."""
         return {d for i, ids in self.picked.items() if faults[i].kind == kind for d in ids}
 
+    def never_restarted(self, faults: tuple[Fault, ...]) -> set[str]:
+        """Devices a crash fault stops for good (no ``end``)."""
+        return {d for i, ids in self.picked.items()
+                if faults[i].kind == "crash" and faults[i].end is None for d in ids}
+
 
 def _num(data: dict[str, Any], key: str, default: float, *, low: float = 0.0) -> float:
     value = data.get(key, default)

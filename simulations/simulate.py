@@ -33,7 +33,8 @@ from ._models import ASSETS, load_model, release
 from ._shards import ShardProcess
 from ._workspace import default_workdir, factory_image, filesystem_of
 from .brokers import MosquittoProcess
-from .report import summarize, write_report
+from .fleet import wait_until
+from .report import FANOUT_WHY, MAX_RATIO_TO_FANOUT, summarize, write_report
 from .scenario import Action, Plan, Scenario, load_scenario, plan
 
 __all__ = ["run_scenario", "run_simulation"]
@@ -61,9 +62,7 @@ class _Run:
         self.partitioned: set[str] = set()
         self.crashed: set[str] = set()
         self.full = the_plan.faulted("disk_full", scenario.faults)
-        self.never_back = {d for i, ids in the_plan.picked.items()
-                           if scenario.faults[i].kind == "crash" and scenario.faults[i].end is None
-                           for d in ids}
+        self.never_back = the_plan.never_restarted(scenario.faults)
         self.dep_id: str | None = None
         self.deployed_wall: float | None = None
         self.target: int | None = None
@@ -171,19 +170,18 @@ class _Run:
             time.sleep(max(0.5, goal / 4000))  # every status costs each shard a pass
 
     def wait(self, done: Callable[[], Any], timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not within {timeout_s:.0f}s: {what}")
-            time.sleep(0.25)
+        try:
+            wait_until(done, timeout_s, 0.25)
+        except TimeoutError:
+            raise TimeoutError(f"not within {timeout_s:.0f}s: {what}") from None
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time so far of the controller (this process), the broker and the shards."""
         me = psutil.Process()
-        broker = [p for p in me.children() if p.name() == "mosquitto"]
+        broker = self.broker.pid
         shards = self.status_all()["shards"]
         return {"controller": sum(me.cpu_times()[:2]),
-                "broker": sum(broker[0].cpu_times()[:2]) if broker else 0.0,
+                "broker": sum(psutil.Process(broker).cpu_times()[:2]) if broker else 0.0,
                 "shards": sum(s["cpu_s"] for s in shards)}
 
     def telemetry_delivered(self) -> bool:
@@ -211,8 +209,10 @@ class _Run:
                     total.setdefault(key, {}).update(value)
         return total
 
-    def register(self) -> tuple[str, int | None, int | None, bytes]:
-        """Register the model: v1 when devices start on it, the next one for the rollout.
+    def register(self, name: str, model: bytes,
+                 extra: dict[str, Any]) -> tuple[str, int | None, int | None, bytes]:
+        """Register the model (``load_model``'s result): v1 when devices start on it, the
+        next one for the rollout.
 
         Returns:
             The model's name, the version devices start on (or None), the version rolled
@@ -220,7 +220,6 @@ class _Run:
         """
         assert self.ctl is not None
         s = self.scenario
-        name, model, extra = load_model(s.model, Path(s.source).parent if s.source else None)
         first = target = None
         if s.start_on != "none":
             first = int(self.ctl.registry.register(name, model, **extra)["version"])
@@ -397,8 +396,9 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
     say = progress or (lambda _m: None)
     the_plan = plan(scenario, devices, shards=shards)
     own = workdir is None
-    bundle = len(load_model(scenario.model)[1]) if scenario.model in ("digits", "tiny") \
-        else 16 * 1024 * 1024
+    loaded = load_model(scenario.model,
+                        Path(scenario.source).parent if scenario.source else None)
+    bundle = len(loaded[1]) if scenario.model in ("digits", "tiny") else 16 * 1024 * 1024
     root = Path(workdir) if workdir is not None else default_workdir(len(the_plan.devices),
                                                                        bundle)
     for stale in ("keys", "controller", "devices", "mosquitto", "controller.db"):
@@ -411,7 +411,7 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
     started = time.monotonic()
     try:
         run.start_services()
-        name, first, target, target_bytes = run.register()
+        name, first, target, target_bytes = run.register(*loaded)
         run.target = target
         assert run.ctl is not None
         image = factory_image(run.ctl, name, first) if scenario.start_on == "preinstalled" \
@@ -453,8 +453,8 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
         final = run.status_all(target=run.target, telemetry=True, detail=True)
         final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 1) for k in cpu_after}
         final["rss_self"] = psutil.Process().memory_info().rss
-        broker_proc = [p for p in psutil.Process().children() if p.name() == "mosquitto"]
-        final["rss_broker"] = broker_proc[0].memory_info().rss if broker_proc else 0
+        broker = run.broker.pid
+        final["rss_broker"] = psutil.Process(broker).memory_info().rss if broker else 0
         assert run.ctl is not None
         deployment = run.ctl.store.get_deployment(run.dep_id) if run.dep_id else None
         report = summarize(scenario=scenario, plan=the_plan, samples=run.samples,
@@ -494,8 +494,6 @@ def run_scenario(devices: int, *, quick: bool = False,
     f = report["figures"]
     cpu = f.get("cpu_s_timed_part", {})
     return {"rollout_s": f.get("time_to_all_healthy_s"),
-            "raw_fanout_s": f.get("fanout_baseline_s"), "target_ratio": 3.0, "figures": f,
-            "outcomes": report["outcomes"],
-            "why": "each device pulls every 64 KiB chunk through the controller (request and "
-                   "answer, TUF-verified, installed and smoke-tested); the raw fan-out is one "
-                   f"publish the broker copies. CPU in the rollout: {cpu}"}
+            "raw_fanout_s": f.get("fanout_baseline_s"), "target_ratio": MAX_RATIO_TO_FANOUT,
+            "figures": f, "outcomes": report["outcomes"],
+            "why": f"{FANOUT_WHY}. CPU in the rollout: {cpu}"}

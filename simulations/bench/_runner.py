@@ -14,12 +14,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from edgefleet.contract.files import atomic_write
 
 from ._report import compare, find_previous, render
 
@@ -65,19 +66,6 @@ def run_benchmarks(names: Sequence[str], size: str = "full", *,
     return results
 
 
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(report: dict[str, Any], folder: Path) -> Path:
     """Write ``report`` as ``folder/<UTC stamp>-<size>.json`` and ``folder/latest.json``.
 
@@ -92,8 +80,8 @@ def save(report: dict[str, Any], folder: Path) -> Path:
         n += 1
         path = folder / f"{stamp}.{n}-{report['size']}.json"
     text = json.dumps(report, indent=2, default=str) + "\n"
-    _write(path, text)
-    _write(folder / "latest.json", text)
+    atomic_write(path, text.encode())
+    atomic_write(folder / "latest.json", text.encode())
     return path
 
 

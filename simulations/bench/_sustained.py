@@ -139,18 +139,6 @@ def _cpu_s(pid: int | None) -> float:
         return 0.0
 
 
-def _broker_pid() -> int | None:
-    import psutil
-
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "mosquitto" in child.name():
-                return int(child.pid)
-        except psutil.Error:
-            continue
-    return None
-
-
 def _check_store(db: Path) -> dict[str, int]:
     """Rows, distinct keys, streams with a gap or not starting at 1, lost per the store."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -206,7 +194,7 @@ def sustained(root: Path, devices: int, duration_s: float,
                 raise RuntimeError("the publisher process did not connect")
             sampler = _Sampler(ctl.counters, window_s, warmup_s, say)
             pids = {"controller": os.getpid(), "publisher": proc.pid,
-                    "mosquitto": _broker_pid()}
+                    "mosquitto": broker.pid}
             cpu0 = {k: _cpu_s(p) for k, p in pids.items()}
             sampler.start()
             go.set()
