@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 import edgefleet
 from edgefleet.contract import (
     CompatibilityError,
@@ -27,13 +25,12 @@ from edgefleet.contract import (
     JobState,
     JobStatus,
     RollbackError,
-    SmokeTestError,
     TargetTrust,
     TrustError,
 )
 
-from .models import InstalledModel
-from .runtime import V2_TO_NUMPY, Runtime, available_runtimes
+from ._smoke import smoke_test
+from .runtime import available_runtimes
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -45,33 +42,6 @@ log = logging.getLogger(__name__)
 
 def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".") if p.isdigit())
-
-
-def smoke_test(installed: InstalledModel, runtime: Runtime) -> None:
-    """Run the bundle's smoke-test sample and compare with its expected output and labels.
-
-    Raises:
-        SmokeTestError: output not finite, not the expected one, or too few labels right.
-    """
-    smoke = installed.manifest.smoke_test
-    if not smoke:
-        return
-    spec = runtime.inputs[0]
-    x: np.ndarray = np.asarray(smoke["input"], dtype=V2_TO_NUMPY.get(spec.datatype, np.float32))
-    out = next(iter(runtime.run({spec.name: x}).values()))
-    if not np.all(np.isfinite(out)):
-        raise SmokeTestError("the model's smoke-test output is not finite")
-    if "expected" in smoke:
-        expected = np.asarray(smoke["expected"], dtype=np.float64)
-        atol = float(smoke.get("atol", 1e-3))
-        if out.shape != expected.shape or not np.allclose(out, expected, atol=atol):
-            raise SmokeTestError("the model's smoke-test output is not the expected one")
-    if "labels" in smoke and out.ndim == 2:
-        labels = np.asarray(smoke["labels"])
-        hits = float(np.mean(out.argmax(axis=1) == labels))
-        if hits < float(smoke.get("min_accuracy", 0.0)):
-            raise SmokeTestError(f"smoke-test accuracy {hits:.2f} is below "
-                                 f"{smoke['min_accuracy']}")
 
 
 class JobRunner:
@@ -279,7 +249,8 @@ class JobRunner:
                                 f"{active.name}:{active.version}")
         self.check_compatible(m.runtime, m.compatibility)
         self.report(d, JobState.INSTALLING)
-        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust)
+        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
+                                        bundle.data)
         agent.updater.clear()
         runtime = agent.load_runtime(installed)
         smoke_test(installed, runtime)

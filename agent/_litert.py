@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
+from edgefleet.contract import ModelError, ModelLoadError, TensorSpec
+
+from ._signature import check_feeds
 
 __all__ = ["LiteRtRuntime", "litert_module"]
 
@@ -46,7 +48,7 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     shape = list(signature if signature is not None and len(signature) else detail["shape"])
     return TensorSpec(name=str(detail["name"]),
                       datatype=_NP_TO_V2.get(np.dtype(detail["dtype"]), "FP32"),
-                      shape=["batch" if i == 0 and d in (-1, 1) else int(d)
+                      shape=[("batch" if i == 0 else f"dim{i}") if d < 0 else int(d)
                              for i, d in enumerate(shape)])
 
 
@@ -77,31 +79,31 @@ class LiteRtRuntime:
         self.inputs = [_spec(d) for d in self._in]
         self.outputs = [_spec(d) for d in self._out]
         self._lock = threading.Lock()
-        self._batch = int(self._in[0]["shape"][0]) if len(self._in[0]["shape"]) else 1
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raises: InputError for feeds that do not fit, ModelError if the run fails."""
-        if set(feeds) != {d["name"] for d in self._in}:
-            raise InputError(f"expected inputs {[d['name'] for d in self._in]}, "
-                             f"got {sorted(feeds)}")
+        """Run one call; a dimension the model fixes must be what it says (a fixed batch
+        of 1 takes one sample per call), dynamic ones resize the interpreter.
+
+        Raises:
+            InputError: feeds that do not match the signature; ModelError if the run fails.
+        """
+        check_feeds(self.inputs, feeds)
         with self._lock:
             try:
-                batch = int(next(iter(feeds.values())).shape[0])
-                if batch != self._batch:
-                    for d in self._in:
-                        self._it.resize_tensor_input(d["index"],
-                                                     [batch, *list(d["shape"][1:])])
-                    self._it.allocate_tensors()
-                    self._batch = batch
+                resized = False
                 for d in self._in:
-                    arr = feeds[d["name"]]
-                    if arr.dtype != d["dtype"]:
-                        raise InputError(f"{d['name']}: expected {np.dtype(d['dtype'])}, "
-                                         f"got {arr.dtype}")
-                    self._it.set_tensor(d["index"], arr)
+                    shape = list(feeds[d["name"]].shape)
+                    if shape != [int(v) for v in d["shape"]]:
+                        self._it.resize_tensor_input(d["index"], shape)
+                        resized = True
+                if resized:
+                    self._it.allocate_tensors()
+                    self._in = self._it.get_input_details()
+                    self._out = self._it.get_output_details()
+                for d in self._in:
+                    self._it.set_tensor(d["index"], feeds[d["name"]])
                 self._it.invoke()
                 return {d["name"]: np.array(self._it.get_tensor(d["index"])) for d in self._out}
-            except InputError:
-                raise
             except (ValueError, RuntimeError, IndexError) as exc:
-                raise ModelError(f"LiteRT run failed: {exc}") from exc
+                raise ModelError(f"LiteRT run failed: {exc}",
+                                 reason="inference_failed") from exc

@@ -22,15 +22,20 @@ class Loaded:
     installed: InstalledModel
     runtime: Runtime
     # worked out once for the inference path: the ref it answers with, the input a
-    # bare array is fed to and the drift spec (None: the bundle has no usable profile)
+    # bare array is fed to, the class names and the drift spec (None: the bundle has no
+    # usable profile)
     ref: ModelRef = dataclasses.field(init=False)
     first_input: str = dataclasses.field(init=False)
+    labels: list[str] = dataclasses.field(init=False)
     drift: DriftSpec | None = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ref", self.installed.ref)
+        installed = self.installed
+        object.__setattr__(self, "ref", installed.ref)
         object.__setattr__(self, "first_input", self.runtime.inputs[0].name)
-        object.__setattr__(self, "drift", DriftSpec.from_manifest(self.installed.manifest))
+        object.__setattr__(self, "labels", installed.labels())
+        object.__setattr__(self, "drift", DriftSpec.from_manifest(installed.manifest,
+                                                                  installed.profile()))
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ into a window's counts: inferences, errors by kind, predicted labels, models and
 latency ``DDSketch``. It round-trips through JSON (``state``/``from_state``) so the
 telemetry store can keep every open window's accumulator in the same transaction as
 the raw rows it counts. ``DriftSpec`` is what a model's reference profile needs on
-the inference path (which input columns to copy) and at window close (PSI scores
-named by the original feature index).
+the inference path (the features of each call) and at window close (PSI scores by
+feature name).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, cast
 import numpy as np
 
 from edgefleet.contract import DDSketch, Manifest, Summary
+from edgefleet.contract.features import extract, feature_names
 from edgefleet.contract.sketch import MIN_VALUE
 
-from .drift import DriftWindow
+from .drift import DriftWindow, extractors_of
 
 __all__ = ["DriftSpec", "WindowStats", "add_latencies", "make_summary", "window_start"]
 
@@ -132,53 +133,60 @@ def make_summary(stats: WindowStats, *, seq: int, start: float, end: float,
 class DriftSpec:
     """A model's reference profile, prepared for the inference path and the writer.
 
-    The inference path copies only the profiled columns of the first input (or the
-    whole row when every feature is profiled), so the drift window sees compact rows:
-    column ``j`` is feature ``features[j]``.
+    The inference path computes each extractor's small feature matrix from the call's
+    inputs and outputs (``extract``: a few statistics per sample, the tensors are not
+    copied); the writer counts them into a ``DriftWindow``.
     """
 
-    profile: dict[str, Any]  # the reference profile with feature index 0..k-1
-    features: tuple[int, ...]  # original feature index of each compact column
-    columns: np.ndarray | None  # None: the row is the profiled features, copy it whole
+    profile: dict[str, Any]
+    extractors: tuple[dict[str, Any], ...]
+    first_input: str
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> DriftSpec | None:
-        """None when the bundle has no (usable) profile: no drift for this model."""
-        profile = manifest.reference_profile
+    def from_manifest(cls, manifest: Manifest,
+                      profile: dict[str, Any] | None = None) -> DriftSpec | None:
+        """The spec for a bundle's profile (``profile``, else the one inline in older
+        manifests); None when there is none, or it does not fit the model's inputs."""
+        profile = manifest.reference_profile if profile is None else profile
+        if not profile or not manifest.inputs:
+            return None
         try:
-            index = [int(i) for i in profile["features"]["index"]]
-            compact = {**profile, "features": {**profile["features"],
-                                               "index": list(range(len(index)))}}
-            DriftWindow(compact)  # readable?
-        except (KeyError, TypeError, ValueError):
+            DriftWindow(profile)  # readable?
+            found = extractors_of(profile)
+        except ValueError:
             return None
-        if not index:
+        first = manifest.inputs[0].name
+        shapes = {t.name: t.shape for t in manifest.inputs}
+        resolved = []
+        for e in found:
+            if not e.get("tensor"):  # the first input, named now that it is known
+                e = {**e, "tensor": first}
+                e["features"] = feature_names(e)
+            shape = shapes.get(e["tensor"]) if e.get("source", "input") == "input" else None
+            row = list(shape[1:]) if shape else []
+            if (e["kind"] == "tabular" and row and all(isinstance(d, int) for d in row)
+                    and max(e["index"], default=-1) >= math.prod(row)):
+                return None  # a profile for another input shape
+            resolved.append(e)
+        if not resolved:
             return None
-        shape = manifest.inputs[0].shape[1:] if manifest.inputs else []
-        width = math.prod(d for d in shape if isinstance(d, int)) if all(
-            isinstance(d, int) for d in shape) else None
-        if width is not None and max(index) >= width:
-            return None  # a profile for another input shape
-        whole = width is not None and index == list(range(width))
-        return cls(compact, tuple(index), None if whole else np.asarray(index, dtype=np.intp))
+        return cls({**profile, "extractors": resolved}, tuple(resolved), first)
 
-    def rows(self, x: np.ndarray) -> np.ndarray | None:
-        """The profiled columns of a batch, copied (the caller may reuse its array)."""
-        try:
-            if self.columns is None:
-                return x.copy()
-            return x.reshape(len(x), -1)[:, self.columns]
-        except (IndexError, ValueError, TypeError, AttributeError):
-            return None
+    def rows(self, x: np.ndarray) -> list[np.ndarray | None] | None:
+        """``extract`` for a call that feeds only the first input."""
+        return self.extract({self.first_input: x}, {})
+
+    def extract(self, feeds: dict[str, np.ndarray],
+                outputs: dict[str, np.ndarray]) -> list[np.ndarray | None] | None:
+        """Each extractor's ``[samples, features]`` for one call (None: nothing applies)."""
+        found = [extract(e, feeds, outputs) for e in self.extractors]
+        return found if any(m is not None for m in found) else None
 
     def window(self) -> DriftWindow:
         return DriftWindow(self.profile)
 
     def scores(self, window: DriftWindow, predictions: dict[str, int]) -> dict[str, Any]:
-        out = window.scores(predictions)
-        if "top" in out:
-            out["top"] = {str(self.features[int(k)]): v for k, v in out["top"].items()}
-        return out
+        return window.scores(predictions)
 
 
 def summarize(rows: list[tuple[Any, ...]], *, seq: int, start: float, end: float,

@@ -39,6 +39,7 @@ from ._jobs import JobRunner
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
 from ._mqtt import AgentLink, NetworkLoop
+from ._signature import v2_shape
 from ._system import SystemMetrics
 from .commands import CommandGuard, ControlInbox
 from .config import AgentConfig
@@ -277,11 +278,11 @@ class Agent:
         first, top = next(iter(outputs.values())), None
         if first.ndim == 2 and first.shape[0] >= 1 and first.dtype.kind == "f":
             idx = int(first[0].argmax())
-            top = manifest.labels[idx] if idx < len(manifest.labels) else str(idx)
-        drift = loaded.drift  # the writer thread bins the copied rows, not this one
+            labels = loaded.labels
+            top = labels[idx] if idx < len(labels) else str(idx)
+        drift = loaded.drift  # a few numbers per sample here; the writer thread bins them
         self.buffer.record(self.clock.time(), manifest.name, manifest.version, latency_ms, True,
-                           top, None, drift.rows(feeds[loaded.first_input]) if drift else None,
-                           drift)
+                           top, None, drift.extract(feeds, outputs) if drift else None, drift)
         trial = self._trial
         if trial is not None:
             trial.count += 1
@@ -311,8 +312,8 @@ class Agent:
             return None
         m = loaded.installed.manifest
         return {"name": m.name, "versions": [str(m.version)], "platform": m.runtime,
-                "inputs": [i.to_dict() for i in m.inputs],
-                "outputs": [o.to_dict() for o in m.outputs]}
+                "inputs": [{**i.to_dict(), "shape": v2_shape(i.shape)} for i in m.inputs],
+                "outputs": [{**o.to_dict(), "shape": v2_shape(o.shape)} for o in m.outputs]}
 
     def status(self) -> dict[str, Any]:
         state = self.store.read_state()

@@ -2,7 +2,8 @@
 
 Layout under ``state_dir``::
 
-    models/{name}/{version}-{sha12}/manifest.json + model file   complete installs only
+    models/{name}/{version}-{sha12}/manifest.json + model file + data files (smoke.npz,
+                                    profile.json…)              complete installs only
     models/.staging-*/                                          in-progress installs
     state.json          {"active": …, "last_good": …, "trial": … while a health window runs}
 
@@ -48,6 +49,34 @@ class InstalledModel:
     def ref(self) -> ModelRef:
         return ModelRef(self.manifest.name, self.manifest.version, self.manifest.model_sha256)
 
+    def data_path(self, role: str) -> Path | None:
+        """The installed data file for ``role`` (``smoke``, ``profile``, ``labels``), if any."""
+        entry = self.manifest.file(role)
+        return self.directory / entry.name if entry is not None else None
+
+    def profile(self) -> dict[str, Any]:
+        """The drift reference profile: its file, or what older manifests held inline
+        (``{}`` when there is none or it cannot be read)."""
+        path = self.data_path("profile")
+        if path is None:
+            return dict(self.manifest.reference_profile)
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def labels(self) -> list[str]:
+        """Class names: inline in the manifest, or in the bundle's labels file."""
+        path = self.data_path("labels")
+        if path is None:
+            return list(self.manifest.labels)
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return []
+        return [str(x) for x in data] if isinstance(data, list) else []
+
 
 class ModelStore:
     """Installed models and which one is active / last known good."""
@@ -77,24 +106,34 @@ class ModelStore:
             manifest = Manifest.decode((directory / "manifest.json").read_bytes())
         except (FileNotFoundError, ValueError, MessageError):
             return None
-        model = directory / manifest.model_file
-        if not model.exists() or model.stat().st_size != manifest.model_length:
-            return None
+        for name, length in [(manifest.model_file, manifest.model_length),
+                             *((f.name, f.length) for f in manifest.files)]:
+            path = directory / name
+            if not path.exists() or path.stat().st_size != length:
+                return None
         return InstalledModel(manifest, directory)
 
     def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
-                trust: TargetTrust | None = None) -> InstalledModel:
-        """Copy a verified model beside the others; does not activate it.
+                trust: TargetTrust | None = None,
+                data: dict[str, Path] | None = None) -> InstalledModel:
+        """Copy a verified model (and its data files) beside the others; does not
+        activate it.
 
         ``trust`` (the signed hardware classes and release counter) is kept with it, so
-        a later switch back to it can be checked against the release floor.
+        a later switch back to it can be checked against the release floor. ``data``
+        maps each of the manifest's data file names to the downloaded file.
 
         Raises:
-            IntegrityError: the model file does not match the manifest's hash/length.
+            IntegrityError: the model or a data file does not match the manifest.
         """
         digest, length = sha256_file(str(model_src))
         if digest != manifest.model_sha256 or length != manifest.model_length:
             raise IntegrityError(f"{manifest.model_file} does not match its manifest")
+        data = dict(data or {})
+        for entry in manifest.files:
+            src = data.get(entry.name)
+            if src is None or sha256_file(str(src)) != (entry.sha256, entry.length):
+                raise IntegrityError(f"{entry.name} is missing or does not match its manifest")
         ref = ModelRef(manifest.name, manifest.version, digest)
         final = self._dir_for(ref)
         existing = self.get(ref)
@@ -102,8 +141,10 @@ class ModelStore:
             return existing
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            shutil.copyfile(model_src, staging / manifest.model_file)
-            fsync_path(staging / manifest.model_file)
+            for name, src in [(manifest.model_file, model_src),
+                              *((f.name, data[f.name]) for f in manifest.files)]:
+                shutil.copyfile(src, staging / name)
+                fsync_path(staging / name)
             if trust is not None:
                 atomic_write(staging / "trust.json", trust.encode())
             atomic_write(staging / "manifest.json", manifest_bytes)

@@ -6,28 +6,18 @@ This module is the one place onnxruntime errors are translated into edgefleet's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from edgefleet.contract import InputError, ModelError, ModelLoadError, TensorSpec
+from edgefleet.contract import ModelError, ModelLoadError, TensorSpec
 
 from ._litert import LiteRtRuntime, litert_module
 from ._providers import choose_providers, open_session
+from ._signature import _ORT_TO_V2, V2_TO_NUMPY, check_feeds, signature_text
 
-__all__ = ["OnnxRuntime", "Runtime", "available_runtimes", "load_runtime"]
-
-_ORT_TO_V2 = {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int8)": "INT8",
-    "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL",
-}
-V2_TO_NUMPY = {
-    "FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
-    "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_,
-}
-_DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
-
+__all__ = ["V2_TO_NUMPY", "OnnxRuntime", "Runtime", "available_runtimes", "check_feeds",
+           "load_runtime", "signature_text"]
 
 class Runtime(Protocol):
     """A loaded model that can run a batch."""
@@ -113,38 +103,6 @@ class OnnxRuntime:
 def _spec(arg: Any) -> TensorSpec:
     shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
     return TensorSpec(name=arg.name, datatype=_ORT_TO_V2.get(arg.type, arg.type), shape=shape)
-
-
-def signature_text(specs: list[TensorSpec]) -> str:
-    return ", ".join(f"{s.name}: {s.datatype}{list(s.shape)}" for s in specs)
-
-
-def check_feeds(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> None:
-    """Raise ``InputError`` naming the expected signature unless ``feeds`` match it."""
-    # on every inference: plain loops, and the signature text only when it fails
-    if len(feeds) != len(specs):
-        _names_error(specs, feeds)
-    for spec in specs:
-        arr = feeds.get(spec.name)
-        if arr is None:
-            _names_error(specs, feeds)
-        want = _DTYPES.get(spec.datatype)
-        if want is not None and arr.dtype != want:
-            raise InputError(f"input {spec.name!r} must be {spec.datatype}, got {arr.dtype}; "
-                             f"expected {{{signature_text(specs)}}}")
-        shape = arr.shape
-        bad = len(shape) != len(spec.shape)
-        if not bad:
-            for d, n in zip(spec.shape, shape):  # noqa: B905 - lengths checked above
-                if d != n and isinstance(d, int):
-                    bad = True
-        if bad:
-            raise InputError(f"input {spec.name!r} has shape {list(shape)}; "
-                             f"expected {{{signature_text(specs)}}}")
-
-
-def _names_error(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> NoReturn:
-    raise InputError(f"expected inputs {{{signature_text(specs)}}}, got names {sorted(feeds)}")
 
 
 def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1,

@@ -53,9 +53,9 @@ from .drift import DriftWindow
 __all__ = ["SCHEMA_VERSION", "TelemetryBuffer", "summarize"]
 
 log = logging.getLogger(__name__)
-# (ts, model, version, latency_ms, error kind or None, top label, input rows, drift spec)
-Record = tuple[float, str, int, float, str | None, str | None, np.ndarray | None,
-               DriftSpec | None]
+# (ts, model, version, latency_ms, error kind or None, top label, drift features, drift spec)
+Record = tuple[float, str, int, float, str | None, str | None,
+               list[np.ndarray | None] | None, DriftSpec | None]
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _CLOSE_GROUP = 4  # summaries per close transaction
 _COUNTERS = ("evicted_raw", "evicted_summaries")
@@ -127,13 +127,14 @@ class TelemetryBuffer:
 
     # -- inference path ---------------------------------------------------------------
     def record(self, ts: float, model: str, version: int, latency_ms: float, ok: bool,
-               top: str | None, kind: str | None = None, x: np.ndarray | None = None,
+               top: str | None, kind: str | None = None,
+               x: list[np.ndarray | None] | None = None,
                drift: DriftSpec | None = None) -> bool:
         """Queue one inference record; ``False`` (and counted) if the queue is full.
 
         Args:
             kind: why it failed (an ``EdgefleetError.reason``) when ``ok`` is false.
-            x: the input rows drift is computed on (already copied: see ``DriftSpec.rows``).
+            x: the call's drift features, one matrix per extractor (``DriftSpec.extract``).
             drift: the model's drift spec (``None``: no drift for this model).
         """
         q = self._queue
@@ -256,22 +257,28 @@ class TelemetryBuffer:
         self._raw_rows = db.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
 
     def _add_drift(self, starts: np.ndarray, models: tuple[str, ...],
-                   versions: tuple[int, ...], xs: tuple[np.ndarray | None, ...],
+                   versions: tuple[int, ...], xs: tuple[Any, ...],
                    specs: tuple[DriftSpec | None, ...]) -> None:
-        groups: dict[tuple[float, str, int], tuple[DriftSpec, list[np.ndarray]]] = {}
+        groups: dict[tuple[float, str, int], tuple[DriftSpec, list[Any]]] = {}
         for i, x in enumerate(xs):
             spec = specs[i]
             if x is not None and spec is not None:
                 key = (float(starts[i]), models[i], versions[i])
                 groups.setdefault(key, (spec, []))[1].append(x)
-        for key, (spec, rows) in groups.items():
+        for key, (spec, items) in groups.items():
             entry = self._drift.get(key)
             if entry is None or entry[0] is not spec:
                 entry = self._drift[key] = (spec, spec.window())
-            try:
-                entry[1].add(np.concatenate(rows) if len(rows) > 1 else rows[0])
-            except ValueError:
-                log.debug("drift: inputs of %s:%s do not stack", key[1], key[2])
+            merged: list[np.ndarray | None] = []
+            for j in range(len(spec.extractors)):
+                parts = [item[j] for item in items if item[j] is not None]
+                try:
+                    merged.append(np.concatenate(parts) if len(parts) > 1
+                                  else parts[0] if parts else None)
+                except ValueError:
+                    log.debug("drift: features of %s:%s do not stack", key[1], key[2])
+                    merged.append(None)
+            entry[1].add(merged)
 
     # -- windows and summaries --------------------------------------------------------
     def close_windows(self, now: float) -> list[int]:

@@ -6,9 +6,10 @@
 last good block after a timeout or a disconnect, and gives up at a deadline, so a
 download can fail but never hang.
 
-``BundleUpdater.fetch`` refreshes TUF metadata, downloads a bundle's manifest and
-model and returns them verified. This module is the one place python-tuf's errors
-are translated into edgefleet's ``TrustError`` tree with a reason code.
+``BundleUpdater.fetch`` refreshes TUF metadata, downloads a bundle's manifest, model
+and data files (smoke test, drift profile) and returns them verified. This module is
+the one place python-tuf's errors are translated into edgefleet's ``TrustError`` tree
+with a reason code.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import FetcherInterface, Updater
 
 from edgefleet.contract import (
+    MANIFEST_MAX_BYTES,
     ChunkResponse,
     EdgefleetError,
     ExpiredError,
@@ -136,14 +138,16 @@ class ChunkFetcher(FetcherInterface):
 
 
 class VerifiedBundle:
-    """A manifest and model file that passed TUF verification, and what was signed about them."""
+    """A manifest, model file and data files that passed TUF verification, and what was
+    signed about them (``data``: each data file's name -> its downloaded path)."""
 
     def __init__(self, manifest: Manifest, manifest_bytes: bytes, model_path: Path,
-                 trust: TargetTrust) -> None:
+                 trust: TargetTrust, data: dict[str, Path] | None = None) -> None:
         self.manifest = manifest
         self.manifest_bytes = manifest_bytes
         self.model_path = model_path
         self.trust = trust
+        self.data = dict(data or {})
 
 
 class BundleUpdater:
@@ -218,6 +222,10 @@ class BundleUpdater:
                                  f"{name}:{version}", reason="unbound_target")
             if check is not None:
                 check(trust)
+            if info.length > MANIFEST_MAX_BYTES:
+                raise TrustError(f"{manifest_path} is {info.length} bytes, above the "
+                                 f"{MANIFEST_MAX_BYTES}-byte cap on manifests",
+                                 reason="manifest_too_large")
             self.download_dir.mkdir(parents=True, exist_ok=True)
             local_manifest = updater.download_target(info, str(self.download_dir / "manifest.json"))
             manifest_bytes = Path(local_manifest).read_bytes()
@@ -234,10 +242,24 @@ class BundleUpdater:
                     or TargetTrust.from_custom(model_info.custom) != trust):
                 raise IntegrityError("the signed model entry differs from the manifest's",
                                      reason="manifest_mismatch")
+            data_infos = []
+            for entry in manifest.files:
+                target = model_target(manifest_path, entry.name)
+                data_info = updater.get_targetinfo(target)
+                if data_info is None:
+                    raise TrustError(f"{target} is not signed", reason="unknown_target")
+                if (data_info.length != entry.length
+                        or data_info.hashes.get("sha256") != entry.sha256
+                        or TargetTrust.from_custom(data_info.custom) != trust):
+                    raise IntegrityError(f"the signed entry of {entry.name} differs from the "
+                                         "manifest's", reason="manifest_mismatch")
+                data_infos.append((entry.name, data_info))
             step("downloading")
             local_model = updater.download_target(
                 model_info, str(self.download_dir / manifest.model_file))
-            return VerifiedBundle(manifest, manifest_bytes, Path(local_model), trust)
+            data = {name: Path(updater.download_target(i, str(self.download_dir / name)))
+                    for name, i in data_infos}
+            return VerifiedBundle(manifest, manifest_bytes, Path(local_model), trust, data)
         raise AssertionError("unreachable")  # pragma: no cover (the context re-raises)
 
     @contextlib.contextmanager

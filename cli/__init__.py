@@ -21,7 +21,7 @@ from ._bench import register_bench
 from ._db import db_app
 from ._identity import claim_tokens_app, register_identity
 from ._image import image_app
-from ._output import console, emit, fail, table, when
+from ._output import JsonOpt, console, emit, fail, table, when
 from ._rollouts import deployments_app, register_deploy
 from ._security import audit_app, tokens_app
 from ._simulate import register_simulate
@@ -54,7 +54,6 @@ register_deploy(app)
 register_bench(app)
 register_simulate(app)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _logging(verbose: bool) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ._output import remember_json
+
 __all__ = ["register_bench"]
 
 
@@ -33,7 +35,8 @@ def register_bench(app: typer.Typer) -> None:
                  "same size in --out).", show_default=False)] = None,
         no_compare: Annotated[bool, typer.Option(
             "--no-compare", help="Do not compare with a previous run.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print JSON for scripts.", callback=remember_json)]
         = False,
     ) -> None:
         """Run the benchmarks: each figure against a baseline measured in the same run."""

@@ -34,9 +34,13 @@ class ApiClient:
         except httpx.HTTPError as exc:
             fail(f"cannot reach the controller at {self.url}: {exc}")
         if resp.status_code >= 400:
+            reason = None
             try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
+                body = resp.json()
+                detail = body.get("detail", resp.text)
+                reason = body.get("reason")
+            except (ValueError, AttributeError):
                 detail = resp.text
-            fail(f"{method} {path} → {resp.status_code}: {detail}")
+            fail(f"{method} {path} → {resp.status_code}: {detail}", status=resp.status_code,
+                 reason=reason if isinstance(reason, str) else None)
         return resp.json()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._output import console, emit, fail, table
+from ._output import console, emit, fail, remember_json, table
 
 __all__ = ["image_app"]
 
@@ -55,7 +55,8 @@ def image_build(
     allow_http: Annotated[bool, typer.Option(
         "--allow-http", help="Accept a plain http:// controller URL that is not loopback.")]
     = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: Annotated[bool, typer.Option(
+            "--json", help="Print JSON for scripts.", callback=remember_json)] = False,
 ) -> None:
     """Build a deterministic overlay tarball to unpack onto a device's root filesystem."""
     from edgefleet import __version__

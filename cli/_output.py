@@ -6,12 +6,13 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "emit", "fail", "table", "when"]
+__all__ = ["JsonOpt", "console", "emit", "fail", "remember_json", "table", "when"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,11 +34,32 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     console.print(t)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print an error to stderr and exit with ``code``."""
-    import typer
+_json_errors = [False]  # set by the running command's --json option (``remember_json``)
 
-    err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+
+def remember_json(value: bool) -> bool:
+    """The ``--json`` option's callback: errors of this command are printed as JSON too."""
+    _json_errors[0] = bool(value)
+    return value
+
+
+def _json_requested() -> bool:
+    return _json_errors[0]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts (errors too).",
+                                       callback=remember_json)]
+
+
+def fail(message: str, code: int = 1, *, status: int | None = None,
+         reason: str | None = None) -> NoReturn:
+    """Report an error and exit with ``code``: on stderr for people, or, when the command
+    was given ``--json``, as ``{"error", "status", "reason"}`` on stdout for scripts."""
+    if _json_requested():
+        sys.stdout.write(json.dumps({"error": message, "status": status, "reason": reason})
+                         + "\n")
+    else:
+        err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._output import console, emit, fail, table
+from ._output import console, emit, fail, remember_json, table
 
 __all__ = ["register_simulate"]
 
@@ -29,7 +29,8 @@ def register_simulate(app: typer.Typer) -> None:
                  "temp folder, removed at the end).")] = None,
         list_: Annotated[bool, typer.Option("--list", help="List the built-in scenarios.")]
         = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="Print the report as JSON.", callback=remember_json)]
         = False,
     ) -> None:
         """Run N real agents (MQTT, SQLite, TUF verification) through a scenario's rollout

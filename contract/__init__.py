@@ -3,7 +3,16 @@
 It depends on the standard library only, so it costs a device nothing.
 """
 
-from .bundle import Manifest, TargetTrust, TensorSpec, bundle_paths, sha256_file
+from .bundle import (
+    MANIFEST_MAX_BYTES,
+    SMOKE_MAX_BYTES,
+    BundleFile,
+    Manifest,
+    TargetTrust,
+    TensorSpec,
+    bundle_paths,
+    sha256_file,
+)
 from .clock import Clock, ManualClock, SystemClock
 from .errors import (
     CompatibilityError,
@@ -52,8 +61,11 @@ from .topics import (
 __all__ = [
     "COMMAND_KEYS_FIELD",
     "CTL_STATE",
+    "MANIFEST_MAX_BYTES",
     "MAX_CHUNK_BYTES",
     "PREFIX",
+    "SMOKE_MAX_BYTES",
+    "BundleFile",
     "Ack",
     "Birth",
     "ChunkResponse",

@@ -2,8 +2,16 @@
 
 A bundle for model ``name`` version ``v`` is a set of TUF targets::
 
-    bundles/{name}/{v}/manifest.json     the Manifest below (JSON)
+    bundles/{name}/{v}/manifest.json     the Manifest below (JSON, at most MANIFEST_MAX_BYTES)
     bundles/{name}/{v}/{model_file}      the model bytes
+    bundles/{name}/{v}/smoke.npz         the smoke test's samples and expected outputs
+    bundles/{name}/{v}/profile.json      the drift reference profile
+    bundles/{name}/{v}/labels.json       class names, when too many for the manifest
+
+Data travels in its own files (``Manifest.files``, each with its role, sha256 and
+length), never inline, so the manifest stays a few KiB whatever the eval set: a
+detector's eval images would otherwise make it megabytes. The smoke file is capped at
+``SMOKE_MAX_BYTES`` and sized relative to the model (see the registry).
 
 and a per-class variant of that version (another file for other hardware) sits one
 folder down, ``bundles/{name}/{v}/{variant}/``; the desired state names the manifest
@@ -24,14 +32,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from typing import Any, ClassVar
 
 from .messages import Message
 
-__all__ = ["Manifest", "TargetTrust", "TensorSpec", "bundle_paths", "manifest_path_ok",
-           "model_target", "sha256_file"]
+__all__ = ["MANIFEST_MAX_BYTES", "SMOKE_MAX_BYTES", "BundleFile", "Manifest", "TargetTrust",
+           "TensorSpec", "bundle_paths", "manifest_path_ok", "model_target", "sha256_file"]
 
 BUNDLE_ROOT = "bundles"
+MANIFEST_MAX_BYTES = 64 * 1024  # a manifest bigger than this is refused by both ends
+SMOKE_MAX_BYTES = 4 * 1024 * 1024  # the smoke test's file, whatever the model's size
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+FILE_ROLES = ("smoke", "profile", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +55,25 @@ class TensorSpec(Message):
     name: str
     datatype: str
     shape: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleFile(Message):
+    """A data file of the bundle beside the model: what it is for, its hash and length."""
+
+    kind: ClassVar[str] = "bundle_file"
+    name: str  # file name beside the manifest
+    role: str  # one of FILE_ROLES
+    sha256: str
+    length: int
+
+    def __post_init__(self) -> None:
+        if not _FILE_NAME.match(self.name) or self.name == "manifest.json":
+            raise ValueError(f"bad bundle file name {self.name!r}")
+        if self.role not in FILE_ROLES:
+            raise ValueError(f"bundle file role {self.role!r}: expected one of {FILE_ROLES}")
+        if self.length < 0 or len(self.sha256) != 64:
+            raise ValueError(f"bundle file {self.name}: bad length or sha256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +92,31 @@ class Manifest(Message):
     labels: list[str] = dataclasses.field(default_factory=list)
     # {"hardware_classes": [...] (empty: any), "min_agent_version": "0.1.0"}
     compatibility: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # {"input": nested list for inputs[0], "expected": nested list, "atol": float}
+    # how to judge the smoke file's samples: {"samples", "tolerance": {output: {"atol",
+    # "rtol", "mismatch"}}, "label_output", "min_accuracy"} (see edgefleet.agent smoke test)
     smoke_test: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # bundles signed before data moved into files carried the profile inline
     reference_profile: dict[str, Any] = dataclasses.field(default_factory=dict)
     parent: int | None = None
     variant: str = "fp32"
+    files: list[BundleFile] = dataclasses.field(default_factory=list)
+    task: str = ""  # classification, detection, segmentation, sequence… ("": not said)
 
     def __post_init__(self) -> None:
         if self.version < 1 or self.model_length < 0:
             raise ValueError("version must be ≥ 1 and length ≥ 0")
         if "/" in self.model_file or self.model_file in ("", ".", ".."):
             raise ValueError(f"bad model file name {self.model_file!r}")
+        names = [f.name for f in self.files]
+        roles = [f.role for f in self.files]
+        if len(set(names)) != len(names) or self.model_file in names:
+            raise ValueError("bundle file names must be unique and differ from the model's")
+        if len(set(roles)) != len(roles):
+            raise ValueError("one bundle file per role")
+
+    def file(self, role: str) -> BundleFile | None:
+        """The bundle's data file for ``role`` (None when the bundle has none)."""
+        return next((f for f in self.files if f.role == role), None)
 
 
 @dataclasses.dataclass(frozen=True)

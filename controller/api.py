@@ -97,14 +97,20 @@ def create_app(ctl: FleetController) -> FastAPI:
         metrics: Annotated[str | None, Form()] = None,
         hardware_classes: Annotated[str | None, Form()] = None,
         security_release: Annotated[bool, Form()] = False,
+        task: Annotated[str | None, Form()] = None,
+        input_kinds: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         try:
             label_list = json.loads(labels) if labels else []
             metric_map = json.loads(metrics) if metrics else {}
             classes = json.loads(hardware_classes) if hardware_classes else []
+            kinds = json.loads(input_kinds) if input_kinds else {}
         except json.JSONDecodeError as exc:
-            raise HTTPException(422, f"labels/metrics/hardware_classes must be JSON: "
-                                     f"{exc}") from exc
+            raise HTTPException(422, f"labels/metrics/hardware_classes/input_kinds must be "
+                                     f"JSON: {exc}") from exc
+        if not isinstance(kinds, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in kinds.items()):
+            raise HTTPException(422, "input_kinds must be a JSON object of input name -> kind")
         if not isinstance(label_list, list) or not isinstance(metric_map, dict):
             raise HTTPException(422, "labels must be a JSON list and metrics a JSON object")
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -119,7 +125,8 @@ def create_app(ctl: FleetController) -> FastAPI:
         row = await run_in_threadpool(
             ctl.registry.register, name, blobs[0] or b"", labels=[str(x) for x in label_list],
             eval_npz=blobs[1], calibration_npz=blobs[2], metrics=metric_map,
-            hardware_classes=classes, security_release=security_release)
+            hardware_classes=classes, security_release=security_release, task=task or None,
+            input_kinds=kinds)
         note(request, after={"name": row["name"], "version": row["version"],
                              "sha256": row["sha256"], "hardware_classes": classes,
                              "release_counter": row["release_counter"]})

@@ -8,7 +8,6 @@ is deployed.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from edgefleet.contract import (
+    MANIFEST_MAX_BYTES,
     Manifest,
     NotFoundError,
     OptimizationError,
@@ -29,30 +29,34 @@ from edgefleet.contract import (
     TensorSpec,
     bundle_paths,
 )
+from edgefleet.contract.features import INPUT_KINDS
 from edgefleet.contract.files import atomic_write
 from edgefleet.optimizer import (
+    TASKS,
     OptimizeTarget,
+    Samples,
+    detect_task,
     inspect_model,
     inspect_tflite,
     is_tflite,
+    load_samples,
     optimize,
     optimize_for_classes,
-    reference_profile,
-    run_tflite,
 )
 
+from ._bundle_data import bundle_data, runner
 from ._tables import variants
 from .signing import TrustRepository
 from .store import Store
 
 __all__ = ["Registry", "load_datasets"]
 
+_KINDS = (*INPUT_KINDS, "mask", "skip")
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILE = "model.onnx"
 _TFLITE_FILE = "model.tflite"
 log = logging.getLogger(__name__)
-_SMOKE_SAMPLES = 16
-_SMOKE_MIN_ACCURACY = 0.75
 
 
 def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], bool]:
@@ -74,22 +78,49 @@ def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], b
     return path, signature, tflite
 
 
-def load_datasets(data: bytes, *, need_labels: bool) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` upload (``x``, and ``y`` for an eval set).
+def load_datasets(data: bytes, signature: dict[str, Any], *, kind: str) -> Samples:
+    """Read an eval or calibration ``.npz`` and check it against a model's inputs (keys =
+    input names, ``x`` for a single-input model, ``y`` = labels; see
+    ``edgefleet.optimizer.load_samples``).
 
     Raises:
-        ValueError: not an npz, or missing/mismatched arrays.
+        ValueError: naming the input and what was expected.
+    """
+    return load_samples(data, signature, what=f"{kind} set")
+
+
+def _check_runs(path: Path, runtime: str, samples: Samples, kind: str) -> None:
+    """The model must run on the data's first sample: refused now, not at deploy.
+
+    Raises:
+        ValueError: the model fails on it (with the runtime's reason).
     """
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"not a valid .npz file: {exc}") from exc
-    if "x" not in arrays:
-        raise ValueError("the .npz must hold an array named 'x'")
-    if need_labels and ("y" not in arrays or len(arrays["y"]) != len(arrays["x"])):
-        raise ValueError("an eval set needs 'y' with one label per row of 'x'")
-    return arrays
+        outputs = runner(path, runtime)(samples.feed(0))
+    except Exception as exc:  # OptimizationError from the runner, whatever the runtime
+        raise ValueError(f"{kind} set: the model fails on sample 0: {exc}") from exc
+    bad = [n for n, v in outputs.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"{kind} set: the model's outputs {bad} are not finite on sample 0")
+
+
+def _describe(signature: dict[str, Any], task: str | None,
+              input_kinds: dict[str, str] | None) -> dict[str, Any]:
+    """Check what the user said the model is, against its signature.
+
+    Raises:
+        ValueError: an unknown task, input or input kind.
+    """
+    if task and task not in TASKS:
+        raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+    names = [i["name"] for i in signature["inputs"]]
+    for name, kind in (input_kinds or {}).items():
+        if name not in names:
+            raise ValueError(f"input_kinds: {name!r} is not an input of the model ({names})")
+        if kind not in _KINDS:
+            raise ValueError(f"input_kinds: {name!r}: kind {kind!r}, expected one of "
+                             f"{', '.join(_KINDS)}")
+    return {"task": task or "", "input_kinds": dict(input_kinds or {})}
 
 
 class Registry:
@@ -107,8 +138,13 @@ class Registry:
                  eval_npz: bytes | None = None, calibration_npz: bytes | None = None,
                  metrics: dict[str, Any] | None = None,
                  hardware_classes: list[str] | None = None,
-                 security_release: bool = False) -> dict[str, Any]:
-        """Add a new version of ``name`` from ONNX bytes.
+                 security_release: bool = False, task: str | None = None,
+                 input_kinds: dict[str, str] | None = None) -> dict[str, Any]:
+        """Add a new version of ``name`` from ONNX or ``.tflite`` bytes.
+
+        Eval and calibration data are checked against the model's inputs here (names,
+        dtypes, ranks, fixed dimensions) and the model must run on their first sample,
+        so data that could never make a smoke test is refused now, not at deploy.
 
         Args:
             hardware_classes: the device classes it is for (none: any); signed into the
@@ -116,31 +152,38 @@ class Registry:
             security_release: raise the release counter: devices that have run this
                 version healthy refuse every earlier version afterwards, even when a
                 compromised controller orders a rollback to one.
+            task: what the model does (``edgefleet.optimizer.TASKS``; none: detected
+                from its outputs when obvious), which decides how drift is profiled.
+            input_kinds: input name -> what it holds (image, audio, tokens, tabular,
+                stats, mask, skip) where detection from the signature would be wrong.
 
         Raises:
-            ValueError: bad name, not a loadable ONNX model, bad datasets.
+            ValueError: bad name, not a loadable model, bad datasets (naming the input
+                and what was expected), an unknown task or input kind.
         """
         if not _NAME.match(name):
             raise ValueError("model name: letters, digits, '.', '_', '-' (max 64)")
-        datasets = {}
-        if eval_npz is not None:
-            datasets["eval"] = load_datasets(eval_npz, need_labels=True)
-        if calibration_npz is not None:
-            datasets["calibration"] = load_datasets(calibration_npz, need_labels=False)
-        directory = self._dir(name, self.store.next_version(name))
-        directory.mkdir(parents=True, exist_ok=True)
-        path, signature, tflite = _write_model(directory, model)
-        for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
-            if raw is not None:
-                atomic_write(directory / f"{kind}.npz", raw)
         for hw in hardware_classes or []:
             if not _NAME.match(hw):
                 raise ValueError(f"hardware class {hw!r}: letters, digits, '.', '_', '-'")
+        directory = self._dir(name, self.store.next_version(name))
+        directory.mkdir(parents=True, exist_ok=True)
+        path, signature, tflite = _write_model(directory, model)
+        runtime = "litert" if tflite else "onnxruntime"
+        try:
+            signature.update(_describe(signature, task, input_kinds))
+            for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
+                if raw is None:
+                    continue
+                _check_runs(path, runtime, load_datasets(raw, signature, kind=kind), kind)
+                atomic_write(directory / f"{kind}.npz", raw)
+        except ValueError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         counter = self._counter(name) + int(security_release)
         return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
                          variant="fp32", report=None, hardware_classes=hardware_classes,
-                         release_counter=max(counter, 1),
-                         runtime="litert" if tflite else "onnxruntime")
+                         release_counter=max(counter, 1), runtime=runtime)
 
     def _counter(self, name: str) -> int:
         """The highest release counter of ``name`` so far (0: a new model)."""
@@ -167,13 +210,20 @@ class Registry:
                              release_counter=release_counter)
         return self.store.get_model(name, version)
 
-    def dataset(self, name: str, version: int, kind: str) -> dict[str, np.ndarray] | None:
-        """The eval/calibration set of a version or, failing that, of its ancestors."""
+    def dataset(self, name: str, version: int, kind: str,
+                signature: dict[str, Any] | None = None) -> Samples | None:
+        """The eval/calibration set of a version or, failing that, of its ancestors, read
+        for ``signature`` (default: the version's own).
+
+        Raises:
+            ValueError: the data does not fit ``signature`` (a variant with other inputs).
+        """
         row: dict[str, Any] | None = self.store.get_model(name, version)
+        signature = signature or (row or {}).get("signature") or {}
         while row is not None:
             path = self._dir(name, row["version"]) / f"{kind}.npz"
             if path.exists():
-                return load_datasets(path.read_bytes(), need_labels=kind == "eval")
+                return load_datasets(path.read_bytes(), signature, kind=kind)
             row = self.store.get_model(name, row["parent"]) if row["parent"] else None
         return None
 
@@ -202,15 +252,25 @@ class Registry:
         if evalset is None:
             raise RegistryError(f"{name}:{version} has no eval set; register it with one",
                                 reason="missing_eval_set")
-        calib_x = calib["x"] if calib is not None else evalset["x"][:200]
+        eval_x = evalset.single_input()
+        calib_x = calib.single_input() if calib is not None else \
+            (eval_x[:200] if eval_x is not None else None)
+        if eval_x is None or calib_x is None:
+            raise OptimizationError(f"{name}:{version}: optimize works on single-input models "
+                                    "whose data is in rows (samples along the batch axis)",
+                                    reason="unsupported")
+        if evalset.labels is None:
+            raise RegistryError(f"{name}:{version}: its eval set has no labels 'y', which "
+                                "optimize's accuracy gate needs", reason="missing_labels")
+        evalset_xy = {"x": eval_x, "y": evalset.labels}
         work = self.models_dir / name / f".optimize-{version}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
             if hardware_classes:
-                return self._optimize_for_classes(name, row, calib_x, evalset, work, target,
+                return self._optimize_for_classes(name, row, calib_x, evalset_xy, work, target,
                                                   progress, hardware_classes)
-            result = optimize(Path(row["file"]), calib_x, evalset["x"], evalset["y"], work,
+            result = optimize(Path(row["file"]), calib_x, eval_x, evalset.labels, work,
                               target, progress=progress)
             report = dict(result.report)
             variant = "int8" if result.shipped == "int8" else "fp32"
@@ -226,7 +286,9 @@ class Registry:
         """Register an optimizer's output as the next version of ``name``, child of ``row``."""
         staged = work / "shipped.onnx"
         shutil.copyfile(source, staged)
-        return self._add(name, staged, inspect_model(staged), row["labels"],
+        signature = {**inspect_model(staged), "task": row["signature"].get("task", ""),
+                     "input_kinds": row["signature"].get("input_kinds", {})}
+        return self._add(name, staged, signature, row["labels"],
                          {"accuracy": accuracy}, parent=row["version"], variant=variant,
                          report=report, hardware_classes=row.get("hardware_classes"),
                          release_counter=max(self._counter(name), 1))
@@ -263,21 +325,27 @@ class Registry:
             return manifest_path
         model_bytes = Path(row["file"]).read_bytes()
         classes = list(row.get("hardware_classes") or [])
-        run = self._runner(row)  # one session for the smoke test and the profile
+        files, entries, smoke, labels = self._data_files(name, version, base, row)
         manifest = Manifest(
             name=name, version=version, runtime=row["runtime"], model_file=model_file,
             model_sha256=row["sha256"], model_length=row["size_bytes"],
             inputs=[TensorSpec(**t) for t in row["signature"]["inputs"]],
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
-            labels=list(base["labels"]),
+            labels=labels,
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
-            smoke_test=self._smoke_test(name, version, run, row["variant"]),
-            reference_profile=self._profile(name, version, run, list(base["labels"])),
-            parent=base["parent"], variant=row["variant"])
+            smoke_test=smoke, parent=base["parent"], variant=row["variant"], files=entries,
+            task=base["signature"].get("task") or detect_task(row["signature"]))
+        encoded = manifest.encode()
+        if len(encoded) > MANIFEST_MAX_BYTES:
+            raise RegistryError(f"the manifest of {name}:{version} would be {len(encoded):,} "
+                                f"bytes, above the {MANIFEST_MAX_BYTES:,}-byte cap",
+                                reason="manifest_too_large")
         trust = TargetTrust(model=name, version=version, hardware_classes=classes,
                             release_counter=int(base.get("release_counter") or 1)).custom()
-        self.repo.add_targets({manifest_path: manifest.encode(), model_target: model_bytes},
-                              custom={manifest_path: trust, model_target: trust})
+        base_path = manifest_path.rsplit("/", 1)[0]
+        targets = {manifest_path: encoded, model_target: model_bytes,
+                   **{f"{base_path}/{n}": data for n, data in files.items()}}
+        self.repo.add_targets(targets, custom=dict.fromkeys(targets, trust))
         if variant:
             with self.store.engine.begin() as c:
                 c.execute(variants.update().where(
@@ -349,49 +417,26 @@ class Registry:
                        and (runtimes is None or v["runtime"] in runtimes)), "")
         return self.ensure_bundle(name, version, chosen)
 
-    @staticmethod
-    def _runner(row: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-        """Run a version's model on a batch with its own runtime (first output)."""
-        path = Path(row["file"])
-        if row["runtime"] == "litert":
-            return lambda x: run_tflite(path, x)
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: np.asarray(sess.run(None, {name: x})[0])
-
-    def _smoke_test(self, name: str, version: int, run: Callable[[np.ndarray], np.ndarray],
-                    variant: str) -> dict[str, Any]:
-        data = self.dataset(name, version, "eval") or self.dataset(name, version, "calibration")
-        if data is None:
-            return {}
-        x = data["x"][:_SMOKE_SAMPLES]
-        out = run(x)
-        smoke: dict[str, Any] = {"input": x.tolist(), "expected": out.tolist(),
-                                 "atol": 0.05 if variant == "int8" else 1e-3}
-        if "y" in data and out.ndim == 2:
-            # labelled samples: the model must also get most of them right
-            smoke["labels"] = [int(v) for v in data["y"][:_SMOKE_SAMPLES]]
-            smoke["min_accuracy"] = _SMOKE_MIN_ACCURACY
-        return smoke
-
-    def _profile(self, name: str, version: int, run: Callable[[np.ndarray], np.ndarray],
-                 labels: list[str]) -> dict[str, Any]:
-        """The drift reference: eval and calibration inputs, and the model's predictions
-        on them ({} without data, or when the model's first output is not class scores)."""
-        sets = [d["x"] for kind in ("eval", "calibration")
-                if (d := self.dataset(name, version, kind)) is not None]
-        if not sets:
-            return {}
-        x = np.concatenate([s.reshape(len(s), *sets[0].shape[1:]) for s in sets])
-        out = run(x)
-        preds = out.argmax(axis=1) if out.ndim == 2 and out.shape[1] > 1 else None
-        try:
-            return reference_profile(x, preds, labels=labels or None)
-        except ValueError as exc:  # too few samples, non-finite inputs
-            log.warning("no drift reference for %s:%s: %s", name, version, exc)
-            return {}
+    def _data_files(self, name: str, version: int, base: dict[str, Any],
+                    row: dict[str, Any]) -> tuple[dict[str, bytes], list[Any], dict[str, Any],
+                                                   list[str]]:
+        """The bundle's smoke, profile and labels files (see ``_bundle_data``)."""
+        signature = row["signature"]
+        sets = {}
+        for kind in ("eval", "calibration"):
+            try:
+                sets[kind] = self.dataset(name, version, kind, signature)
+            except ValueError as exc:  # a variant whose inputs differ from the data's
+                log.warning("%s:%s %s: %s", name, version, row["variant"], exc)
+                sets[kind] = None
+        reference = [s for s in (sets["eval"], sets["calibration"]) if s is not None]
+        run = runner(Path(row["file"]), row["runtime"])  # one session for all of it
+        return bundle_data(run=run, smoke_samples=sets["eval"] or sets["calibration"],
+                           reference=reference, signature=signature, variant=row["variant"],
+                           model_bytes=int(row["size_bytes"]),
+                           task=base["signature"].get("task", ""),
+                           input_kinds=base["signature"].get("input_kinds") or {},
+                           labels=list(base["labels"]))
 
     def get(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""

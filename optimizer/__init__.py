@@ -18,9 +18,18 @@ from edgefleet.optimizer._decisions import GateDecision, MethodChoice, choose_me
 from edgefleet.optimizer._evaluate import Evaluation, evaluate
 from edgefleet.optimizer._inspect import inspect_model
 from edgefleet.optimizer._pipeline import optimize
-from edgefleet.optimizer._profile import reference_profile
+from edgefleet.optimizer._profile import (
+    TASKS,
+    detect_task,
+    input_kind,
+    profile_model,
+    reference_profile,
+)
 from edgefleet.optimizer._prune import PruneStats, prune_array, prune_model
+from edgefleet.optimizer._runtime import external_data_files, inline_external_data
+from edgefleet.optimizer._samples import Samples, load_samples
 from edgefleet.optimizer._tflite import (
+    TfliteRunner,
     inspect_tflite,
     is_tflite,
     onnx_to_tflite,
@@ -41,10 +50,19 @@ __all__ = [
     "OptimizationResult",
     "OptimizeTarget",
     "PruneStats",
+    "Samples",
+    "TASKS",
+    "TfliteRunner",
     "choose_for_class",
     "choose_method",
     "decide_gates",
+    "detect_task",
     "evaluate",
+    "external_data_files",
+    "inline_external_data",
+    "input_kind",
+    "load_samples",
+    "profile_model",
     "inspect_model",
     "inspect_tflite",
     "is_tflite",

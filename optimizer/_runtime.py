@@ -33,7 +33,9 @@ from edgefleet.contract.files import atomic_write
 
 __all__ = [
     "ArrayReader",
+    "external_data_files",
     "has_symbolic_shape_inference",
+    "inline_external_data",
     "load_model",
     "open_session",
     "preprocess",
@@ -59,12 +61,64 @@ def load_model(path: Path) -> onnx.ModelProto:
     """
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    missing = [f for f in external_data_files(path) if not (path.parent / f).is_file()]
+    if missing:
+        raise OptimizationError(
+            f"{path.name} keeps its weights in external data files {missing}, which are not "
+            f"here: send one self-contained file (`edgefleet model register` inlines them; "
+            f"or onnx.load the model beside its data and onnx.save it without external data)")
     try:
         model = onnx.load_model(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
         raise OptimizationError(f"{path.name} is not a valid ONNX model: {exc}") from exc
     return model
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _tensors(g)
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The external data files an ONNX file refers to (relative to its folder; [] when
+    it is self-contained).
+
+    Raises:
+        OptimizationError: not an ONNX file.
+    """
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise OptimizationError(f"{path.name} is not a valid ONNX model: {exc}") from exc
+    found = {entry.value for t in _tensors(model.graph)
+             if t.data_location == onnx.TensorProto.EXTERNAL
+             for entry in t.external_data if entry.key == "location"}
+    return sorted(found)
+
+
+def inline_external_data(path: Path) -> bytes:
+    """An ONNX file with its external data files (beside it) folded in: one
+    self-contained model, as the registry takes it.
+
+    Raises:
+        OptimizationError: the data files are missing, or the model would exceed
+            protobuf's 2 GiB limit.
+    """
+    try:
+        model = onnx.load_model(str(path))
+        return bytes(model.SerializeToString())
+    except Exception as exc:
+        raise OptimizationError(f"cannot fold the external data of {path.name} into one file "
+                                f"(models over 2 GiB cannot be): {exc}") from exc
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

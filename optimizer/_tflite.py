@@ -25,8 +25,8 @@ import numpy as np
 
 from edgefleet.contract import OptimizationError
 
-__all__ = ["inspect_tflite", "is_tflite", "onnx_to_tflite", "quantize_tflite", "run_tflite",
-           "time_tflite"]
+__all__ = ["TfliteRunner", "inspect_tflite", "is_tflite", "onnx_to_tflite", "quantize_tflite",
+           "run_tflite", "time_tflite"]
 
 
 def _dense_chain(model: Any) -> tuple[str, str, list[tuple[np.ndarray, np.ndarray, bool]], bool]:
@@ -207,10 +207,45 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
         shape = list(sig if sig is not None and len(sig) else d["shape"])
         return {"name": str(d["name"]), "datatype": _NP_TO_V2.get(np.dtype(d["dtype"]).name,
                                                                   "FP32"),
-                "shape": ["batch" if i == 0 and v in (-1, 1) else int(v)
+                "shape": [("batch" if i == 0 else f"dim{i}") if v < 0 else int(v)
                           for i, v in enumerate(shape)]}
     return {"inputs": [spec(d) for d in it.get_input_details()],
             "outputs": [spec(d) for d in it.get_output_details()]}
+
+
+class TfliteRunner:
+    """Runs a ``.tflite`` model on named inputs, resizing for dynamic dimensions;
+    returns every output by name (the registry's smoke tests and profiles).
+
+    Raises:
+        OptimizationError: not a loadable ``.tflite`` file, or a run that fails.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._it = _interpreter(path)
+        self._in = self._it.get_input_details()
+        self._out = self._it.get_output_details()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        it = self._it
+        try:
+            resized = False
+            for d in self._in:
+                shape = list(feeds[d["name"]].shape)
+                if shape != list(d["shape"]):
+                    it.resize_tensor_input(d["index"], shape)
+                    resized = True
+            if resized:
+                it.allocate_tensors()
+                self._in = it.get_input_details()
+                self._out = it.get_output_details()
+            for d in self._in:
+                it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]],
+                                                               dtype=d["dtype"]))
+            it.invoke()
+            return {str(d["name"]): np.array(it.get_tensor(d["index"])) for d in self._out}
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise OptimizationError(f"LiteRT run failed: {exc}") from exc
 
 
 def run_tflite(path: Path, x: np.ndarray) -> np.ndarray:

@@ -109,10 +109,11 @@ class FullDiskStore(ModelStore):
     full = False
 
     def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
-                trust: TargetTrust | None = None) -> InstalledModel:
+                trust: TargetTrust | None = None,
+                data: dict[str, Path] | None = None) -> InstalledModel:
         if self.full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root))
-        return super().install(manifest, manifest_bytes, model_src, trust)
+        return super().install(manifest, manifest_bytes, model_src, trust, data)
 
 
 class SharedSystemMetrics:

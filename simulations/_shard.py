@@ -161,8 +161,9 @@ class Shard:
             return
         manifest_bytes = image["manifest"].encode()
         trust = TargetTrust.from_custom(image["trust"])
+        data = {k: Path(v) for k, v in image.get("data", {}).items()}
         installed = store.install(Manifest.decode(manifest_bytes), manifest_bytes,
-                                  Path(image["model_path"]), trust)  # checks hash and length
+                                  Path(image["model_path"]), trust, data)  # checks hashes
         store.activate(installed.ref)
         if trust is not None:
             store.raise_floor(installed.manifest.name, trust.release_counter)

@@ -44,9 +44,11 @@ def factory_image(ctl: FleetController, name: str, version: int) -> dict[str, An
         dirname, _, base = target.rpartition("/")
         return ctl.repo.targets_dir / dirname / f"{targets[target].hashes['sha256']}.{base}"
     manifest_bytes = stored(manifest_path).read_bytes()
-    model_file = json.loads(manifest_bytes)["model_file"]
+    manifest = json.loads(manifest_bytes)
     return {"manifest": manifest_bytes.decode(),
-            "model_path": str(stored(model_target(manifest_path, model_file))),
+            "model_path": str(stored(model_target(manifest_path, manifest["model_file"]))),
+            "data": {f["name"]: str(stored(model_target(manifest_path, f["name"])))
+                     for f in manifest.get("files", [])},
             "trust": targets[manifest_path].unrecognized_fields.get("custom")}
 
 

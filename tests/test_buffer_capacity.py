@@ -51,9 +51,10 @@ class OfflineDay:
                             reference_profile=profile)
         self.spec = DriftSpec.from_manifest(manifest)
         assert self.spec is not None
+        self.features = [self.spec.rows(r) for r in self.rows]
 
     def hour(self, buf: TelemetryBuffer, h: int) -> None:
-        record, spec, rows = buf.record, self.spec, self.rows
+        record, spec, rows = buf.record, self.spec, self.features
         for i in range(h * 3600 * RATE, (h + 1) * 3600 * RATE):
             if self.bad[i]:
                 record(T0 + i / RATE, "digits", 3, float(self.latency[i]), False, None,

@@ -9,6 +9,7 @@ import pytest
 PUBLIC = {
     "edgefleet.contract": {
         "COMMAND_KEYS_FIELD", "CTL_STATE", "MAX_CHUNK_BYTES", "PREFIX", "Ack", "Birth",
+        "MANIFEST_MAX_BYTES", "SMOKE_MAX_BYTES", "BundleFile",
         "ChunkResponse", "Clock", "DDSketch",
         "Command", "CompatibilityError", "Death", "DesiredState", "DeviceTopic",
         "EdgefleetError", "ExpiredError", "FetchError", "FetchRequest", "InputError",
@@ -27,7 +28,9 @@ PUBLIC = {
         "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
         "prune_array", "prune_model", "reference_profile", "inspect_tflite", "is_tflite",
         "onnx_to_tflite", "quantize_tflite", "run_tflite", "time_tflite", "Candidate",
-        "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes"},
+        "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes", "Samples",
+        "TASKS", "TfliteRunner", "detect_task", "external_data_files", "inline_external_data",
+        "input_kind", "load_samples", "profile_model"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},

@@ -119,4 +119,4 @@ def test_a_reference_profile_needs_enough_finite_samples():
     with pytest.raises(ValueError):
         reference_profile(np.full((50, 3), np.inf))
     wide = reference_profile(np.random.default_rng(0).normal(size=(100, 3000)), max_features=64)
-    assert len(wide["features"]["index"]) == 64
+    assert len(wide["extractors"][0]["index"]) == 64

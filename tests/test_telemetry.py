@@ -171,7 +171,7 @@ def test_summaries_count_errors_by_kind_and_carry_drift_inputs_system_and_stream
     assert 0 < s.latency_ms["p50"] <= s.latency_ms["p99"] <= s.latency_ms["max"]
     assert s.inputs["samples"] == s.drift["samples"] == 120
     assert s.inputs["mean"] < 1.0 and s.inputs["out_of_range"] < 60  # not the 1e6 rows
-    assert s.drift["psi_max"] >= 0 and set(s.drift["top"]) <= {str(i) for i in range(64)}
+    assert s.drift["psi_max"] >= 0 and set(s.drift["top"]) <= {f"pixels[{i}]" for i in range(64)}
     assert {"cpu_percent", "rss_bytes", "mem_percent", "disk_free_bytes"} <= set(s.system)
     assert s.stream == agent.buffer.stream and len(s.stream) == 32
     assert set(s.buffer) == {"bytes", "cap_bytes", "evicted_raw", "evicted_summaries",
@@ -246,13 +246,19 @@ def test_drift_on_a_subset_of_features_names_the_original_features(evalset):
                  outputs=[TensorSpec("probs", "FP32", ["batch", 10])],
                  reference_profile=profile)
     spec = DriftSpec.from_manifest(m)
-    assert spec is not None and spec.columns is not None
+    assert spec is not None and len(spec.extractors[0]["features"]) == 16
     x = evalset["x"][:200] * 1.5  # shifted
     compact = spec.window()
     compact.add(spec.rows(x))
     full = DriftWindow(profile)
     full.add(x)
-    assert spec.scores(compact, {}) == full.scores({})
+    named = spec.scores(compact, {})
+    assert set(named["top"]) <= {f"pixels[{i}]" for i in range(64)}
+    # the same scores as a window over the raw rows, features named by the input
+    unnamed = full.scores({})
+    assert list(named["top"].values()) == list(unnamed["top"].values())
+    assert {k: v for k, v in named.items() if k != "top"} == \
+        {k: v for k, v in unnamed.items() if k != "top"}
     assert compact.inputs() == full.inputs()
     # a profile for another input shape, or none at all: no drift for that model
     assert DriftSpec.from_manifest(Manifest(**{**m.to_dict(), "inputs": [

@@ -54,7 +54,7 @@ def _buffer(root: Path, records: list[tuple[Any, ...]], drift: bool) -> float:
         start = time.perf_counter()
         for i in range(0, len(records), BATCH):
             for ts, m, v, lat, ok, top, kind, x in records[i:i + BATCH]:
-                record(ts, m, v, lat, ok, top, kind, x if spec else None, spec)
+                record(ts, m, v, lat, ok, top, kind, spec.rows(x) if spec else None, spec)
             buf.flush()
         elapsed = time.perf_counter() - start
         assert buf.stats()["raw_rows"] == len(records), "the buffer lost records"
