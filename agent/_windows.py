@@ -141,6 +141,10 @@ class DriftSpec:
     profile: dict[str, Any]
     extractors: tuple[dict[str, Any], ...]
     first_input: str
+    # a profile of every position of one tabular input (the digits example): the row is
+    # the features, copied without the general path's lookups
+    whole_row: str | None = None
+    width: int = 0
 
     @classmethod
     def from_manifest(cls, manifest: Manifest,
@@ -167,10 +171,18 @@ class DriftSpec:
             if (e["kind"] == "tabular" and row and all(isinstance(d, int) for d in row)
                     and max(e["index"], default=-1) >= math.prod(row)):
                 return None  # a profile for another input shape
+            if e["kind"] == "tabular":
+                index = np.asarray(e["index"], dtype=np.intp)
+                e = {**e, "_index": index, "_top": int(index.max()) if index.size else -1,
+                     "_whole": bool(np.array_equal(index, np.arange(len(index))))}
             resolved.append(e)
         if not resolved:
             return None
-        return cls({**profile, "extractors": resolved}, tuple(resolved), first)
+        only = resolved[0]
+        whole = (len(resolved) == 1 and only["kind"] == "tabular" and only.get("_whole")
+                 and only.get("batched", True) and only.get("source", "input") == "input")
+        return cls({**profile, "extractors": resolved}, tuple(resolved), first,
+                   only["tensor"] if whole else None, len(only.get("index", [])))
 
     def rows(self, x: np.ndarray) -> list[np.ndarray | None] | None:
         """``extract`` for a call that feeds only the first input."""
@@ -179,6 +191,11 @@ class DriftSpec:
     def extract(self, feeds: dict[str, np.ndarray],
                 outputs: dict[str, np.ndarray]) -> list[np.ndarray | None] | None:
         """Each extractor's ``[samples, features]`` for one call (None: nothing applies)."""
+        if self.whole_row is not None:
+            x = feeds.get(self.whole_row)
+            if x is None or not x.ndim or x.size != len(x) * self.width:
+                return None
+            return [x.reshape(len(x), self.width).copy()]
         found = [extract(e, feeds, outputs) for e in self.extractors]
         return found if any(m is not None for m in found) else None
 

@@ -161,12 +161,17 @@ def extract(spec: dict[str, Any], feeds: dict[str, np.ndarray],
         if kind == "tokens":
             mask = feeds.get(spec["mask"]) if spec.get("mask") else None
             return _tokens(x, mask, spec)
-        if kind == "tabular":
+        if kind == "tabular":  # on every call of a tabular model: kept lean
             flat = x.reshape(len(x), -1)
-            index = np.asarray(spec["index"], dtype=np.intp)
-            if not index.size or flat.shape[1] <= int(index.max()):
+            index = spec.get("_index")  # prepared once by the device (see DriftSpec)
+            if index is None:
+                index = np.asarray(spec["index"], dtype=np.intp)
+            top = spec.get("_top", int(index.max()) if index.size else -1)
+            if top < 0 or flat.shape[1] <= top:
                 return None
-            return np.asarray(flat[:, index], dtype=np.float64)
+            if spec.get("_whole") and flat.shape[1] == len(index):
+                return flat.copy()  # every position: the row itself
+            return flat[:, index]
         if kind == "segmentation":
             return _segmentation(x, spec)
         flat = _flat(x)

@@ -51,15 +51,19 @@ def input_kind(spec: dict[str, Any]) -> tuple[str, str]:
         return "mask", "attention mask: used for the token length"
     if not shape or all(isinstance(d, int) for d in shape) and int(np.prod(shape)) <= 1:
         return "skip", "a scalar (e.g. a sample rate) does not describe the data"
-    if not _is_float(spec):
-        if name in ("token_type_ids", "position_ids"):
-            return "skip", f"{name} follow from the text's layout"
-        return "tokens", "integer ids: token length and unknown-token rate"
-    if len(shape) == 4:
+    if spec["datatype"] == "BOOL":
+        return "stats", "flags: the share set, per sample"
+    if len(shape) == 4:  # float, or uint8 pixels of a quantized model
         if shape[1] in (1, 3, 4):
             return "image", "NCHW image: per-channel mean/std, brightness, contrast"
         if shape[3] in (1, 3, 4):
             return "image", "NHWC image: per-channel mean/std, brightness, contrast"
+    if not _is_float(spec):
+        if name in ("token_type_ids", "position_ids"):
+            return "skip", f"{name} follow from the text's layout"
+        if len(shape) <= 2:
+            return "tokens", "integer ids: token length and unknown-token rate"
+        return "stats", "mean, std, min and max of each sample"
     if any(w in name for w in _AUDIO_WORDS) or (len(shape) in (2, 3)
                                                  and not isinstance(shape[-1], int)):
         return "audio", "waveform: energy, zero-crossing rate, peak"

@@ -31,6 +31,7 @@ PUBLIC = {
         "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes", "Samples",
         "TASKS", "TfliteRunner", "detect_task", "external_data_files", "inline_external_data",
         "input_kind", "load_samples", "profile_model"},
+    "edgefleet.simulations.zoo": {"ZOO_NAMES", "ZooModel", "build_zoo"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
         "TrustRepository", "init_keys", "select_devices"},

@@ -27,14 +27,18 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def _stateful_model() -> bytes:
     """A voice-activity-like model: audio [1, N] (frames of 128 samples), state [2, 1, 8],
-    sample rate (int64 scalar) -> probability [1, 1] and the next state."""
+    sample rate (int64 scalar), channel flags (bool [1, 4]) -> probability [1, 1] and the
+    next state."""
     nodes = [
         helper.make_node("Reshape", ["audio", "frame"], ["frames"]),
         helper.make_node("ReduceMean", ["frames"], ["level"], axes=[0, 1], keepdims=1),
         helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
         helper.make_node("Div", ["srf", "rate"], ["scale"]),
         helper.make_node("Mul", ["level", "scale"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["prob"]),
+        helper.make_node("Sigmoid", ["z"], ["p"]),
+        helper.make_node("Cast", ["flags"], ["on"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["on"], ["share"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["p", "share"], ["prob"]),
         helper.make_node("Mul", ["state", "half"], ["decayed"]),
         helper.make_node("Add", ["decayed", "level"], ["stateN"]),
     ]
@@ -42,7 +46,8 @@ def _stateful_model() -> bytes:
         nodes, "vad",
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, "samples"]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 8]),
-         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+         helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+         helper.make_tensor_value_info("flags", TensorProto.BOOL, [1, 4])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 1]),
          helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, 1, 8])],
         [numpy_helper.from_array(np.array([-1, 128], np.int64), "frame"),
@@ -58,7 +63,8 @@ def _data(n: int = 24, **override: np.ndarray | None) -> bytes:
     rng = np.random.default_rng(0)
     arrays = {"audio": rng.normal(0, 0.1, (n, 1, 512)).astype(np.float32),
               "state": rng.normal(0, 1, (n, 2, 1, 8)).astype(np.float32),
-              "sr": np.full(n, 16000, dtype=np.int64)}
+              "sr": np.full(n, 16000, dtype=np.int64),
+              "flags": rng.random((n, 1, 4)) < 0.7}
     arrays.update(override)
     buf = io.BytesIO()
     np.savez(buf, **{k: v for k, v in arrays.items() if v is not None})
@@ -150,19 +156,23 @@ def test_a_three_input_stateful_model_deploys_with_its_smoke_test_and_serves(
     assert len(Manifest.encode(manifest)) < 8 * 1024
     with np.load(installed.data_path("smoke")) as smoke:  # whole feeds, every input
         assert {k for k in smoke.files} == {"input.audio", "input.state", "input.sr",
-                                            "output.prob", "output.stateN"}
+                                            "input.flags", "output.prob", "output.stateN"}
+        assert smoke["input.flags"].dtype == np.bool_
         assert smoke["input.sr"].dtype == np.int64 and smoke["input.state"].shape[1:] == (2, 1, 8)
     profile = installed.profile()
     kinds = {e["tensor"]: e["kind"] for e in profile["extractors"]}
     assert kinds["audio"] == "audio"  # energy and zero-crossing rate, not raw samples
+    assert kinds["flags"] == "stats"  # the share of flags set
     assert {"state", "sr"} <= set(profile["skipped"])
 
     rng = np.random.default_rng(7)
     feeds = {"audio": rng.normal(0, 0.2, (1, 1024)).astype(np.float32),
              "state": rng.normal(0, 1, (2, 1, 8)).astype(np.float32),
-             "sr": np.array(8000, dtype=np.int64)}
+             "sr": np.array(8000, dtype=np.int64),
+             "flags": np.array([[True, False, True, True]])}
     body = {"inputs": [{"name": k, "shape": list(v.shape),
-                        "datatype": {"float32": "FP32", "int64": "INT64"}[v.dtype.name],
+                        "datatype": {"float32": "FP32", "int64": "INT64",
+                                     "bool": "BOOL"}[v.dtype.name],
                         "data": v.ravel().tolist()} for k, v in feeds.items()]}
     resp = httpx.post(f"{agent.server.url}/v2/models/vad/infer", json=body, timeout=10)
     assert resp.status_code == 200, resp.text
