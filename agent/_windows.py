@@ -15,7 +15,7 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -129,6 +129,44 @@ def make_summary(stats: WindowStats, *, seq: int, start: float, end: float,
                    inputs=inputs or {}, drift=drift or {}, buffer=buffer or {})
 
 
+_LATER_ELEMENTS = 65536  # outputs up to this size are copied and described by the writer
+
+
+class Later(NamedTuple):
+    """An output copied on the inference path, described by the telemetry writer."""
+
+    array: np.ndarray
+
+
+def _prepare(e: dict[str, Any], first: str, shapes: dict[str, list[Any]]
+             ) -> tuple[dict[str, Any], tuple[str, str, int] | None]:
+    """An extractor made ready for the inference path, and its plan (None: it does not
+    fit this model).
+
+    Raises:
+        KeyError, TypeError, ValueError: a malformed extractor.
+    """
+    if not e.get("tensor"):  # the first input, named now that it is known
+        e = {**e, "tensor": first}
+        e["features"] = feature_names(e)
+    kind, name = e["kind"], str(e["tensor"])
+    if e.get("source", "input") == "output":
+        return e, ("later", name, 0)
+    if kind == "tabular":
+        index = np.asarray(e["index"], dtype=np.intp)
+        shape = shapes.get(name) or []
+        sample = list(shape[1:]) if e.get("batched", True) else list(shape)
+        if sample and all(isinstance(d, int) for d in sample) and index.size and \
+                int(index.max()) >= math.prod(sample):
+            return e, None  # a profile for another input shape
+        e = {**e, "_index": index, "_top": int(index.max()) if index.size else -1}
+        if e.get("batched", True) and np.array_equal(index, np.arange(len(index))):
+            return e, ("row", name, len(index))
+    elif kind == "tokens":
+        e = {**e, "_vocab": np.unique(np.asarray(e.get("vocab", []), dtype=np.int64))}
+    return e, ("now", name, 0)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DriftSpec:
     """A model's reference profile, prepared for the inference path and the writer.
@@ -141,16 +179,18 @@ class DriftSpec:
     profile: dict[str, Any]
     extractors: tuple[dict[str, Any], ...]
     first_input: str
-    # a profile of every position of one tabular input (the digits example): the row is
-    # the features, copied without the general path's lookups
-    whole_row: str | None = None
-    width: int = 0
+    # per extractor, what the inference path does: ("row", input, width) copies a
+    # tabular row profiled at every position; ("later", output, 0) copies a small output
+    # for the writer to describe; ("now", tensor, 0) computes the features at once
+    plans: tuple[tuple[str, str, int], ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: Manifest,
                       profile: dict[str, Any] | None = None) -> DriftSpec | None:
         """The spec for a bundle's profile (``profile``, else the one inline in older
-        manifests); None when there is none, or it does not fit the model's inputs."""
+        manifests); None when there is none or none of it fits the model. An extractor
+        that does not fit (another input shape, a field missing) is left out: drift must
+        never stop a model from serving."""
         profile = manifest.reference_profile if profile is None else profile
         if not profile or not manifest.inputs:
             return None
@@ -161,43 +201,51 @@ class DriftSpec:
             return None
         first = manifest.inputs[0].name
         shapes = {t.name: t.shape for t in manifest.inputs}
-        resolved = []
+        resolved, plans = [], []
         for e in found:
-            if not e.get("tensor"):  # the first input, named now that it is known
-                e = {**e, "tensor": first}
-                e["features"] = feature_names(e)
-            shape = shapes.get(e["tensor"]) if e.get("source", "input") == "input" else None
-            row = list(shape[1:]) if shape else []
-            if (e["kind"] == "tabular" and row and all(isinstance(d, int) for d in row)
-                    and max(e["index"], default=-1) >= math.prod(row)):
-                return None  # a profile for another input shape
-            if e["kind"] == "tabular":
-                index = np.asarray(e["index"], dtype=np.intp)
-                e = {**e, "_index": index, "_top": int(index.max()) if index.size else -1,
-                     "_whole": bool(np.array_equal(index, np.arange(len(index))))}
-            resolved.append(e)
+            try:
+                e, plan = _prepare(e, first, shapes)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if plan is not None:
+                resolved.append(e)
+                plans.append(plan)
         if not resolved:
             return None
-        only = resolved[0]
-        whole = (len(resolved) == 1 and only["kind"] == "tabular" and only.get("_whole")
-                 and only.get("batched", True) and only.get("source", "input") == "input")
-        return cls({**profile, "extractors": resolved}, tuple(resolved), first,
-                   only["tensor"] if whole else None, len(only.get("index", [])))
+        return cls({**profile, "extractors": resolved}, tuple(resolved), first, tuple(plans))
 
-    def rows(self, x: np.ndarray) -> list[np.ndarray | None] | None:
+    def rows(self, x: np.ndarray) -> list[Any] | None:
         """``extract`` for a call that feeds only the first input."""
         return self.extract({self.first_input: x}, {})
 
     def extract(self, feeds: dict[str, np.ndarray],
-                outputs: dict[str, np.ndarray]) -> list[np.ndarray | None] | None:
-        """Each extractor's ``[samples, features]`` for one call (None: nothing applies)."""
-        if self.whole_row is not None:
-            x = feeds.get(self.whole_row)
-            if x is None or not x.ndim or x.size != len(x) * self.width:
-                return None
-            return [x.reshape(len(x), self.width).copy()]
-        found = [extract(e, feeds, outputs) for e in self.extractors]
-        return found if any(m is not None for m in found) else None
+                outputs: dict[str, np.ndarray]) -> list[Any] | None:
+        """Each extractor's ``[samples, features]`` for one call, or a copy of a small
+        output for the writer (``resolve``); None when nothing applies. The caller may
+        reuse its arrays afterwards: nothing here keeps a reference to them."""
+        found: list[Any] = []
+        hit = False
+        for (how, name, width), spec in zip(self.plans, self.extractors, strict=True):
+            m: Any = None
+            if how == "row":
+                x = feeds.get(name)
+                if x is not None and x.ndim and x.size == len(x) * width:
+                    m = x.reshape(len(x), width).copy()
+            elif how == "later":
+                y = outputs.get(name)
+                if y is not None:
+                    m = Later(y.copy()) if y.size <= _LATER_ELEMENTS else \
+                        extract(spec, feeds, outputs)
+            else:
+                m = extract(spec, feeds, outputs)
+            hit = hit or m is not None
+            found.append(m)
+        return found if hit else None
+
+    def resolve(self, items: list[Any]) -> list[np.ndarray | None]:
+        """The writer's half of ``extract``: describe the outputs it copied."""
+        return [extract(spec, {}, {spec["tensor"]: item.array}) if isinstance(item, Later)
+                else item for spec, item in zip(self.extractors, items, strict=True)]
 
     def window(self) -> DriftWindow:
         return DriftWindow(self.profile)

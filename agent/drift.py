@@ -18,6 +18,7 @@ smoothed by ``EPSILON`` so an empty bin does not make it infinite. Common readin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,7 @@ class _Group:
     def add(self, m: np.ndarray) -> None:
         if m.ndim != 2 or m.shape[1] != len(self.edges):
             return
+        m = np.asarray(m, dtype=np.float64)  # rows copied as they came (fp16, uint8…)
         finite = np.isfinite(m).all(axis=1)
         self.non_finite += int((~finite).sum())
         m = m[finite]
@@ -150,6 +152,8 @@ class DriftWindow:
         n = sum(g.samples * len(g.edges) for g in groups)
         mean = sum(g.total for g in groups) / n if n else 0.0
         var = max(sum(g.squares for g in groups) / n - mean * mean, 0.0) if n else 0.0
+        if not (math.isfinite(mean) and math.isfinite(var)):  # summaries are strict JSON
+            mean = var = 0.0
         return {"samples": self.samples, "mean": round(mean, 6), "std": round(var ** 0.5, 6),
                 "out_of_range": sum(g.out_of_range for g in groups),
                 "non_finite": sum(g.non_finite for g in groups)}

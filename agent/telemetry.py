@@ -269,6 +269,7 @@ class TelemetryBuffer:
             entry = self._drift.get(key)
             if entry is None or entry[0] is not spec:
                 entry = self._drift[key] = (spec, spec.window())
+            items = [spec.resolve(item) for item in items]
             merged: list[np.ndarray | None] = []
             for j in range(len(spec.extractors)):
                 parts = [item[j] for item in items if item[j] is not None]

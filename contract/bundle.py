@@ -42,9 +42,12 @@ __all__ = ["MANIFEST_MAX_BYTES", "SMOKE_MAX_BYTES", "BundleFile", "Manifest", "T
 
 BUNDLE_ROOT = "bundles"
 MANIFEST_MAX_BYTES = 64 * 1024  # a manifest bigger than this is refused by both ends
-SMOKE_MAX_BYTES = 4 * 1024 * 1024  # the smoke test's file, whatever the model's size
+SMOKE_MAX_BYTES = 8 * 1024 * 1024  # the smoke test's file, whatever the model's size
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-FILE_ROLES = ("smoke", "profile", "labels")
+# the largest file of each role a device downloads (checked before it downloads)
+FILE_ROLES = {"smoke": SMOKE_MAX_BYTES, "profile": 8 * 1024 * 1024,
+              "labels": 8 * 1024 * 1024}
+RESERVED_NAMES = ("manifest.json", "trust.json")  # files the device's store writes itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +71,14 @@ class BundleFile(Message):
     length: int
 
     def __post_init__(self) -> None:
-        if not _FILE_NAME.match(self.name) or self.name == "manifest.json":
+        if not _FILE_NAME.match(self.name) or self.name in RESERVED_NAMES:
             raise ValueError(f"bad bundle file name {self.name!r}")
         if self.role not in FILE_ROLES:
-            raise ValueError(f"bundle file role {self.role!r}: expected one of {FILE_ROLES}")
-        if self.length < 0 or len(self.sha256) != 64:
-            raise ValueError(f"bundle file {self.name}: bad length or sha256")
+            raise ValueError(f"bundle file role {self.role!r}: expected one of "
+                             f"{sorted(FILE_ROLES)}")
+        if not 0 <= self.length <= FILE_ROLES[self.role] or len(self.sha256) != 64:
+            raise ValueError(f"bundle file {self.name}: length beyond "
+                             f"{FILE_ROLES[self.role]} bytes, or a bad sha256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,20 +97,23 @@ class Manifest(Message):
     labels: list[str] = dataclasses.field(default_factory=list)
     # {"hardware_classes": [...] (empty: any), "min_agent_version": "0.1.0"}
     compatibility: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # how to judge the smoke file's samples: {"samples", "tolerance": {output: {"atol",
-    # "rtol", "mismatch"}}, "label_output", "min_accuracy"} (see edgefleet.agent smoke test)
+    # bundles signed before data moved into files carried the smoke sample and the
+    # profile inline; agents still read them (and agents of that release read only these,
+    # so new bundles leave them empty: such an agent installs without a smoke test)
     smoke_test: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # bundles signed before data moved into files carried the profile inline
     reference_profile: dict[str, Any] = dataclasses.field(default_factory=dict)
     parent: int | None = None
     variant: str = "fp32"
     files: list[BundleFile] = dataclasses.field(default_factory=list)
+    # how to judge the smoke file's samples: {"samples", "tolerance": {output: {"atol",
+    # "rtol", "mismatch", "index"?}}, "label_output", "min_accuracy"} or {"skipped": why}
+    smoke: dict[str, Any] = dataclasses.field(default_factory=dict)
     task: str = ""  # classification, detection, segmentation, sequence… ("": not said)
 
     def __post_init__(self) -> None:
         if self.version < 1 or self.model_length < 0:
             raise ValueError("version must be ≥ 1 and length ≥ 0")
-        if "/" in self.model_file or self.model_file in ("", ".", ".."):
+        if "/" in self.model_file or self.model_file in ("", ".", "..", *RESERVED_NAMES):
             raise ValueError(f"bad model file name {self.model_file!r}")
         names = [f.name for f in self.files]
         roles = [f.role for f in self.files]

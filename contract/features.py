@@ -80,14 +80,17 @@ def _flat(x: np.ndarray) -> np.ndarray:
 def _image(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     if x.ndim != 4:
         raise ValueError("an image tensor has four axes")
-    if spec.get("layout", "NCHW") == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
     c = min(int(spec.get("channels", 3)), 4)
-    if x.shape[1] < c:
+    nhwc = spec.get("layout", "NCHW") == "NHWC"
+    h, w = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
+    if x.shape[3 if nhwc else 1] < c:
         raise ValueError("fewer channels than profiled")
-    h, w = x.shape[2], x.shape[3]
     step = max(1, math.ceil(math.sqrt(h * w / int(spec.get("max_pixels", 4096)))))
-    px = np.asarray(x[:, :c, ::step, ::step], dtype=np.float64).reshape(len(x), c, -1)
+    if nhwc:  # read the grid in memory order, then put channels first
+        grid = np.asarray(x[:, ::step, ::step, :c], dtype=np.float64)
+        px = grid.reshape(len(x), -1, c).transpose(0, 2, 1)
+    else:
+        px = np.asarray(x[:, :c, ::step, ::step], dtype=np.float64).reshape(len(x), c, -1)
     mean, std = px.mean(axis=2), px.std(axis=2)
     whole = px.reshape(len(x), -1)
     return np.column_stack([mean, std, whole.mean(axis=1), whole.std(axis=1)])
@@ -114,8 +117,14 @@ def _tokens(ids: np.ndarray, mask: np.ndarray | None, spec: dict[str, Any]) -> n
     if unk is not None:
         unknown = (ids == int(unk)) & valid
     else:
-        vocab = np.asarray(spec.get("vocab", []), dtype=np.int64)
-        unknown = ~np.isin(ids, vocab) & valid
+        vocab = spec.get("_vocab")  # sorted, prepared once by the device
+        if vocab is None:
+            vocab = np.unique(np.asarray(spec.get("vocab", []), dtype=np.int64))
+        if vocab.size:
+            at = np.minimum(np.searchsorted(vocab, ids), vocab.size - 1)
+            unknown = (vocab[at] != ids) & valid
+        else:
+            unknown = valid
     rate = unknown.sum(axis=1) / np.maximum(length, 1)
     return np.column_stack([length.astype(np.float64), rate])
 

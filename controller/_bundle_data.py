@@ -2,11 +2,12 @@
 
 - ``smoke.npz``: a few samples of the version's eval (or calibration) data, as whole
   call inputs, with the outputs this controller got from the model and, for
-  classifiers, the labels. Its size is bounded: at most ``SMOKE_ROWS`` samples within
-  ``smoke_budget(model_bytes)`` bytes (half the model, between 256 KiB and 4 MiB),
-  and always the first sample when it alone fits ``SMOKE_MAX_BYTES`` (4 MiB), so an
-  image model gets at least one image; a sample bigger than 4 MiB means no smoke
-  samples (the reason is logged and put in the manifest).
+  classifiers, the labels. Its size is bounded: the first sample, then more (at most
+  ``SMOKE_ROWS``) within ``smoke_budget(model_bytes)`` bytes (half the model, between
+  256 KiB and 8 MiB); the compressed file never exceeds ``SMOKE_MAX_BYTES`` (8 MiB).
+  Outputs above ``SMOKE_OUTPUT_ELEMENTS`` elements keep that many positions on a
+  stride (with their indices). When even one sample cannot fit, or the model fails on
+  it, the bundle has no smoke samples and the manifest says why.
 - ``profile.json``: the drift reference profile (``edgefleet.optimizer.profile_model``).
 - ``labels.json``: class names, when they would make the manifest big (an OCR
   charset of thousands of symbols); fewer stay inline.
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SMOKE_ROWS = 16
 SMOKE_MIN_BUDGET = 256 * 1024
 SMOKE_MIN_ACCURACY = 0.75
+SMOKE_OUTPUT_ELEMENTS = 65536  # per output and sample; bigger outputs are sampled
 LABELS_INLINE_MAX = 16 * 1024
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -69,7 +71,8 @@ def runner(path: Path, runtime: str) -> Runner:
 
 
 def smoke_budget(model_bytes: int) -> int:
-    """Bytes the smoke file may take: half the model, within [256 KiB, 4 MiB]."""
+    """Bytes the smoke samples after the first may take: half the model, within
+    [256 KiB, 8 MiB]."""
     return min(SMOKE_MAX_BYTES, max(SMOKE_MIN_BUDGET, model_bytes // 2))
 
 
@@ -92,39 +95,69 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _numeric(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Numbers and booleans only: a string tensor would need pickling, which devices
+    refuse to load."""
+    return {k: v for k, v in arrays.items() if v.dtype.kind in "biuf"}
+
+
+def _expected(name: str, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """An output's expected values: all of them, or, for a big output (a detector's
+    map), ``SMOKE_OUTPUT_ELEMENTS`` positions on a stride with their flat indices."""
+    stacked = np.stack([o[name] for o in outs])
+    size = stacked[0].size
+    if size <= SMOKE_OUTPUT_ELEMENTS:
+        return {f"output.{name}": stacked}
+    index = np.arange(0, size, -(-size // SMOKE_OUTPUT_ELEMENTS), dtype=np.int64)
+    return {f"output.{name}": stacked.reshape(len(outs), -1)[:, index],
+            f"index.{name}": index}
+
+
 def _smoke(samples: Samples, run: Runner, *, model_bytes: int, variant: str,
            task: str) -> tuple[bytes | None, dict[str, Any]]:
     budget = smoke_budget(model_bytes)
     feeds: list[dict[str, np.ndarray]] = []
     outs: list[dict[str, np.ndarray]] = []
     used = 0
+    if len(_numeric(samples.feed(0))) != len(samples.arrays):
+        return None, {"skipped": "string inputs cannot travel in the smoke file"}
     for i in range(min(SMOKE_ROWS, samples.count)):
         feed = samples.feed(i)
-        out = run(feed)
-        size = sum(a.nbytes for a in feed.values()) + sum(a.nbytes for a in out.values())
-        if not feeds and size > SMOKE_MAX_BYTES:
-            why = (f"one sample is {size:,} bytes, above the smoke file's cap of "
-                   f"{SMOKE_MAX_BYTES:,} bytes")
-            log.warning("no smoke samples: %s", why)
-            return None, {"skipped": why}
+        out = _numeric(run(feed))
+        size = sum(a.nbytes for a in feed.values()) + sum(
+            min(a.nbytes, SMOKE_OUTPUT_ELEMENTS * a.itemsize) for a in out.values())
         if feeds and (used + size > budget or any(o.shape != outs[0][k].shape
                                                   for k, o in out.items())):
             break
         feeds.append(feed)
         outs.append(out)
         used += size
-    arrays = {f"input.{n}": np.stack([f[n] for f in feeds]) for n in feeds[0]}
-    arrays.update({f"output.{n}": np.stack([o[n] for o in outs]) for n in outs[0]})
+    while True:
+        arrays = {f"input.{n}": np.stack([f[n] for f in feeds]) for n in feeds[0]}
+        for name in outs[0]:
+            arrays.update(_expected(name, outs))
+        data = _npz(arrays)
+        if len(data) <= SMOKE_MAX_BYTES:
+            break
+        if len(feeds) == 1:
+            why = (f"one sample makes a {len(data):,}-byte smoke file, above the "
+                   f"{SMOKE_MAX_BYTES:,}-byte cap")
+            log.warning("no smoke samples: %s", why)
+            return None, {"skipped": why}
+        feeds, outs = feeds[:1], outs[:1]
     params: dict[str, Any] = {
         "samples": len(feeds),
-        "tolerance": {n: tolerance(variant, arrays[f"output.{n}"]) for n in outs[0]}}
-    first = next(iter(outs[0]))
-    scores = arrays[f"output.{first}"]
-    if (samples.labels is not None and task in ("", "classification")
-            and scores.dtype.kind == "f" and scores.shape[-1] > 1):
+        "tolerance": {n: tolerance(variant, outs[0][n]) for n in outs[0]}}
+    first = next(iter(outs[0]), None)
+    scores = outs[0][first] if first is not None else None
+    per_sample_classes = scores is not None and scores.dtype.kind == "f" and (
+        scores.ndim == 1 or (scores.ndim == 2 and scores.shape[0] == 1)) and \
+        scores.shape[-1] > 1
+    if samples.labels is not None and task == "classification" and per_sample_classes:
         arrays["labels"] = np.asarray(samples.labels[:len(feeds)], dtype=np.int64)
         params.update(label_output=first, min_accuracy=SMOKE_MIN_ACCURACY)
-    return _npz(arrays), params
+        data = _npz(arrays)
+    return data, params
 
 
 def _entry(name: str, role: str, data: bytes) -> BundleFile:
@@ -132,7 +165,7 @@ def _entry(name: str, role: str, data: bytes) -> BundleFile:
                       length=len(data))
 
 
-def bundle_data(*, run: Runner, smoke_samples: Samples | None, reference: list[Samples],
+def bundle_data(*, run: Runner | None, smoke_samples: Samples | None, reference: list[Samples],
                 signature: dict[str, Any], variant: str, model_bytes: int, task: str,
                 input_kinds: dict[str, str], labels: list[str]
                 ) -> tuple[dict[str, bytes], list[BundleFile], dict[str, Any], list[str]]:
@@ -144,16 +177,22 @@ def bundle_data(*, run: Runner, smoke_samples: Samples | None, reference: list[S
     """
     files: dict[str, bytes] = {}
     smoke: dict[str, Any] = {}
-    if smoke_samples is not None:
-        data, smoke = _smoke(smoke_samples, run, model_bytes=model_bytes, variant=variant,
-                             task=task)
+    if run is None:  # the controller cannot run this file (another provider's ops)
+        smoke = {"skipped": "this controller cannot run the model file"}
+    elif smoke_samples is not None:
+        try:
+            data, smoke = _smoke(smoke_samples, run, model_bytes=model_bytes,
+                                 variant=variant, task=task)
+        except Exception as exc:  # the bundle ships without samples, and says why
+            log.warning("no smoke samples: %s", exc)
+            data, smoke = None, {"skipped": f"the model failed on its smoke samples: {exc}"}
         if data is not None:
             files["smoke.npz"] = data
-    if reference:
+    if reference and run is not None:
         try:
             profile = profile_model(reference, run, signature, task=task,
                                     input_kinds=input_kinds, labels=labels or None)
-        except ValueError as exc:  # too few samples
+        except Exception as exc:  # too few samples, a model failing on them
             log.warning("no drift reference: %s", exc)
             profile = {}
         if profile:

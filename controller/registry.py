@@ -44,7 +44,7 @@ from edgefleet.optimizer import (
     optimize_for_classes,
 )
 
-from ._bundle_data import bundle_data, runner
+from ._bundle_data import Runner, bundle_data, runner
 from ._tables import variants
 from .signing import TrustRepository
 from .store import Store
@@ -78,15 +78,17 @@ def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], b
     return path, signature, tflite
 
 
-def load_datasets(data: bytes, signature: dict[str, Any], *, kind: str) -> Samples:
+def load_datasets(data: bytes, signature: dict[str, Any], *, kind: str,
+                  stored: bool = False) -> Samples:
     """Read an eval or calibration ``.npz`` and check it against a model's inputs (keys =
     input names, ``x`` for a single-input model, ``y`` = labels; see
-    ``edgefleet.optimizer.load_samples``).
+    ``edgefleet.optimizer.load_samples``). ``stored``: data registered earlier, whose
+    dtypes are converted where they safely can be (earlier releases took float64).
 
     Raises:
         ValueError: naming the input and what was expected.
     """
-    return load_samples(data, signature, what=f"{kind} set")
+    return load_samples(data, signature, what=f"{kind} set", cast=stored)
 
 
 def _check_runs(path: Path, runtime: str, samples: Samples, kind: str) -> None:
@@ -223,7 +225,7 @@ class Registry:
         while row is not None:
             path = self._dir(name, row["version"]) / f"{kind}.npz"
             if path.exists():
-                return load_datasets(path.read_bytes(), signature, kind=kind)
+                return load_datasets(path.read_bytes(), signature, kind=kind, stored=True)
             row = self.store.get_model(name, row["parent"]) if row["parent"] else None
         return None
 
@@ -321,8 +323,11 @@ class Registry:
                                               "variant": variant}
         model_file = Path(row["file"]).name
         manifest_path, model_target = bundle_paths(name, version, model_file, variant)
-        if row["bundled"]:
+        signed = self.repo.targets.signed.targets.get(manifest_path)
+        if row["bundled"] and signed is not None and signed.length <= MANIFEST_MAX_BYTES:
             return manifest_path
+        if row["bundled"]:  # signed by an earlier release with its data inline: too big
+            log.info("re-signing %s with its data in files", manifest_path)
         model_bytes = Path(row["file"]).read_bytes()
         classes = list(row.get("hardware_classes") or [])
         files, entries, smoke, labels = self._data_files(name, version, base, row)
@@ -333,7 +338,7 @@ class Registry:
             outputs=[TensorSpec(**t) for t in row["signature"]["outputs"]],
             labels=labels,
             compatibility={"hardware_classes": classes, "min_agent_version": "0.1.0"},
-            smoke_test=smoke, parent=base["parent"], variant=row["variant"], files=entries,
+            parent=base["parent"], variant=row["variant"], files=entries, smoke=smoke,
             task=base["signature"].get("task") or detect_task(row["signature"]))
         encoded = manifest.encode()
         if len(encoded) > MANIFEST_MAX_BYTES:
@@ -420,23 +425,32 @@ class Registry:
     def _data_files(self, name: str, version: int, base: dict[str, Any],
                     row: dict[str, Any]) -> tuple[dict[str, bytes], list[Any], dict[str, Any],
                                                    list[str]]:
-        """The bundle's smoke, profile and labels files (see ``_bundle_data``)."""
+        """The bundle's smoke, profile and labels files (see ``_bundle_data``); a part
+        that cannot be made is left out with the reason, never failing the bundle."""
         signature = row["signature"]
-        sets = {}
+        sets: dict[str, Samples | None] = {}
+        why = ""
         for kind in ("eval", "calibration"):
             try:
                 sets[kind] = self.dataset(name, version, kind, signature)
             except ValueError as exc:  # a variant whose inputs differ from the data's
                 log.warning("%s:%s %s: %s", name, version, row["variant"], exc)
-                sets[kind] = None
+                sets[kind], why = None, str(exc)
         reference = [s for s in (sets["eval"], sets["calibration"]) if s is not None]
-        run = runner(Path(row["file"]), row["runtime"])  # one session for all of it
-        return bundle_data(run=run, smoke_samples=sets["eval"] or sets["calibration"],
-                           reference=reference, signature=signature, variant=row["variant"],
-                           model_bytes=int(row["size_bytes"]),
-                           task=base["signature"].get("task", ""),
-                           input_kinds=base["signature"].get("input_kinds") or {},
-                           labels=list(base["labels"]))
+        try:
+            run: Runner | None = runner(Path(row["file"]), row["runtime"])
+        except OptimizationError as exc:  # e.g. a variant for another provider's ops
+            log.warning("%s:%s %s: %s", name, version, row["variant"], exc)
+            run = None
+        files, entries, smoke, labels = bundle_data(
+            run=run, smoke_samples=sets["eval"] or sets["calibration"], reference=reference,
+            signature=signature, variant=row["variant"], model_bytes=int(row["size_bytes"]),
+            task=base["signature"].get("task") or detect_task(signature),
+            input_kinds=base["signature"].get("input_kinds") or {},
+            labels=list(base["labels"]))
+        if why and not smoke:
+            smoke = {"skipped": f"the version's data does not fit this file: {why}"}
+        return files, entries, smoke, labels
 
     def get(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""

@@ -40,8 +40,10 @@ def _datatype(elem_type: int) -> str:
 def _shape(value: onnx.ValueInfoProto) -> list[int | str]:
     dims: list[int | str] = []
     for i, dim in enumerate(value.type.tensor_type.shape.dim):
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
             dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_value"):  # -1: exporters' way of saying dynamic
+            dims.append(f"dim{i}")
         else:
             dims.append(dim.dim_param or f"dim{i}")
     return dims

@@ -103,7 +103,7 @@ def _check_input(what: str, spec: dict[str, Any], arr: np.ndarray) -> bool:
     name, shape, datatype = spec["name"], list(spec["shape"]), spec["datatype"]
     want = _NUMPY.get(datatype)
     where = f"{what}: input {name!r}"
-    if want is not None and arr.dtype != np.dtype(want):
+    if want is not None and arr.dtype != np.dtype(want):  # load_samples(cast=True) cast it
         raise ValueError(f"{where} is {arr.dtype}; the model takes {datatype} "
                          f"({np.dtype(want).name}): convert it, e.g. "
                          f"array.astype(np.{np.dtype(want).name})")
@@ -138,7 +138,7 @@ def _check_input(what: str, spec: dict[str, Any], arr: np.ndarray) -> bool:
 
 
 def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval set",
-                 need_labels: bool = False) -> Samples:
+                 need_labels: bool = False, cast: bool = False) -> Samples:
     """Read and check an ``.npz`` of samples against a model's input signature.
 
     Args:
@@ -146,6 +146,8 @@ def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval se
         signature: ``{"inputs": [{"name", "datatype", "shape"}], …}`` (the registry's).
         what: how messages name the data ("eval set", "calibration set").
         need_labels: refuse data without ``y``.
+        cast: convert arrays of another dtype of the same kind (float64 for an FP32
+            input), as data stored by earlier releases may be; new data is refused.
 
     Raises:
         ValueError: not an ``.npz``; an unknown, missing or mis-shaped input; a dtype
@@ -168,6 +170,13 @@ def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval se
     missing = [n for n in names if n not in arrays]
     if missing:
         raise ValueError(f"{what}: input {missing[0]!r} is missing; the model takes {expected}")
+    if cast:
+        for spec in inputs:
+            want = _NUMPY.get(spec["datatype"])
+            arr = arrays[spec["name"]]
+            if want is not None and arr.dtype != want and np.can_cast(arr.dtype, want,
+                                                                       "same_kind"):
+                arrays[spec["name"]] = arr.astype(want)
     stacked = {spec["name"]: _check_input(what, spec, arrays[spec["name"]]) for spec in inputs}
     counts = {n: int(a.shape[0]) for n, a in arrays.items()}
     if len(set(counts.values())) > 1:

@@ -177,7 +177,8 @@ def is_tflite(data: bytes) -> bool:
 
 
 _NP_TO_V2 = {"float32": "FP32", "float16": "FP16", "int8": "INT8", "uint8": "UINT8",
-             "int32": "INT32", "int64": "INT64", "bool": "BOOL", "float64": "FP64"}
+             "int16": "INT16", "uint16": "UINT16", "int32": "INT32", "uint32": "UINT32",
+             "int64": "INT64", "uint64": "UINT64", "bool": "BOOL", "float64": "FP64"}
 
 
 def _interpreter(path: Path) -> Any:
@@ -205,8 +206,8 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
     def spec(d: dict[str, Any]) -> dict[str, Any]:
         sig = d.get("shape_signature")
         shape = list(sig if sig is not None and len(sig) else d["shape"])
-        return {"name": str(d["name"]), "datatype": _NP_TO_V2.get(np.dtype(d["dtype"]).name,
-                                                                  "FP32"),
+        dtype = np.dtype(d["dtype"]).name
+        return {"name": str(d["name"]), "datatype": _NP_TO_V2.get(dtype, dtype.upper()),
                 "shape": [("batch" if i == 0 else f"dim{i}") if v < 0 else int(v)
                           for i, v in enumerate(shape)]}
     return {"inputs": [spec(d) for d in it.get_input_details()],

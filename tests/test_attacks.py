@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -17,7 +18,16 @@ from _support import job_of, register_digits, wait_deployment, wait_devices_know
 from tuf.api.metadata import Metadata, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from edgefleet.contract import Command, DeviceTopic, bundle_paths, device_topic
+from edgefleet.contract import (
+    MANIFEST_MAX_BYTES,
+    Command,
+    DeviceTopic,
+    Manifest,
+    TargetTrust,
+    TensorSpec,
+    bundle_paths,
+    device_topic,
+)
 from edgefleet.controller import TrustExpiry, TrustRepository, init_keys
 from edgefleet.controller.keys import rotate_keys
 from edgefleet.simulations.fleet import wait_until
@@ -257,6 +267,56 @@ def test_tampered_model_file_on_the_server_is_rejected(controller, serving, eval
     stored.write_bytes(bytes(data))
 
     _rejected(controller, agent, v2["version"], "tampered_file", evalset)
+
+
+@pytest.mark.parametrize("file", ["smoke.npz", "profile.json"])
+def test_tampered_data_file_on_the_server_is_rejected(controller, serving, evalset, file):
+    _fleet, agent, v2 = serving
+    manifest = controller.registry.ensure_bundle("digits", v2["version"])
+    stored = _stored(controller, f"{manifest.rsplit('/', 1)[0]}/{file}")
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+
+    _rejected(controller, agent, v2["version"], "tampered_file", evalset)
+
+
+def _sign_inline_manifest(controller, version: int, evalset) -> bytes:
+    """Sign a manifest with a thousand eval rows inline, as releases before data files
+    did for image models: far above the cap."""
+    manifest_path = bundle_paths("digits", version, "model.onnx")[0]
+    model = controller.registry.get("digits", version)
+    oversized = Manifest(
+        name="digits", version=version, runtime="onnxruntime", model_file="model.onnx",
+        model_sha256=model["sha256"], model_length=model["size_bytes"],
+        inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+        outputs=[TensorSpec("probs", "FP32", ["batch", 10])],
+        smoke_test={"input": evalset["x"][:1024].tolist()})
+    encoded = oversized.encode()
+    trust = TargetTrust(model="digits", version=version).custom()
+    model_target = _model_target(version)
+    controller.repo.add_targets({manifest_path: encoded,
+                                 model_target: Path(model["file"]).read_bytes()},
+                                custom={manifest_path: trust, model_target: trust})
+    controller.store.mark_bundled("digits", version)
+    return encoded
+
+
+def test_a_manifest_above_the_cap_is_refused_before_download(controller, serving, evalset,
+                                                             monkeypatch):
+    _fleet, agent, v2 = serving
+    encoded = _sign_inline_manifest(controller, v2["version"], evalset)
+    assert len(encoded) > MANIFEST_MAX_BYTES
+    # a compromised controller serves it as it is (an honest one re-signs it: see
+    # test_model_data)
+    manifest_path = bundle_paths("digits", v2["version"], "model.onnx")[0]
+    monkeypatch.setattr(controller.registry, "ensure_bundle",
+                        lambda *_a, **_k: manifest_path)
+    fetched = agent.updater.fetcher.bytes_received
+
+    job = _rejected(controller, agent, v2["version"], "manifest_too_large", evalset)
+    assert agent.updater.fetcher.bytes_received - fetched < len(encoded)  # never pulled
+    assert "65536" in job["detail"] or "cap" in job["detail"]
 
 
 def test_tampered_chunk_in_flight_is_rejected(controller, serving, evalset, monkeypatch):

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from edgefleet.cli import app
-from edgefleet.contract import Manifest
+from edgefleet.contract import MANIFEST_MAX_BYTES, Manifest, TargetTrust, TensorSpec, bundle_paths
 from edgefleet.controller.api import create_app
 from edgefleet.controller.http import ApiServer
 
@@ -182,3 +182,73 @@ def test_a_three_input_stateful_model_deploys_with_its_smoke_test_and_serves(
     want = dict(zip(["prob", "stateN"], raw.run(["prob", "stateN"], feeds), strict=True))
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7)
+
+
+def _image_model(side: int) -> bytes:
+    """A 1x1 convolution over a [batch, 3, side, side] image: one channel out."""
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.3, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["map"])], "conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, side, side])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, ["batch", 1, side, side])],
+        [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_sample_too_big_for_the_smoke_file_is_left_out_and_the_manifest_says_why(
+        controller):
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 3, 1024, 1024), dtype=np.float32)  # 12 MiB each, incompressible
+    buf = io.BytesIO()
+    np.savez(buf, image=images)
+    row = controller.registry.register("big", _image_model(1024), eval_npz=buf.getvalue())
+    path = controller.registry.ensure_bundle("big", row["version"])
+    base = path.rsplit("/", 1)[0]
+    targets = controller.repo.targets.signed.targets
+    assert f"{base}/smoke.npz" not in targets
+    stored = controller.repo.targets_dir / base / f"{targets[path].hashes['sha256']}.manifest.json"
+    manifest = Manifest.decode(stored.read_bytes())
+    assert "above the 8,388,608-byte cap" in manifest.smoke["skipped"]
+    assert targets[path].length < 8 * 1024
+
+
+def test_data_stored_by_an_earlier_release_is_read_as_the_model_takes_it(controller):
+    """Earlier releases stored float64 arrays for FP32 inputs; they still make bundles."""
+    from _support import ASSETS
+
+    row = controller.registry.register("digits", (ASSETS / "digits.onnx").read_bytes())
+    data = np.load(ASSETS / "eval.npz")
+    buf = io.BytesIO()
+    np.savez(buf, x=data["x"].astype(np.float64), y=data["y"])
+    (controller.settings.data_dir / "models" / "digits" / "1" / "eval.npz").write_bytes(
+        buf.getvalue())
+    samples = controller.registry.dataset("digits", row["version"], "eval")
+    assert samples is not None and samples.arrays["pixels"].dtype == np.float32
+    path = controller.registry.ensure_bundle("digits", row["version"])
+    assert f"{path.rsplit('/', 1)[0]}/smoke.npz" in controller.repo.targets.signed.targets
+
+
+def test_a_bundle_signed_with_its_data_inline_is_signed_again_with_data_files(controller):
+    from _support import ASSETS, register_digits
+
+    row = register_digits(controller)
+    path, model_target = bundle_paths("digits", row["version"], "model.onnx")
+    x = np.load(ASSETS / "eval.npz")["x"]
+    inline = Manifest(name="digits", version=1, runtime="onnxruntime", model_file="model.onnx",
+                      model_sha256=row["sha256"], model_length=row["size_bytes"],
+                      inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                      outputs=[TensorSpec("probs", "FP32", ["batch", 10])],
+                      smoke_test={"input": x[:1024].tolist()})
+    trust = TargetTrust(model="digits", version=1).custom()
+    controller.repo.add_targets({path: inline.encode(), model_target: b"x"},
+                                custom={path: trust, model_target: trust})
+    controller.store.mark_bundled("digits", 1)
+    assert controller.repo.targets.signed.targets[path].length > MANIFEST_MAX_BYTES
+
+    assert controller.registry.ensure_bundle("digits", 1) == path
+    targets = controller.repo.targets.signed.targets
+    assert targets[path].length < 8 * 1024
+    assert targets[model_target].length == row["size_bytes"]
+    assert f"{path.rsplit('/', 1)[0]}/smoke.npz" in targets

@@ -120,3 +120,28 @@ def test_a_reference_profile_needs_enough_finite_samples():
         reference_profile(np.full((50, 3), np.inf))
     wide = reference_profile(np.random.default_rng(0).normal(size=(100, 3000)), max_features=64)
     assert len(wide["extractors"][0]["index"]) == 64
+
+
+def test_a_profile_of_the_first_format_is_still_scored():
+    """Bundles signed before per-kind profiles carried positions of the first input."""
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(400, 4))
+    qs = np.linspace(0, 1, 11)[1:-1]
+    old = {"version": 1, "bins": 10, "samples": 400,
+           "features": {"index": [0, 1, 2, 3],
+                        "edges": [np.quantile(ref[:, j], qs).tolist() for j in range(4)],
+                        "expected": [[0.1] * 10] * 4},
+           "range": {"min": ref.min(axis=0).tolist(), "max": ref.max(axis=0).tolist()}}
+    steady, shifted = DriftWindow(old), DriftWindow(old)
+    steady.add(rng.normal(size=(200, 4)))
+    shifted.add(rng.normal(loc=2.0, size=(200, 4)))
+    assert steady.scores()["psi_max"] < 0.25 < shifted.scores()["psi_mean"]
+    assert set(shifted.scores()["top"]) <= {f"input[{i}]" for i in range(4)}
+
+
+def test_half_precision_rows_with_big_values_give_a_finite_summary():
+    x = (np.random.default_rng(2).random((200, 16)) * 300).astype(np.float16)
+    window = DriftWindow(reference_profile(x.astype(np.float32)))
+    window.add(x)  # float16 squares of ~300 overflow float16
+    stats = window.inputs()
+    assert np.isfinite(stats["mean"]) and np.isfinite(stats["std"]) and stats["std"] > 50
