@@ -21,6 +21,7 @@ from ._bench import register_bench
 from ._db import db_app
 from ._identity import claim_tokens_app, register_identity
 from ._image import image_app
+from ._optimize import register_optimize
 from ._output import JsonOpt, console, emit, fail, table, when
 from ._rollouts import deployments_app, register_deploy
 from ._security import audit_app, tokens_app
@@ -50,6 +51,7 @@ app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(db_app, name="db")
 register_identity(devices_app)
+register_optimize(model_app)
 register_deploy(app)
 register_bench(app)
 register_simulate(app)

@@ -141,46 +141,6 @@ def model_list(url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = Fa
                 (r["metrics"] or {}).get("accuracy")) for r in rows])
 
 
-@model_app.command("optimize")
-def model_optimize(
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION to optimize.")],
-    method: Annotated[str, typer.Option(help="auto | static | dynamic | none")] = "auto",
-    sparsity: Annotated[float, typer.Option(help="Magnitude pruning target, 0..1.")] = 0.0,
-    budget: Annotated[float, typer.Option(help="Max accuracy drop in points.")] = 1.0,
-    hardware_class: Annotated[list[str] | None, typer.Option(
-        "--hardware-class", help="Make a variant per class (repeat: rpi4, rpi5, jetson-orin, "
-        "x86-vnni…); each class's choice and why are reported.")] = None,
-    url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False,
-) -> None:
-    """Quantize (and optionally prune) a version into a gated child version."""
-    name, version = split_ref(ref)
-    classes = list(hardware_class or [])
-    with console.status(f"optimizing {ref} (quantize, evaluate, gate"
-                        f"{', a variant per class' if classes else ''})…"):
-        row = ApiClient(url, token).call(
-            "POST", f"/v1/models/{name}/{version}/optimize",
-            json={"method": method, "sparsity": sparsity, "accuracy_budget_pt": budget,
-                  "hardware_classes": classes})
-    if emit(row, as_json):
-        return
-    rep = row["report"]
-    onnx = rep.get("onnx", rep)
-    table(f"{name}:{version} → {name}:{row['version']} ({onnx['method']})",
-          ["", "size bytes", "accuracy", "p50 ms", "p95 ms"],
-          [(k, f"{onnx[k]['size_bytes']:,}", f"{onnx[k]['accuracy']:.4f}",
-            f"{onnx[k]['p50_ms']:.4f}", f"{onnx[k]['p95_ms']:.4f}")
-           for k in ("fp32", "int8") if onnx.get(k)])
-    if "classes" not in rep:
-        console.print(f"shipped: [bold]{rep['shipped']}[/bold] — {rep.get('reason', '')}")
-        return
-    if rep["tflite"].get("why"):
-        console.print(f".tflite: {rep['tflite']['why']}")
-    table(f"variant per class (this machine: {rep['machine_class']})",
-          ["class", "variant", "runtime", "precision", "basis", "why"],
-          [(c["hardware_class"], c["variant"], c["runtime"], c["precision"], c["basis"],
-            c["why"]) for c in rep["classes"]])
-
-
 def split_ref(ref: str) -> tuple[str, int]:
     name, _, version = ref.partition(":")
     if not name or not version.isdigit():

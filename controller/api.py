@@ -10,7 +10,17 @@ audits every mutating call). Bad input gets a 4xx with a reason, never a 500.
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -23,11 +33,15 @@ from ._api_metrics import add_metrics_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
+from .optimizations import QUEUE_FULL
 from .orchestrator import describe
 from .rollout import RolloutPolicy
 from .service import FleetController
 
 __all__ = ["create_app"]
+
+
+HardwareClass = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
 class OptimizeBody(BaseModel):
@@ -36,8 +50,15 @@ class OptimizeBody(BaseModel):
     sparsity: float = Field(0.0, ge=0.0, lt=1.0)
     accuracy_budget_pt: float = Field(1.0, ge=0.0, le=100.0)
     latency_runs: int = Field(200, ge=10, le=100_000)
+    # what the model is ("": as registered, else detected): classifiers with labels are
+    # judged by top-1, everything else by fidelity to fp32
+    task: str = Field("", pattern="^(|classification|detection|segmentation|sequence|"
+                                  "embedding|other)$")
+    min_sqnr_db: float = Field(20.0, ge=0.0, le=200.0)
+    min_cosine: float = Field(0.995, ge=0.0, le=1.0)
+    fallback: bool = True  # keep the most sensitive nodes in float when int8 misses the gate
     # a variant per class (int8 / fp32, ONNX / .tflite, TensorRT FP16), chosen and reported
-    hardware_classes: list[str] = Field(default_factory=list, max_length=32)
+    hardware_classes: list[HardwareClass] = Field(default_factory=list, max_length=32)
 
 
 class DeployBody(BaseModel):
@@ -61,6 +82,11 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "file"}
 
 
+def _job(view: dict[str, Any]) -> dict[str, Any]:
+    """An optimization job as the API shows it: its child version without the file path."""
+    return {**view, "result": _public(view["result"]) if view["result"] else None}
+
+
 def create_app(ctl: FleetController) -> FastAPI:
     """Build the API around a controller (started by the caller)."""
     app = FastAPI(title="edgefleet controller", version="1", dependencies=[Depends(authorize)])
@@ -76,6 +102,8 @@ def create_app(ctl: FleetController) -> FastAPI:
         code = 409 if isinstance(exc, RegistryError) else 422
         if isinstance(exc, OptimizationError):
             code = 422
+        if exc.reason == QUEUE_FULL:  # not a conflict: the same call works later
+            code = 429
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=code)
 
     @app.exception_handler(ValueError)
@@ -167,18 +195,33 @@ def create_app(ctl: FleetController) -> FastAPI:
         ctl.registry.get(name, version)
         return [_public(v) for v in ctl.registry.variants(name, version)]
 
-    @app.post("/v1/models/{name}/{version}/optimize", status_code=201)
-    def optimize_model(request: Request, _: Auth, name: str, version: int,
-                       body: OptimizeBody) -> dict[str, Any]:
+    @app.post("/v1/models/{name}/{version}/optimize", status_code=202)
+    def optimize_model(request: Request, response: Response, user: Auth, name: str,
+                       version: int, body: OptimizeBody) -> dict[str, Any]:
+        """Queue an optimization (a job: follow it at the ``Location`` answered)."""
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
-                                latency_runs=body.latency_runs)
-        row = _public(ctl.registry.optimize(name, version, target,
-                                            hardware_classes=body.hardware_classes or None))
-        note(request, after={"name": row["name"], "version": row["version"],
-                             "variant": row["variant"],
+                                latency_runs=body.latency_runs, task=body.task,
+                                min_sqnr_db=body.min_sqnr_db, min_cosine=body.min_cosine,
+                                fallback=body.fallback)
+        job = ctl.optimizations.submit(name, version, target,
+                                       hardware_classes=body.hardware_classes,
+                                       created_by=user)
+        note(request, after={"job": job["id"], "name": name, "version": version,
                              "hardware_classes": body.hardware_classes})
-        return row
+        response.headers["Location"] = f"/v1/optimizations/{job['id']}"
+        return _job(job)
+
+    @app.get("/v1/optimizations")
+    def list_optimizations(_: Auth, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                           ) -> list[dict[str, Any]]:
+        """Recent optimization jobs, newest first (queued, running and the last finished)."""
+        return [_job(j) for j in ctl.optimizations.recent(limit)]
+
+    @app.get("/v1/optimizations/{job_id}")
+    def get_optimization(_: Auth, job_id: str) -> dict[str, Any]:
+        """One optimization job: state, progress, and the child version or the error."""
+        return _job(ctl.optimizations.get(job_id))
 
     @app.post("/v1/deployments", status_code=201)
     def create_deployment(request: Request, user: Auth, body: DeployBody) -> dict[str, Any]:

@@ -68,6 +68,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("POST", "/v1/models/{name}/{version}/optimize"): ADMIN,
     ("POST", "/v1/models/{name}/{version}/variants"): ADMIN,
     ("GET", "/v1/models/{name}/{version}/variants"): VIEWER,
+    ("GET", "/v1/optimizations"): VIEWER,
+    ("GET", "/v1/optimizations/{job_id}"): VIEWER,
     ("POST", "/v1/deployments"): OPERATOR,
     ("GET", "/v1/deployments"): VIEWER,
     ("GET", "/v1/deployments/{dep_id}"): VIEWER,

@@ -8,6 +8,7 @@ is deployed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -40,8 +41,8 @@ from edgefleet.optimizer import (
     inspect_tflite,
     is_tflite,
     load_samples,
-    optimize,
     optimize_for_classes,
+    optimize_samples,
 )
 
 from ._bundle_data import Runner, bundle_data, runner
@@ -254,30 +255,29 @@ class Registry:
         if evalset is None:
             raise RegistryError(f"{name}:{version} has no eval set; register it with one",
                                 reason="missing_eval_set")
-        eval_x = evalset.single_input()
-        calib_x = calib.single_input() if calib is not None else \
-            (eval_x[:200] if eval_x is not None else None)
-        if eval_x is None or calib_x is None:
-            raise OptimizationError(f"{name}:{version}: optimize works on single-input models "
-                                    "whose data is in rows (samples along the batch axis)",
-                                    reason="unsupported")
-        if evalset.labels is None:
-            raise RegistryError(f"{name}:{version}: its eval set has no labels 'y', which "
-                                "optimize's accuracy gate needs", reason="missing_labels")
-        evalset_xy = {"x": eval_x, "y": evalset.labels}
+        target = dataclasses.replace(target,
+                                     task=target.task or row["signature"].get("task", ""))
         work = self.models_dir / name / f".optimize-{version}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
             if hardware_classes:
-                return self._optimize_for_classes(name, row, calib_x, evalset_xy, work, target,
-                                                  progress, hardware_classes)
-            result = optimize(Path(row["file"]), calib_x, eval_x, evalset.labels, work,
-                              target, progress=progress)
+                eval_x = evalset.single_input()
+                calib_x = calib.single_input() if calib is not None else eval_x
+                if eval_x is None or calib_x is None or evalset.labels is None:
+                    raise OptimizationError(
+                        f"{name}:{version}: per-class variants are made for single-input "
+                        "classifiers with labelled data in rows; optimize without "
+                        "--hardware-class for this model", reason="unsupported")
+                return self._optimize_for_classes(
+                    name, row, calib_x, {"x": eval_x, "y": evalset.labels}, work, target,
+                    progress, hardware_classes)
+            result = optimize_samples(Path(row["file"]), calib or evalset, evalset, work,
+                                      target, progress=progress)
             report = dict(result.report)
             variant = "int8" if result.shipped == "int8" else "fp32"
             return self._add_child(name, row, Path(result.shipped_path), work, variant=variant,
-                                   accuracy=report.get(variant, {}).get("accuracy"),
+                                   accuracy=(report.get(variant) or {}).get("accuracy"),
                                    report=report)
         finally:
             shutil.rmtree(work, ignore_errors=True)

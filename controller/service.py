@@ -2,8 +2,9 @@
 
 ``FleetController`` owns the store, the TUF repository and the MQTT link. Device
 messages arrive on paho's thread through ``handle``; API calls arrive on FastAPI's
-workers. Decisions (which devices a deployment targets, a deployment's state from its
-jobs) are small pure functions below.
+workers; optimizations run as jobs on their own threads (``optimizations``).
+Decisions (which devices a deployment targets, a deployment's state from its jobs) are
+small pure functions below.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ._mqtt import ControllerLink
 from .auth import production_targets
 from .ingest import encode_ack
 from .lease import Lease
+from .optimizations import OptimizationJobs
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
@@ -113,6 +115,10 @@ class FleetController:
                                  gap_timeout_s=settings.telemetry_gap_timeout_s,
                                  shared=bool(settings.share_group))
         self.alerts = AlertMonitor(self.store, settings, self.clock)
+        self.optimizations = OptimizationJobs(
+            self.registry, clock=self.clock.time, workers=settings.optimize_workers,
+            queue_max=settings.optimize_queue_max, history_max=settings.optimize_history_max,
+            counters=self.counters)
 
     def start(self) -> None:
         """Start the embedded broker if no broker URL was given, then connect.
@@ -135,6 +141,7 @@ class FleetController:
                                    share_group=self.settings.share_group)
         self.ingestor.start()
         self.alerts.start()
+        self.optimizations.start()
         self.link.start()
         self._upkeep = threading.Thread(target=self._upkeep_loop, name="telemetry-upkeep",
                                         daemon=True)
@@ -149,6 +156,7 @@ class FleetController:
 
     def stop(self) -> None:
         self._stop.set()
+        self.optimizations.stop()  # jobs still waiting fail; running ones cannot be cut
         if self._rollouts is not None:
             self._rollouts.join(5.0)
         if self._upkeep is not None:

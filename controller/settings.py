@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # deployments to a device with this tag (key=value; "" disables) wait for a second person
     production_tag: str = "env=production"
 
+    # optimization jobs (docs/operations.md, "Optimization jobs"): off the request path
+    optimize_workers: int = Field(1, ge=1, le=64)  # threads running optimizations
+    optimize_queue_max: int = Field(16, ge=1)  # jobs waiting; beyond: POST answers 429
+    optimize_history_max: int = Field(100, ge=1)  # finished jobs kept in memory
+
     # telemetry ingest (docs/alerts-and-queries.md): bounded queue, batched transactions
     telemetry_queue_max: int = Field(100_000, ge=1)  # summaries waiting; beyond: not acked
     telemetry_batch_max: int = Field(2000, ge=1)  # summaries per transaction

@@ -17,7 +17,7 @@ from edgefleet.optimizer._classes import Candidate, ClassChoice, choose_for_clas
 from edgefleet.optimizer._decisions import GateDecision, MethodChoice, choose_method, decide_gates
 from edgefleet.optimizer._evaluate import Evaluation, evaluate
 from edgefleet.optimizer._inspect import inspect_model
-from edgefleet.optimizer._pipeline import optimize
+from edgefleet.optimizer._pipeline import optimize, optimize_samples
 from edgefleet.optimizer._profile import (
     TASKS,
     detect_task,
@@ -69,6 +69,7 @@ __all__ = [
     "onnx_to_tflite",
     "optimize",
     "optimize_for_classes",
+    "optimize_samples",
     "prune_array",
     "prune_model",
     "quantize_tflite",

@@ -33,6 +33,7 @@ from edgefleet.contract.files import atomic_write
 
 __all__ = [
     "ArrayReader",
+    "describe",
     "external_data_files",
     "has_symbolic_shape_inference",
     "inline_external_data",
@@ -207,15 +208,30 @@ class ArrayReader(CalibrationDataReader):
         self._it = iter(self._batches)
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (never empty: some tools raise bare assertions)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _call(step: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     try:
         fn(*args, **kwargs)
     except Exception as exc:
-        raise OptimizationError(f"{step} failed: {exc}") from exc
+        raise OptimizationError(f"{step} failed: {describe(exc)}",
+                                reason=step.replace(" ", "_") + "_failed") from exc
 
 
-def preprocess(src: Path, dst: Path, *, optimize: bool) -> None:
+_SYMBOLIC_LEFTOVERS = ("sym_shape_infer_temp.onnx", "sym_shape_infer_temp.onnx.data")
+
+
+def preprocess(src: Path, dst: Path, *, optimize: bool) -> list[str]:
     """Run onnxruntime's quantization pre-processing (shape inference, optimization).
+
+    Symbolic shape inference fails on some real graphs (an assertion on a Concat,
+    "incomplete symbolic shape inference"); pre-processing is then run again without
+    it, and the returned notes say so. The file onnxruntime leaves in the working
+    directory when it gives up is removed.
 
     Args:
         src: input model.
@@ -224,17 +240,32 @@ def preprocess(src: Path, dst: Path, *, optimize: bool) -> None:
             for dynamic quantization: they fuse MatMul+Add into Gemm, which the
             dynamic quantizer does not handle.
 
+    Returns:
+        What changed from the plan (empty when nothing did).
+
     Raises:
-        OptimizationError: if pre-processing fails.
+        OptimizationError: if pre-processing fails even without symbolic inference.
     """
-    _call(
-        "pre-processing",
-        quant_pre_process,
-        str(src),
-        str(dst),
-        skip_optimization=not optimize,
-        skip_symbolic_shape=not has_symbolic_shape_inference(),
-    )
+    symbolic = has_symbolic_shape_inference()
+    notes = [] if symbolic else ["symbolic shape inference unavailable (no sympy)"]
+    before = {p: Path(p).stat().st_mtime for p in _SYMBOLIC_LEFTOVERS if Path(p).exists()}
+    try:
+        quant_pre_process(str(src), str(dst), skip_optimization=not optimize,
+                          skip_symbolic_shape=not symbolic)
+        return notes
+    except Exception as exc:
+        if not symbolic:
+            raise OptimizationError(f"pre-processing failed: {describe(exc)}",
+                                    reason="preprocessing_failed") from exc
+        first = describe(exc)
+    finally:
+        for leftover in _SYMBOLIC_LEFTOVERS:  # written to the cwd when inference gives up
+            path = Path(leftover)
+            if path.exists() and before.get(leftover) != path.stat().st_mtime:
+                path.unlink(missing_ok=True)
+    _call("pre-processing", quant_pre_process, str(src), str(dst),
+          skip_optimization=not optimize, skip_symbolic_shape=True)
+    return [f"symbolic shape inference failed ({first}): pre-processed without it"]
 
 
 def has_symbolic_shape_inference() -> bool:
@@ -253,6 +284,8 @@ def quantize_static_qdq(
     *,
     op_types: Sequence[str] | None,
     activation_signed: bool = False,
+    per_channel: bool = True,
+    exclude: Sequence[str] = (),
 ) -> None:
     """Static int8: QDQ format, per-channel symmetric int8 weights, MinMax calibration.
 
@@ -262,6 +295,8 @@ def quantize_static_qdq(
         reader: the calibration samples.
         op_types: op types to quantize, or ``None`` for every supported one.
         activation_signed: QInt8 activations instead of QUInt8.
+        per_channel: per-channel weight scales (needs opset 13), else per-tensor.
+        exclude: names of nodes to keep in float.
 
     Raises:
         OptimizationError: if calibration or quantization fails.
@@ -274,7 +309,8 @@ def quantize_static_qdq(
         reader,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(op_types) if op_types is not None else None,
-        per_channel=True,
+        per_channel=per_channel,
+        nodes_to_exclude=list(exclude),
         activation_type=QuantType.QInt8 if activation_signed else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
@@ -283,7 +319,8 @@ def quantize_static_qdq(
 
 
 def quantize_dynamic_int8(
-    src: Path, dst: Path, *, op_types: Sequence[str], per_channel: bool = False
+    src: Path, dst: Path, *, op_types: Sequence[str], per_channel: bool = False,
+    exclude: Sequence[str] = (),
 ) -> None:
     """Dynamic int8: symmetric int8 weights, activations quantized at run time.
 
@@ -303,6 +340,7 @@ def quantize_dynamic_int8(
         str(dst),
         op_types_to_quantize=list(op_types),
         per_channel=per_channel,
+        nodes_to_exclude=list(exclude),
         weight_type=QuantType.QInt8,
         extra_options={"WeightSymmetric": True},
     )

@@ -24,7 +24,16 @@ class OptimizeTarget:
         latency_runs: timed single-sample runs per model.
         warmup_runs: untimed runs per model before timing.
         threads: onnxruntime intra-op threads used when timing (match the device).
-        require_faster: the int8 model ships only if its p50 latency beats fp32.
+        require_faster: the int8 model ships only if it is faster than fp32 beyond the
+            timing noise (a 95 % bound over interleaved blocks).
+        min_sqnr_db: fidelity gate for models other than classifiers: every float
+            output's SQNR against fp32, in dB (20 dB: error energy 1 % of the signal).
+        min_cosine: fidelity gate: every float output's cosine similarity to fp32.
+        task: what the model is (``classification``… ; "" detects it): classifiers with
+            labels are judged by top-1 accuracy, everything else by fidelity.
+        fallback: when int8 misses the quality gate, keep the most sensitive nodes in
+            float, step by step, until it holds.
+        max_float_nodes: the most nodes the fallback may keep in float.
     """
 
     method: str = "auto"
@@ -34,6 +43,11 @@ class OptimizeTarget:
     warmup_runs: int = 20
     threads: int = 1
     require_faster: bool = True
+    min_sqnr_db: float = 20.0
+    min_cosine: float = 0.995
+    task: str = ""
+    fallback: bool = True
+    max_float_nodes: int = 16
 
     def __post_init__(self) -> None:
         """Reject impossible settings.

@@ -60,7 +60,7 @@ def _onnx_candidates(result: OptimizationResult) -> dict[str, Candidate]:
     out = {"fp32": Candidate("fp32", "onnxruntime", "fp32", fp32["accuracy"], True,
                              fp32["p50_ms"], fp32["size_bytes"])}
     if rep.get("int8"):
-        ok = bool(rep["gates"]["finite"] and rep["gates"]["accuracy"])
+        ok = bool(rep["gates"]["finite"] and rep["gates"]["quality"])
         out["int8"] = Candidate("int8", "onnxruntime", "int8", rep["int8"]["accuracy"], ok,
                                 rep["int8"]["p50_ms"], rep["int8"]["size_bytes"])
     return out

@@ -51,12 +51,39 @@ def _infer(url: str, x: np.ndarray) -> str:
     return str(int(probs[0].argmax()))
 
 
+def _optimize(api: httpx.Client, version: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Queue an optimization job, follow its progress, return the child version.
+
+    Raises:
+        RuntimeError: the job failed (its stage, type and message).
+    """
+    resp = api.post(f"/v1/models/digits/{version}/optimize", json={"method": "auto"})
+    resp.raise_for_status()
+    location, said = resp.headers["Location"], 0
+
+    def finished() -> dict[str, Any] | None:
+        nonlocal said
+        job: dict[str, Any] = api.get(location).json()
+        for step in job["progress"][said:]:
+            say(f"  {step['message']}")
+        said = len(job["progress"])
+        return job if job["state"] in ("succeeded", "failed") else None
+
+    job = wait_until(finished, 120, interval_s=0.2)
+    if job["state"] == "failed":
+        err = job["error"]
+        raise RuntimeError(f"optimize failed at {err['stage']}: {err['type']}: "
+                           f"{err['message']}")
+    return job["result"]  # type: ignore[no-any-return]
+
+
 def run_demo(devices: int = 3, *, workdir: Path | None = None, inferences: int = 40,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the demo and return its report (see ``docs/demo.md`` for the fields).
 
     Raises:
         TimeoutError: a step did not complete in time (the report would be meaningless).
+        RuntimeError: the optimization job failed.
     """
     say = progress or (lambda _m: None)
     started = time.monotonic()
@@ -90,9 +117,7 @@ def run_demo(devices: int = 3, *, workdir: Path | None = None, inferences: int =
         say("registering the example model (digits MLP, fp32)")
         base = _register_example(api)
         say("optimizing to int8 (quantize, evaluate, gate)")
-        resp = api.post(f"/v1/models/digits/{base['version']}/optimize", json={"method": "auto"})
-        resp.raise_for_status()
-        child = resp.json()
+        child = _optimize(api, base["version"], say)
         report = child["report"]
 
         say(f"signing and deploying digits:{child['version']} over MQTT")

@@ -34,6 +34,16 @@ def wait_deployment(ctl: FleetController, dep_id: str, timeout_s: float = 60,
     return ctl.store.get_deployment(dep_id, with_events=True)
 
 
+def wait_optimization(ctl: FleetController, job_id: str,
+                      timeout_s: float = 120) -> dict[str, Any]:
+    """Wait until an optimization job has finished (succeeded or failed); return it."""
+    def finished() -> dict[str, Any] | None:
+        job = ctl.optimizations.get(job_id)
+        return job if job["state"] in ("succeeded", "failed") else None
+    job: dict[str, Any] = wait_until(finished, timeout_s)
+    return job
+
+
 def wait_devices_known(ctl: FleetController, ids: list[str], timeout_s: float = 10) -> None:
     wait_until(lambda: {d["id"] for d in ctl.store.list_devices() if d["online"]} >= set(ids),
                timeout_s)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _support import ASSETS, TOKEN, register_digits, wait_devices_known
+from _support import ASSETS, TOKEN, register_digits, wait_devices_known, wait_optimization
 from fastapi.testclient import TestClient
 
 from edgefleet.controller.api import create_app
@@ -21,7 +21,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.mark.parametrize("method,path", [
     ("GET", "/v1/models"), ("GET", "/v1/devices"), ("GET", "/v1/deployments"),
     ("POST", "/v1/deployments"), ("POST", "/v1/models"), ("GET", "/v1/stats"),
-    ("POST", "/v1/models/digits/1/optimize"),
+    ("POST", "/v1/models/digits/1/optimize"), ("GET", "/v1/optimizations"),
+    ("GET", "/v1/optimizations/opt-1-abcdef"),
 ])
 @pytest.mark.parametrize("headers,status", [
     ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic eDp5"}, 401),
@@ -83,9 +84,13 @@ def test_register_optimize_deploy_through_the_api(client, make_fleet, controller
     assert reg.status_code == 201 and reg.json()["version"] == 1
     opt = client.post("/v1/models/digits/1/optimize", headers=AUTH,
                       json={"method": "auto", "latency_runs": 50})
-    assert opt.status_code == 201
-    child = opt.json()
-    assert child["parent"] == 1 and child["version"] == 2
+    assert opt.status_code == 202 and opt.headers["location"] == f"/v1/optimizations/" \
+                                                                  f"{opt.json()['id']}"
+    wait_optimization(controller, opt.json()["id"])
+    job = client.get(opt.headers["location"], headers=AUTH).json()
+    assert job["state"] == "succeeded", job["error"]
+    child = job["result"]
+    assert child["parent"] == 1 and child["version"] == 2 and "file" not in child
     assert child["report"]["method"] == "dynamic"
     dep = client.post("/v1/deployments", headers=AUTH, json={"model": "digits", "version": 2})
     assert dep.status_code == 201 and [j["device"] for j in dep.json()["jobs"]] == fleet.ids

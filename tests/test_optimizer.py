@@ -87,7 +87,7 @@ def test_int8_model_is_at_least_3_5x_smaller_with_at_most_one_point_accuracy_dro
     assert report["fp32"]["accuracy"] >= 0.95
     assert report["fp32"]["accuracy"] - report["int8"]["accuracy"] <= 0.01
     assert report["int8"]["agreement"] >= 0.98
-    assert report["gates"]["finite"] and report["gates"]["accuracy"]
+    assert report["gates"]["finite"] and report["gates"]["quality"]
     # Whether int8 ships depends on the faster gate measured on this machine;
     # the decision must follow the gates either way.
     assert result.shipped == ("int8" if all(report["gates"].values()) else "fp32")
@@ -206,8 +206,9 @@ def test_failed_accuracy_gate_ships_fp32(digits: dict[str, np.ndarray], tmp_path
 
     assert result.shipped == "fp32"
     assert result.report["shipped"] == "fp32"
-    assert result.report["gates"] == {"finite": True, "accuracy": False, "faster": True}
-    assert result.report["failed_gates"] == ["accuracy"]
+    assert result.report["gates"] == {"quantized": True, "finite": True, "quality": False,
+                                      "faster": True}
+    assert result.report["failed_gates"] == ["quality"]
     assert "accuracy" in result.report["reason"]
     assert result.report["accuracy_drop_pt"] > 1.0
     assert result.shipped_path == tmp_path / "digits.fp32.onnx"

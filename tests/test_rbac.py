@@ -25,7 +25,7 @@ CALLERS = {"bootstrap-admin": "admin", "admin": "admin", "operator": "operator",
            "viewer": "viewer", "no-token": None, "unknown-token": None, "revoked": None,
            "expired": None, "basic-auth": None}
 SAMPLE_PARAMS = {"dep_id": "dep-nope", "name": "nope", "version": "1", "device_id": "ghost",
-                 "token_id": "0123456789abcdef", "action": "pause"}
+                 "token_id": "0123456789abcdef", "action": "pause", "job_id": "opt-nope"}
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,9 @@ def test_roles_follow_the_operator_policy():
     assert {ROUTES[k] for k in deployment_actions} == {"operator"}
     assert ROUTES[("POST", "/v1/models")] == ROUTES[("POST", "/v1/models/{name}/{version}/"
                                                              "optimize")] == "admin"
+    # queuing an optimization stays admin business; following one is a read
+    assert ROUTES[("GET", "/v1/optimizations")] == ROUTES[("GET", "/v1/optimizations/"
+                                                                  "{job_id}")] == "viewer"
     assert ROUTES[("GET", "/v1/audit")] == "operator"
     assert ROUTES[("GET", "/healthz")] == PUBLIC
 

@@ -31,6 +31,7 @@ BENCHMARKS: tuple[str, ...] = (
     "summary_bytes",  # summary bytes uplinked vs the raw per-inference records they cover
     "ingest",  # controller ingest summaries/s through MQTT vs raw batched SQLite inserts
     "optimizer",  # int8 ONNX and .tflite variants: size, p50, accuracy vs fp32 ONNX
+    "optimizer_zoo",  # optimize on every ONNX model of the zoo: plan, int8 share, verdict
     "agent_footprint",  # agent process cold start and RSS vs a bare onnxruntime process
     "rollout",  # a rollout through the controller vs a raw MQTT fan-out (edgefleet simulate)
 )
