@@ -196,14 +196,15 @@ class OptimizationJobs:
 
         Raises:
             NotFoundError: unknown version.
-            OptimizationError: not an ONNX model (reason ``unsupported``).
+            OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``).
             RegistryError: no eval set on the version or an ancestor.
             ValueError: its eval set does not fit the model.
         """
         row = self._registry.get(name, version)
-        if row["runtime"] != "onnxruntime":
+        if row["runtime"] not in ("onnxruntime", "litert"):
             raise OptimizationError(f"{name}:{version} is a {row['runtime']} model; the "
-                                    "optimizer works on ONNX models", reason="unsupported")
+                                    "optimizer takes ONNX and .tflite models",
+                                    reason="unsupported")
         evalset = self._registry.dataset(name, version, "eval")
         if evalset is None:
             raise RegistryError(f"{name}:{version} has no eval set; register it with one",

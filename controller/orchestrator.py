@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from edgefleet.contract import Clock, DesiredState, SystemClock
+from edgefleet.contract import Clock, DesiredState, EdgefleetError, SystemClock
 
 from ._views import describe
 from .auth import approval_refusal
@@ -132,14 +132,16 @@ class Orchestrator:
                                allow_downgrade=downgrade, health=policy.device_health(),
                                shadow_sample=policy.sample if mode == "shadow" else 0.0)
         current = {j["device"]: j for j in dep["jobs"]}
+        # every device's bundle first (signed on first use): a bundle that cannot be made
+        # fails before anything is sent
+        manifests = {device: self._manifest_for(model, version, device) for device in devices}
         for device in devices:
             fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
             if not downgrade:  # a rollback keeps the reason the device failed with
                 fields.update(reason="", detail="")
             if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know
                 self.store.update_job(dep["id"], device, **fields)
-            self._publish(device, dataclasses.replace(
-                desired, manifest=self._manifest_for(model, version, device)))
+            self._publish(device, dataclasses.replace(desired, manifest=manifests[device]))
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
@@ -204,8 +206,14 @@ class Orchestrator:
 
     def _start_wave(self, dep: dict[str, Any], policy: RolloutPolicy, k: int) -> None:
         devices = self._wave_devices(dep, k)
-        self._send(dep, devices, job=dep["id"], model=dep["model"], version=dep["version"],
-                   policy=policy)
+        try:
+            self._send(dep, devices, job=dep["id"], model=dep["model"],
+                       version=dep["version"], policy=policy)
+        except EdgefleetError as exc:  # a bundle (a class's variant) that cannot be signed
+            log.error("deployment %s: wave %d not started: %s", dep["id"], k, exc)
+            self._set(dep, "failed", "orchestrator", "bundle_failed", phase="done", wave=k,
+                      reason=f"the bundle for wave {k} cannot be made: {exc}", final="failed")
+            return
         self.store.update_deployment(dep["id"], wave=k, phase="waves",
                                      phase_started_at=self.clock.time())
         self.store.add_event(dep["id"], "wave_started", "orchestrator", wave=k,

@@ -43,6 +43,7 @@ from edgefleet.optimizer import (
     load_samples,
     optimize_for_classes,
     optimize_samples,
+    optimize_tflite,
 )
 
 from ._bundle_data import Runner, bundle_data, runner
@@ -247,9 +248,13 @@ class Registry:
             ValueError: malformed hardware class names.
         """
         row = self.store.get_model(name, version)
-        if row["runtime"] != "onnxruntime":
+        if row["runtime"] not in ("onnxruntime", "litert"):
             raise OptimizationError(f"{name}:{version} is a {row['runtime']} model; the "
-                                    "optimizer works on ONNX models", reason="unsupported")
+                                    "optimizer takes ONNX and .tflite models",
+                                    reason="unsupported")
+        if row["runtime"] == "litert" and hardware_classes:
+            raise OptimizationError(f"{name}:{version} is a .tflite model: per-class variants "
+                                    "are made from ONNX models", reason="unsupported")
         evalset = self.dataset(name, version, "eval")
         calib = self.dataset(name, version, "calibration")
         if evalset is None:
@@ -272,8 +277,12 @@ class Registry:
                 return self._optimize_for_classes(
                     name, row, calib_x, {"x": eval_x, "y": evalset.labels}, work, target,
                     progress, hardware_classes)
-            result = optimize_samples(Path(row["file"]), calib or evalset, evalset, work,
-                                      target, progress=progress)
+            if row["runtime"] == "litert":
+                result = optimize_tflite(Path(row["file"]), evalset, work, target,
+                                         progress=progress)
+            else:
+                result = optimize_samples(Path(row["file"]), calib or evalset, evalset, work,
+                                          target, progress=progress)
             report = dict(result.report)
             variant = "int8" if result.shipped == "int8" else "fp32"
             return self._add_child(name, row, Path(result.shipped_path), work, variant=variant,
@@ -286,14 +295,17 @@ class Registry:
                    variant: str, accuracy: float | None,
                    report: dict[str, Any]) -> dict[str, Any]:
         """Register an optimizer's output as the next version of ``name``, child of ``row``."""
-        staged = work / "shipped.onnx"
+        tflite = source.suffix == ".tflite"
+        staged = work / (_TFLITE_FILE if tflite else "shipped.onnx")
         shutil.copyfile(source, staged)
-        signature = {**inspect_model(staged), "task": row["signature"].get("task", ""),
+        signature = {**(inspect_tflite(staged) if tflite else inspect_model(staged)),
+                     "task": row["signature"].get("task", ""),
                      "input_kinds": row["signature"].get("input_kinds", {})}
         return self._add(name, staged, signature, row["labels"],
                          {"accuracy": accuracy}, parent=row["version"], variant=variant,
                          report=report, hardware_classes=row.get("hardware_classes"),
-                         release_counter=max(self._counter(name), 1))
+                         release_counter=max(self._counter(name), 1),
+                         runtime="litert" if tflite else "onnxruntime")
 
     def _optimize_for_classes(self, name: str, row: dict[str, Any], calib_x: np.ndarray,
                               evalset: dict[str, np.ndarray], work: Path,

@@ -37,6 +37,7 @@ from edgefleet.optimizer._tflite import (
     run_tflite,
     time_tflite,
 )
+from edgefleet.optimizer._tflite_optimize import optimize_tflite
 from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 from edgefleet.optimizer._variants import ClassPlan, optimize_for_classes
 
@@ -70,6 +71,7 @@ __all__ = [
     "optimize",
     "optimize_for_classes",
     "optimize_samples",
+    "optimize_tflite",
     "prune_array",
     "prune_model",
     "quantize_tflite",

@@ -10,7 +10,9 @@ the handlers here catch ``Exception``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,16 @@ def _call(step: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 
 
 _SYMBOLIC_LEFTOVERS = ("sym_shape_infer_temp.onnx", "sym_shape_infer_temp.onnx.data")
+# the temp model's weights go to a file named by a uuid, in the working directory too
+_UUID_DATA = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.data$")
+
+
+def _leftovers() -> dict[Path, float]:
+    found = {Path(p): Path(p).stat().st_mtime for p in _SYMBOLIC_LEFTOVERS if Path(p).exists()}
+    with contextlib.suppress(OSError):  # an unreadable cwd: nothing of ours to find there
+        found.update({p: p.stat().st_mtime for p in Path(".").iterdir()
+                      if _UUID_DATA.match(p.name)})
+    return found
 
 
 def preprocess(src: Path, dst: Path, *, optimize: bool) -> list[str]:
@@ -248,7 +260,7 @@ def preprocess(src: Path, dst: Path, *, optimize: bool) -> list[str]:
     """
     symbolic = has_symbolic_shape_inference()
     notes = [] if symbolic else ["symbolic shape inference unavailable (no sympy)"]
-    before = {p: Path(p).stat().st_mtime for p in _SYMBOLIC_LEFTOVERS if Path(p).exists()}
+    before = _leftovers()
     try:
         quant_pre_process(str(src), str(dst), skip_optimization=not optimize,
                           skip_symbolic_shape=not symbolic)
@@ -258,10 +270,9 @@ def preprocess(src: Path, dst: Path, *, optimize: bool) -> list[str]:
             raise OptimizationError(f"pre-processing failed: {describe(exc)}",
                                     reason="preprocessing_failed") from exc
         first = describe(exc)
-    finally:
-        for leftover in _SYMBOLIC_LEFTOVERS:  # written to the cwd when inference gives up
-            path = Path(leftover)
-            if path.exists() and before.get(leftover) != path.stat().st_mtime:
+    finally:  # written to the cwd when inference gives up: not ours to keep
+        for path, mtime in _leftovers().items():
+            if before.get(path) != mtime:
                 path.unlink(missing_ok=True)
     _call("pre-processing", quant_pre_process, str(src), str(dst),
           skip_optimization=not optimize, skip_symbolic_shape=True)

@@ -30,7 +30,7 @@ PUBLIC = {
         "onnx_to_tflite", "quantize_tflite", "run_tflite", "time_tflite", "Candidate",
         "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes", "Samples",
         "TASKS", "TfliteRunner", "detect_task", "external_data_files", "inline_external_data",
-        "input_kind", "load_samples", "profile_model", "optimize_samples"},
+        "input_kind", "load_samples", "profile_model", "optimize_samples", "optimize_tflite"},
     "edgefleet.simulations.zoo": {"ZOO_NAMES", "ZooModel", "build_zoo"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",

@@ -252,3 +252,26 @@ def test_a_bundle_signed_with_its_data_inline_is_signed_again_with_data_files(co
     assert targets[path].length < 8 * 1024
     assert targets[model_target].length == row["size_bytes"]
     assert f"{path.rsplit('/', 1)[0]}/smoke.npz" in targets
+
+
+def test_a_bundle_that_cannot_be_made_fails_the_deployment_instead_of_stalling_it(
+        controller, make_fleet, monkeypatch):
+    from _support import register_digits
+
+    from edgefleet.contract import RegistryError
+
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    row = register_digits(controller)
+
+    def cannot(*_a, **_k):
+        raise RegistryError("the manifest would be 70,000 bytes, above the cap",
+                            reason="manifest_too_large")
+
+    monkeypatch.setattr(controller.registry, "manifest_for", cannot)
+    dep = wait_deployment(controller, controller.deploy("digits", row["version"])["id"], 20)
+    assert dep["state"] == "failed"
+    event = next(e for e in dep["events"] if e["kind"] == "bundle_failed")
+    assert "above the cap" in event["detail"]["reason"]
+    assert all(j["job"] is None for j in dep["jobs"])  # nothing was sent
+    assert all(a.active is None for a in fleet.agents.values())

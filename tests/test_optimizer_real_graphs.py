@@ -43,6 +43,7 @@ def test_a_detector_at_opset_11_is_converted_quantized_and_judged_by_fidelity(
     assert "opset 11 converted to 13 for per-channel QDQ" in report["plan"]
     assert any("symbolic shape inference failed" in p for p in report["plan"])
     assert not (tmp_path / "sym_shape_infer_temp.onnx").exists()
+    assert not list(tmp_path.glob("*.data"))  # nor the weights file it names by a uuid
     assert report["metric"] == "fidelity" and "maps" in report["quality"]
     assert report["quality"]["maps"]["sqnr_db"] > 20
     assert report["quantization"]["quantized_ops"].get("Conv", 0) >= 3
@@ -136,3 +137,21 @@ def test_int8_failing_its_gate_ships_with_the_named_sensitive_nodes_in_float(tmp
     assert report["quantization"]["quantized_ops"] == {"MatMul": 2}  # dense1, dense2
     assert report["quantization"]["int8_weight_share"] > 0.9
     assert any("kept in float" in p for p in report["plan"])
+
+
+def test_a_tflite_model_optimizes_through_ai_edge_quantizer_with_the_same_gates(
+        controller, tmp_path):
+    m = build_zoo(tmp_path / "zoo", ["tflite-face-fixed"])["tflite-face-fixed"]
+    row = controller.registry.register(m.name, m.file.read_bytes(),
+                                       eval_npz=m.eval_npz.read_bytes(), task="detection")
+    child = controller.registry.optimize(m.name, row["version"],
+                                         OptimizeTarget(**{**FAST, "require_faster": True}))
+    report = child["report"]
+    assert child["parent"] == row["version"] and child["runtime"] == "litert"
+    assert report["metric"] == "fidelity" and set(report["quality"]) == {"boxes", "scores"}
+    assert report["quantization"]["int8_weight_share"] > 0.9
+    assert child["variant"] == report["shipped"]
+    if report["shipped"] == "int8":  # its file holds the int8 weights
+        assert child["size_bytes"] * 3 < row["size_bytes"]
+    else:
+        assert child["sha256"] == row["sha256"] and "fp32 ships" in report["reason"]
