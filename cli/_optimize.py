@@ -130,6 +130,9 @@ def register_optimize(model_app: typer.Typer) -> None:
         fallback: Annotated[bool, typer.Option(
             help="Keep the most sensitive nodes in float when int8 misses the gate.")]
         = True,
+        evaluator: Annotated[str, typer.Option(
+            help="module:function scoring outputs against labels (higher is better); must "
+                 "be in the controller's optimize_evaluators.")] = "",
         hardware_class: Annotated[list[str] | None, typer.Option(
             "--hardware-class", help="Make a variant per class (repeat: rpi4, rpi5, "
             "jetson-orin, x86-vnni…); each class's choice and why are reported.")] = None,
@@ -150,7 +153,8 @@ def register_optimize(model_app: typer.Typer) -> None:
         job = client.call("POST", f"/v1/models/{name}/{version}/optimize",
                           json={"method": method, "sparsity": sparsity,
                                 "accuracy_budget_pt": budget, "hardware_classes": classes,
-                                "task": task, "min_sqnr_db": min_sqnr, "fallback": fallback})
+                                "task": task, "min_sqnr_db": min_sqnr, "fallback": fallback,
+                                "evaluator": evaluator})
         if no_wait:
             if not emit(job, as_json):
                 console.print(f"optimization [bold]{job['id']}[/bold] of {ref}: {job['state']}; "

@@ -57,6 +57,7 @@ class OptimizeBody(BaseModel):
     min_sqnr_db: float = Field(20.0, ge=0.0, le=200.0)
     min_cosine: float = Field(0.995, ge=0.0, le=1.0)
     fallback: bool = True  # keep the most sensitive nodes in float when int8 misses the gate
+    evaluator: str = Field("", max_length=200)  # module:function, from the allowed list
     # a variant per class (int8 / fp32, ONNX / .tflite, TensorRT FP16), chosen and reported
     hardware_classes: list[HardwareClass] = Field(default_factory=list, max_length=32)
 
@@ -199,11 +200,15 @@ def create_app(ctl: FleetController) -> FastAPI:
     def optimize_model(request: Request, response: Response, user: Auth, name: str,
                        version: int, body: OptimizeBody) -> dict[str, Any]:
         """Queue an optimization (a job: follow it at the ``Location`` answered)."""
+        if body.evaluator and body.evaluator not in ctl.settings.optimize_evaluators:
+            raise HTTPException(422, f"evaluator {body.evaluator!r} is not allowed on this "
+                                     f"controller: list it in optimize_evaluators "
+                                     f"(EDGEFLEET_OPTIMIZE_EVALUATORS)")
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
                                 latency_runs=body.latency_runs, task=body.task,
                                 min_sqnr_db=body.min_sqnr_db, min_cosine=body.min_cosine,
-                                fallback=body.fallback)
+                                fallback=body.fallback, evaluator=body.evaluator)
         job = ctl.optimizations.submit(name, version, target,
                                        hardware_classes=body.hardware_classes,
                                        created_by=user)

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # optimization jobs (docs/operations.md, "Optimization jobs"): off the request path
     optimize_workers: int = Field(1, ge=1, le=64)  # threads running optimizations
     optimize_queue_max: int = Field(16, ge=1)  # jobs waiting; beyond: POST answers 429
+    # "module:function" evaluators optimize may be asked to run: code on this machine,
+    # so only those an admin lists here (e.g. ["mytasks.metrics:map50"])
+    optimize_evaluators: list[str] = Field(default_factory=list)
     optimize_history_max: int = Field(100, ge=1)  # finished jobs kept in memory
 
     # telemetry ingest (docs/alerts-and-queries.md): bounded queue, batched transactions

@@ -9,8 +9,9 @@ A model with dynamic dimensions besides the batch is also run at a second shape
 
 from __future__ import annotations
 
+import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,49 @@ class FeedsReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self._it = iter(self._feeds)
+
+
+def load_evaluator(spec: str) -> Callable[..., Any]:
+    """The function a ``module:function`` names.
+
+    Raises:
+        OptimizationError: the module or the function cannot be found.
+    """
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise OptimizationError(f"evaluator {spec!r} cannot be loaded: {type(exc).__name__}: "
+                                f"{exc}", reason="evaluator_not_found") from exc
+    if not callable(fn):
+        raise OptimizationError(f"evaluator {spec!r} is not a function",
+                                reason="evaluator_not_found")
+    return fn  # type: ignore[no-any-return]
+
+
+def _score(fn: Callable[..., Any], outputs: list[dict[str, np.ndarray]],
+           evalset: Samples) -> float:
+    """The evaluator's score of a model's outputs: each output concatenated over the
+    calls (along the first axis), with the eval labels.
+
+    Raises:
+        OptimizationError: the evaluator fails or does not return a finite number.
+    """
+    joined: dict[str, Any] = {}
+    for name in outputs[0]:
+        parts = [o[name] for o in outputs]
+        try:
+            joined[name] = np.concatenate(parts) if parts[0].ndim else np.stack(parts)
+        except ValueError:  # shapes differ per call: the evaluator gets the list
+            joined[name] = parts
+    try:
+        value = float(fn(joined, evalset.labels))
+    except Exception as exc:  # the user's code
+        raise OptimizationError(f"the evaluator failed: {type(exc).__name__}: {exc}",
+                                reason="evaluator_failed") from exc
+    if not np.isfinite(value):
+        raise OptimizationError(f"the evaluator returned {value}", reason="evaluator_failed")
+    return value
 
 
 def run_calls(session: Any, calls: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -138,11 +182,16 @@ def compare(fp32_path: Path, cand_path: Path, evalset: Samples, signature: dict[
     ref_out, cand_out = run_calls(base, calls), run_calls(cand, calls)
     finite = all(np.all(np.isfinite(v)) for o in cand_out for v in o.values()
                  if v.dtype.kind == "f")
-    metric = metric_for(task, ref_out[0], evalset.labels)
-    if metric == "top1":
+    metric = "evaluator" if target.evaluator else metric_for(task, ref_out[0], evalset.labels)
+    if metric == "evaluator":
+        score = load_evaluator(target.evaluator)
+        values: dict[str, Any] = {"fp32": _score(score, ref_out, evalset),
+                                  "candidate": _score(score, cand_out, evalset),
+                                  "evaluator": target.evaluator}
+    elif metric == "top1":
         first = next(iter(ref_out[0]))
         n = sum(len(o[first]) for o in ref_out)
-        values: dict[str, Any] = classification_quality(
+        values = classification_quality(
             np.concatenate([o[first] for o in ref_out]),
             np.concatenate([o[first] for o in cand_out]), np.asarray(evalset.labels)[:n])
     else:

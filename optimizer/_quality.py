@@ -78,6 +78,12 @@ def quality_verdict(metric: str, values: dict[str, Any], *, accuracy_budget_pt: 
         metric: ``top1`` (``values``: accuracy_fp32, accuracy) or ``fidelity``
             (``values``: output name -> the ``fidelity`` figures).
     """
+    if metric == "evaluator":
+        drop = (values["fp32"] - values["candidate"]) * 100.0
+        ok = drop <= accuracy_budget_pt + 1e-9
+        return ok, (f"evaluator score {values['candidate']:.4f} vs fp32 {values['fp32']:.4f}: "
+                    f"drop {drop:.2f} pt {'within' if ok else 'exceeds'} budget "
+                    f"{accuracy_budget_pt:g} pt")
     if metric == "top1":
         drop = (values["accuracy_fp32"] - values["accuracy"]) * 100.0
         ok = drop <= accuracy_budget_pt + 1e-9

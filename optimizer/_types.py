@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ class OptimizeTarget:
         fallback: when int8 misses the quality gate, keep the most sensitive nodes in
             float, step by step, until it holds.
         max_float_nodes: the most nodes the fallback may keep in float.
+        evaluator: ``module:function`` scoring a model's outputs against the eval labels
+            (higher is better, e.g. mAP or IoU as a fraction); when given it replaces
+            the built-in quality measure, and the candidate may lose at most
+            ``accuracy_budget_pt / 100`` of the fp32 model's score.
     """
 
     method: str = "auto"
@@ -48,6 +53,7 @@ class OptimizeTarget:
     task: str = ""
     fallback: bool = True
     max_float_nodes: int = 16
+    evaluator: str = ""
 
     def __post_init__(self) -> None:
         """Reject impossible settings.
@@ -55,6 +61,8 @@ class OptimizeTarget:
         Raises:
             ValueError: if any field is out of range.
         """
+        if self.evaluator and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.evaluator):
+            raise ValueError(f"evaluator must be 'module:function', got {self.evaluator!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not 0.0 <= self.sparsity < 1.0:

@@ -155,3 +155,44 @@ def test_a_tflite_model_optimizes_through_ai_edge_quantizer_with_the_same_gates(
         assert child["size_bytes"] * 3 < row["size_bytes"]
     else:
         assert child["sha256"] == row["sha256"] and "fp32 ships" in report["reason"]
+
+
+def test_a_users_own_evaluator_decides_quality_and_its_failures_say_so(tmp_path):
+    from _support import ASSETS
+
+    data = np.load(ASSETS / "eval.npz")
+    buf = io.BytesIO()
+    np.savez(buf, x=data["x"].astype(np.float32), y=data["y"])
+    model = ASSETS / "digits.onnx"
+    samples = load_samples(buf.getvalue(), inspect_model(model))
+    result = optimize_samples(model, samples, samples, tmp_path / "a",
+                              OptimizeTarget(evaluator="_evaluators:top1", **FAST))
+    report = result.report
+    assert report["metric"] == "evaluator"
+    expected = float(np.mean(ort.InferenceSession(str(model)).run(
+        None, {"pixels": data["x"].astype(np.float32)})[0].argmax(1) == data["y"]))
+    assert report["quality"]["fp32"] == pytest.approx(expected)
+    assert report["gates"]["quality"] == (
+        report["quality"]["fp32"] - report["quality"]["candidate"] <= 0.01 + 1e-9)
+    with pytest.raises(OptimizationError, match="evaluator failed: KeyError"):
+        optimize_samples(model, samples, samples, tmp_path / "b",
+                         OptimizeTarget(evaluator="_evaluators:broken", **FAST))
+    with pytest.raises(OptimizationError, match="cannot be loaded"):
+        optimize_samples(model, samples, samples, tmp_path / "c",
+                         OptimizeTarget(evaluator="_evaluators:missing", **FAST))
+    with pytest.raises(ValueError, match="module:function"):
+        OptimizeTarget(evaluator="not a function")
+
+
+def test_the_api_runs_only_evaluators_the_admin_listed(controller):
+    from _support import TOKEN, register_digits
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller.api import create_app
+
+    register_digits(controller)
+    with TestClient(create_app(controller), raise_server_exceptions=False) as client:
+        resp = client.post("/v1/models/digits/1/optimize",
+                           headers={"Authorization": f"Bearer {TOKEN}"},
+                           json={"evaluator": "os:system"})
+    assert resp.status_code == 422 and "not allowed" in resp.json()["detail"]
