@@ -188,7 +188,10 @@ def test_encoder_ignores_tokens_behind_the_mask(zoo: dict[str, ZooModel]) -> Non
     feeds = encoder.feeds(4, seed=2)
     assert (feeds["attention_mask"] == 0).any(), "feeds should include padding"
     out = encoder.run_raw(feeds)
-    assert out["last_hidden_state"].shape == (4, 32, 64) and out["pooled"].shape == (4, 64)
+    width = _signature(encoder)[1][1][2][1]  # pooled: [batch, d_model]
+    assert width >= 128, "a text encoder this small would not be worth quantizing"
+    assert out["last_hidden_state"].shape == (4, 32, width)
+    assert out["pooled"].shape == (4, width)
     noisy = feeds["input_ids"].copy()
     noisy[feeds["attention_mask"] == 0] = 999
     again = encoder.run_raw({**feeds, "input_ids": noisy})
@@ -284,6 +287,57 @@ def test_classifier_labels_mostly_agree_with_the_model(zoo: dict[str, ZooModel])
         accuracy = float((predicted == data["y"]).mean())
         assert 0.7 <= accuracy < 1.0, (model.name, accuracy)
         assert len(np.unique(predicted)) >= 3, f"{model.name} predicts one class"
+
+
+def _probabilities(scores: np.ndarray) -> np.ndarray:
+    """Softmax of logits; probabilities (rows summing to 1) pass through."""
+    if scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-4):
+        return scores
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def test_classifiers_answer_most_eval_rows_with_confidence(zoo: dict[str, ZooModel]) -> None:
+    for model in zoo.values():
+        data = np.load(model.eval_npz)
+        if "y" not in data.files:
+            continue
+        (inp, _, _), = _signature(model)[0]
+        probs = _probabilities(next(iter(model.run_raw({inp: data[inp]}).values())))
+        top = probs.max(axis=1)
+        assert np.mean(top > 0.8) >= 0.7, (model.name, np.mean(top > 0.8))
+        assert np.mean(top < 0.5) <= 0.1, (model.name, np.mean(top < 0.5))
+
+
+def test_classifiers_keep_their_answers_when_quantized_to_int8(zoo: dict[str, ZooModel],
+                                                               tmp_path: Path) -> None:
+    from edgefleet.optimizer import (
+        OptimizeTarget,
+        inline_external_data,
+        inspect_model,
+        load_samples,
+        optimize_samples,
+    )
+
+    # static QDQ, per-channel weights, calibrated activations; no float fallback
+    target = OptimizeTarget(method="static", fallback=False, latency_runs=2, warmup_runs=0,
+                            require_faster=False)
+    checked = []
+    for model in zoo.values():
+        if model.runtime != "onnxruntime" or "y" not in np.load(model.eval_npz).files:
+            continue
+        path = tmp_path / model.file.name
+        path.write_bytes(inline_external_data(model.file))
+        signature = inspect_model(path)
+        evalset = load_samples(model.eval_npz.read_bytes(), signature)
+        calibration = load_samples(model.calibration_npz.read_bytes(), signature) \
+            if model.calibration_npz else evalset
+        report = optimize_samples(path, calibration, evalset, tmp_path / model.name,
+                                  target).report
+        assert report["quantization"]["int8_weight_share"] > 0.9, model.name
+        assert report["quality"]["agreement"] >= 0.99, (model.name, report["quality"])
+        checked.append(model.name)
+    assert len(checked) >= 4, checked
 
 
 def test_image_eval_data_is_image_sized_and_structured(zoo: dict[str, ZooModel]) -> None:

@@ -6,6 +6,9 @@ schema classes of ``ai-edge-litert``) with seeded random weights, plus an eval `
 per model and a calibration ``.npz`` for the image models and the text encoder. The
 weights mean nothing; the graphs' shapes, operators, dtypes, dynamic dimensions,
 state, multiple outputs and external data are what a deployment system must handle.
+Layer widths are those of small production models, so int8 pays off on a CPU as it
+does for real ones, and classifier heads are fitted to their eval rows the way
+training leaves them: confident, with margins that int8 noise does not cross.
 
 Eval/calibration ``.npz`` (the ``np.savez`` format, no pickles): one array per model
 input, keyed by input name, plus ``y`` (int64 labels) for classifiers. An array whose

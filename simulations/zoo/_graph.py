@@ -5,6 +5,13 @@ helpers here look at real activations instead (``probe`` runs the partial graph 
 onnxruntime on calibration data, single-threaded so the numbers repeat) and set
 heads and batch norms from their statistics: logits come out centred with unit-ish
 spread, so a classifier's argmax varies over inputs and a sigmoid stays off its rails.
+
+Classifier heads go further and behave as trained ones do (``classifier_head``): a
+trained network's features fall into clusters, one per class, and it answers most
+inputs with confidence. Here the classes are clusters of the features of the very
+rows a model is evaluated on, the head is their nearest-centroid rule, and its scale
+makes the softmax confident, so a few percent of numeric noise (int8) does not move
+the rows across class borders.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ._data import write_atomic
 
-__all__ = ["IR_FOR_OPSET", "OnnxGraph", "bn_from_stats", "run_model", "save_onnx",
-           "session", "standard_head", "value_info"]
+__all__ = ["IR_FOR_OPSET", "OnnxGraph", "bn_from_stats", "classifier_head", "run_model",
+           "save_onnx", "session", "standard_head", "value_info"]
 
 IR_FOR_OPSET = {11: 6, 12: 7, 13: 7, 16: 8, 17: 8}
 """The IR version exporters wrote alongside each opset."""
@@ -159,6 +166,71 @@ def standard_head(features: np.ndarray, outputs: int, rng: np.random.Generator,
     w = whiten @ proj
     b = -mean @ w + offset
     return w.astype(np.float32), np.asarray(b, np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 100
+            ) -> np.ndarray:
+    """Centres ``[k, d]`` of ``k``-means on the rows of ``x`` (k-means++ seeding)."""
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(1, k):
+        gap = ((x[:, None] - np.asarray(centres)[None]) ** 2).sum(-1).min(axis=1)
+        centres.append(x[rng.choice(len(x), p=gap / gap.sum())])
+    c = np.asarray(centres)
+    for _ in range(iterations):
+        nearest = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(axis=1)
+        moved = np.array([x[nearest == j].mean(axis=0) if (nearest == j).any() else c[j]
+                          for j in range(k)])
+        if np.array_equal(moved, c):
+            break
+        c = moved
+    return c
+
+
+def _border_distance(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each row's distance to the nearest border of its nearest-centre cell."""
+    d2 = ((x[:, None] - centres[None]) ** 2).sum(-1)                 # [n, k]
+    own = d2.argmin(axis=1)
+    apart = np.linalg.norm(centres[own][:, None] - centres[None], axis=-1)
+    gap = (d2 - d2[np.arange(len(x)), own][:, None]) / np.maximum(2.0 * apart, 1e-12)
+    gap[np.arange(len(x)), own] = np.inf
+    return gap.min(axis=1)
+
+
+def classifier_head(features: np.ndarray, classes: int, rng: np.random.Generator,
+                    confident: float = 0.8, restarts: int = 8
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(W[d, classes], b)``: the head of a trained classifier for ``features [n, d]``.
+
+    The classes are ``k``-means clusters of the rows in their principal directions (at
+    most 8, not whitened, so the clusters follow the directions the features really
+    vary in), and the logits are the nearest-centroid rule ``2 c·x - |c|²`` (linear,
+    so a ``Gemm``). Cluster borders run through the gaps between rows; of
+    ``restarts`` clusterings the one whose closest row is farthest from a border is
+    kept, so every row sits inside its class. The scale puts four rows in five at or
+    above ``confident`` softmax probability; the bias centres the logits.
+    """
+    mean = features.mean(axis=0).astype(np.float64)
+    centred = features.astype(np.float64) - mean
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    basis = vt[:min(8, int((sv > sv[0] * 1e-3).sum()))].T           # [d, k]
+    rms = float(np.sqrt((centred ** 2).sum(axis=1).mean()))
+    x = centred @ basis / rms
+    runs = [_kmeans(x, classes, rng) for _ in range(restarts)]
+    centres = max(runs, key=lambda c: float(_border_distance(x, c).min()))  # [classes, k]
+    w = basis @ (2.0 * centres.T) / rms
+    b = -(centres ** 2).sum(axis=1)
+    logits = centred @ w + b
+    b -= logits.mean()
+    low, high = 1e-3, 1e3  # the argmax's probability grows with the scale: bisect it
+    for _ in range(50):
+        z = logits * float(np.sqrt(low * high))
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        if np.quantile(1.0 / z.sum(axis=1), 0.2) < confident:
+            low = float(np.sqrt(low * high))
+        else:
+            high = float(np.sqrt(low * high))
+    w, b = w * high, b * high
+    return w.astype(np.float32), np.asarray(b - mean @ w, np.float32)
 
 
 def bn_from_stats(x: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:

@@ -13,10 +13,10 @@ from ._recipe import Built, Recipe, eval_rng
 __all__ = ["RECIPES"]
 
 VOCAB = 1000
-DIM = 64
+DIM = 128
 HEADS = 4
 MAX_POSITIONS = 64
-FFN = 128
+FFN = 4 * DIM
 LAYERS = 2
 SEQUENCE = 32
 

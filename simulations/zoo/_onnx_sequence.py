@@ -16,7 +16,15 @@ from ._data import (
     text_lines,
     tokens,
 )
-from ._graph import OnnxGraph, run_model, save_onnx, session, standard_head, value_info
+from ._graph import (
+    OnnxGraph,
+    classifier_head,
+    run_model,
+    save_onnx,
+    session,
+    standard_head,
+    value_info,
+)
 from ._recipe import Built, Recipe, eval_rng, label_rng
 
 __all__ = ["RECIPES"]
@@ -25,6 +33,9 @@ CHARSET = ("<blank>", *"0123456789", *"abcdefghijklmnopqrstuvwxyz")
 ACTIVITY_LABELS = ("idle", "walking", "running", "cycling", "driving")
 VAD_CHUNK = 512
 VAD_STATE = (2, 1, 64)
+TRUNK_WIDTH = 512  # of the multi-head MLP
+CRNN_CHANNELS = 128
+CRNN_HIDDEN = 64
 
 
 def _rnn_weights(g: OnnxGraph, directions: int, gates: int, hidden: int,
@@ -45,17 +56,18 @@ def build_crnn(recipe: Recipe, out_dir: Path) -> Built:
     """Conv stack collapsing height → [T, batch, C] → BiLSTM → Constant MatMul → LogSoftmax."""
     g = OnnxGraph(recipe.name, recipe.seed)
     inputs = [value_info("x", "float32", ["batch", 1, 32, "width"])]
-    h = g.op("MaxPool", [g.relu_conv("x", 1, 16)], kernel_shape=[2, 2], strides=[2, 2])
-    h = g.op("MaxPool", [g.relu_conv(h, 16, 32)], kernel_shape=[2, 2], strides=[2, 2])
-    h = g.op("MaxPool", [g.relu_conv(h, 32, 64)], kernel_shape=[2, 1], strides=[2, 1])
-    h = g.relu_conv(h, 64, 64, (4, 1), pad=0)                      # [B, 64, 1, W/4]
+    h = g.op("MaxPool", [g.relu_conv("x", 1, 32)], kernel_shape=[2, 2], strides=[2, 2])
+    h = g.op("MaxPool", [g.relu_conv(h, 32, 64)], kernel_shape=[2, 2], strides=[2, 2])
+    h = g.op("MaxPool", [g.relu_conv(h, 64, CRNN_CHANNELS)], kernel_shape=[2, 1],
+             strides=[2, 1])
+    h = g.relu_conv(h, CRNN_CHANNELS, CRNN_CHANNELS, (4, 1), pad=0)  # [B, C, 1, W/4]
     shape = g.op("Shape", [h])
     batch = g.op("Gather", [shape, g.init("index.batch", [0], "int64")], axis=0)
     steps = g.op("Gather", [shape, g.init("index.time", [3], "int64")], axis=0)
-    target = g.op("Concat", [batch, g.init("channels", [64], "int64"), steps], axis=0)
-    seq = g.op("Transpose", [g.op("Reshape", [h, target])], perm=[2, 0, 1])  # [T, B, 64]
-    hidden = 48
-    y = g.op("LSTM", [seq, *_rnn_weights(g, 2, 4, hidden, 64)], hidden_size=hidden,
+    target = g.op("Concat", [batch, g.init("channels", [CRNN_CHANNELS], "int64"), steps], axis=0)
+    seq = g.op("Transpose", [g.op("Reshape", [h, target])], perm=[2, 0, 1])  # [T, B, C]
+    hidden = CRNN_HIDDEN
+    y = g.op("LSTM", [seq, *_rnn_weights(g, 2, 4, hidden, CRNN_CHANNELS)], hidden_size=hidden,
              direction="bidirectional")                              # [T, 2, B, H]
     y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
     y = g.op("Reshape", [y, g.init("shape.tbc", [0, 0, 2 * hidden], "int64")])
@@ -178,7 +190,8 @@ def _sample_multi(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def build_multi_head(recipe: Recipe, out_dir: Path) -> Built:
-    """Shared MLP trunk, three heads: Softmax classes, Sigmoid score, L2-normalized embedding."""
+    """Shared MLP trunk (32 → 512 → 512), three heads: Softmax classes, Sigmoid score,
+    L2-normalized embedding."""
     g = OnnxGraph(recipe.name, recipe.seed)
     inputs = [value_info("features", "float32", ["batch", 32])]
 
@@ -186,19 +199,22 @@ def build_multi_head(recipe: Recipe, out_dir: Path) -> Built:
         return g.op("Gemm", [x, g.init("dense.weight", g.he((cout, cin), cin, gain)),
                              g.init("dense.bias", np.zeros(cout, np.float32))], transB=1)
 
-    trunk = g.op("Relu", [dense(g.op("Relu", [dense("features", 32, 64)]), 64, 64)])
+    width = TRUNK_WIDTH
+    trunk = g.op("Relu", [dense(g.op("Relu", [dense("features", 32, width)]), width, width)])
     calibration = _sample_multi(128, eval_rng(recipe, calibration=True))
-    w, b = standard_head(g.probe(inputs, trunk, 12, calibration), 5, g.rng)
+    rows = _sample_multi(256, eval_rng(recipe))
+    features = g.probe(inputs, trunk, 12,
+                       {"features": np.concatenate([rows["features"], calibration["features"]])})
+    w, b = classifier_head(features, len(ACTIVITY_LABELS), g.rng)
     classes = g.op("Gemm", [trunk, g.init("class.weight", w), g.init("class.bias", b)])
     g.op("Softmax", [classes], "class_probs", axis=1)
-    g.op("Sigmoid", [dense(trunk, 64, 1, 0.5)], "score")
-    g.op("LpNormalization", [dense(trunk, 64, 16, 1.0)], "embedding", axis=1, p=2)
+    g.op("Sigmoid", [dense(trunk, width, 1, 0.5)], "score")
+    g.op("LpNormalization", [dense(trunk, width, 16, 1.0)], "embedding", axis=1, p=2)
     outputs = [value_info("class_probs", "float32", ["batch", 5]),
                value_info("score", "float32", ["batch", 1]),
                value_info("embedding", "float32", ["batch", 16])]
     model = g.model(inputs, outputs, 12, recipe.notes)
     path = save_onnx(model, out_dir / f"{recipe.name}.onnx")
-    rows = _sample_multi(256, eval_rng(recipe))
     y = relabel(run_model(model, rows)[0].argmax(axis=1), 5, label_rng(recipe))
     ev = save_npz(out_dir / f"{recipe.name}.eval.npz", {**rows, "y": y})
     return Built(path, ev, None, 12)

@@ -15,6 +15,7 @@ from ._data import imagenet_normalize, images, relabel, save_npz
 from ._graph import (
     OnnxGraph,
     bn_from_stats,
+    classifier_head,
     run_model,
     save_onnx,
     standard_head,
@@ -37,9 +38,11 @@ def _pixels(a: np.ndarray) -> np.ndarray:
 
 
 def _head(g: OnnxGraph, inputs: list[onnx.ValueInfoProto], feature: str, opset: int,
-          calibration: dict[str, np.ndarray], classes: int, out: str) -> str:
-    """``Gemm`` to ``classes`` logits fitted to the calibration features."""
-    w, b = standard_head(g.probe(inputs, feature, opset, calibration), classes, g.rng)
+          key: str, rows: list[np.ndarray], classes: int, out: str) -> str:
+    """``Gemm`` to ``classes`` logits, a trained head for the features of ``rows`` (the
+    eval and calibration rows; see ``classifier_head``)."""
+    features = g.probe(inputs, feature, opset, {key: np.concatenate(rows)})
+    w, b = classifier_head(features, classes, g.rng)
     return g.op("Gemm", [feature, g.init("fc.weight", w), g.init("fc.bias", b)], out)
 
 
@@ -58,19 +61,19 @@ def _sample_cnn(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def build_cnn_classifier(recipe: Recipe, out_dir: Path) -> Built:
-    """Conv/Relu/MaxPool ×2 → GlobalAveragePool → Gemm → Softmax, opset 13."""
+    """Conv/Relu/MaxPool ×2 (32, 64 channels) → GlobalAveragePool → Gemm → Softmax, opset 13."""
     g = OnnxGraph(recipe.name, recipe.seed)
     inputs = [value_info("image", "float32", ["batch", 3, 64, 64])]
-    h = g.op("MaxPool", [g.relu_conv("image", 3, 16)], kernel_shape=[2, 2], strides=[2, 2])
-    h = g.op("MaxPool", [g.relu_conv(h, 16, 32)], kernel_shape=[2, 2], strides=[2, 2])
+    h = g.op("MaxPool", [g.relu_conv("image", 3, 32)], kernel_shape=[2, 2], strides=[2, 2])
+    h = g.op("MaxPool", [g.relu_conv(h, 32, 64)], kernel_shape=[2, 2], strides=[2, 2])
     feature = g.op("Flatten", [g.op("GlobalAveragePool", [h])], axis=1)
     calibration = images(32, 64, 64, eval_rng(recipe, calibration=True))
-    logits = _head(g, inputs, feature, 13, {"image": calibration}, 10, "logits")
+    rows = images(64, 64, 64, eval_rng(recipe))
+    logits = _head(g, inputs, feature, 13, "image", [rows, calibration], 10, "logits")
     g.op("Softmax", [logits], "probs", axis=1)
     model = g.model(inputs, [value_info("probs", "float32", ["batch", 10])], 13, recipe.notes)
     path = save_onnx(model, out_dir / f"{recipe.name}.onnx")
-    ev, cal = _classifier_files(recipe, out_dir, model, "image",
-                                images(64, 64, 64, eval_rng(recipe)), calibration)
+    ev, cal = _classifier_files(recipe, out_dir, model, "image", rows, calibration)
     return Built(path, ev, cal, 13)
 
 
@@ -159,17 +162,17 @@ def build_mobilenet(recipe: Recipe, out_dir: Path) -> Built:
                                                              stats, strict=True)]
         return g.op("Clip", [g.op("BatchNormalization", [h, *names], epsilon=1e-3), low, high])
 
-    h = block("input", 3, 16, 3, 2, 1)                          # 48
-    for cin, cout, stride in ((16, 32, 1), (32, 64, 2), (64, 96, 2)):
+    h = block("input", 3, 32, 3, 2, 1)                          # 48
+    for cin, cout, stride in ((32, 64, 1), (64, 128, 2), (128, 256, 2)):
         h = block(h, cin, cin, 3, stride, cin)                   # depthwise
         h = block(h, cin, cout, 1, 1, 1)                         # pointwise
     feature = g.op("Flatten", [g.op("GlobalAveragePool", [h])], axis=1)
-    _head(g, inputs, feature, 11, calibration, len(recipe.labels), "logits")
+    rows = _sample_mobile(48, eval_rng(recipe))["input"]
+    _head(g, inputs, feature, 11, "input", [rows, calibration["input"]], len(recipe.labels),
+          "logits")
     model = g.model(inputs, [value_info("logits", "float32", ["batch", 8])], 11, recipe.notes)
     path = save_onnx(model, out_dir / f"{recipe.name}.onnx")
-    ev, cal = _classifier_files(recipe, out_dir, model, "input",
-                                _sample_mobile(48, eval_rng(recipe))["input"],
-                                calibration["input"])
+    ev, cal = _classifier_files(recipe, out_dir, model, "input", rows, calibration["input"])
     return Built(path, ev, cal, 11)
 
 
@@ -187,13 +190,14 @@ def build_external_data(recipe: Recipe, out_dir: Path) -> Built:
     hidden = g.op("Relu", [g.op("Gemm", [feature, g.init("fc1.weight", g.he((128, 256), 128)),
                                          g.init("fc1.bias", np.zeros(256, np.float32))])])
     calibration = images(32, 48, 48, eval_rng(recipe, calibration=True))
-    logits = _head(g, inputs, hidden, 13, {"image": calibration}, len(recipe.labels), "logits")
+    rows = images(64, 48, 48, eval_rng(recipe))
+    logits = _head(g, inputs, hidden, 13, "image", [rows, calibration], len(recipe.labels),
+                   "logits")
     g.op("Softmax", [logits], "probs", axis=1)
     model = g.model(inputs, [value_info("probs", "float32", ["batch", len(recipe.labels)])], 13,
                     recipe.notes)
     onnx.checker.check_model(model, full_check=True)
-    ev, cal = _classifier_files(recipe, out_dir, model, "image",
-                                images(64, 48, 48, eval_rng(recipe)), calibration)
+    ev, cal = _classifier_files(recipe, out_dir, model, "image", rows, calibration)
     path = out_dir / f"{recipe.name}.onnx"
     data_name = f"{recipe.name}.onnx.data"
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".external-"))
