@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from _support import ASSETS, TOKEN, wait_deployment, wait_devices_known
@@ -41,6 +42,9 @@ def test_admin_drives_register_optimize_deploy_from_the_cli(cli, controller, mak
     assert json.loads(out.stdout)["version"] == 1
     human = cli("model", "optimize", "digits:1")
     assert "shipped" in human.stdout and "fp32" in human.stdout
+    # the header says what was tried and what shipped, which may differ
+    assert re.search(r"digits:1 → digits:2 \((static|dynamic) tried, (int8|fp32) shipped\)",
+                     human.stdout), human.stdout
     models = json.loads(cli("model", "list", "--json").stdout)
     assert [(m["version"], m["parent"]) for m in models] == [(1, None), (2, 1)]
 
