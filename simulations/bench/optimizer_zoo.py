@@ -20,7 +20,7 @@ from typing import Any
 
 from . import make_result
 
-__all__ = ["SIZES", "run"]
+__all__ = ["SIZES", "run", "zoo_inputs"]
 
 SIZES = {"tiny": 32, "small": 100, "medium": 200, "large": 400, "full": 200}  # timed runs
 _TASKS = ("classification", "detection", "segmentation", "sequence", "embedding")
@@ -33,14 +33,24 @@ def _quality(report: dict[str, Any]) -> tuple[str, float | None]:
     return "min SQNR dB", min(values) if values else None
 
 
+def zoo_inputs(m: Any, work: Path) -> tuple[Path, Any, Any, str]:
+    """What the optimizer takes for a zoo model: ``(one-file model, calibration samples,
+    eval samples, task)`` (external data folded into ``work``)."""
+    from edgefleet.optimizer import inline_external_data, inspect_model, load_samples
+
+    path = m.file
+    if m.name == "external-data":
+        path = work / "external-data.inlined.onnx"
+        path.write_bytes(inline_external_data(m.file))
+    sig = inspect_model(path)
+    ev = load_samples(m.eval_npz.read_bytes(), sig)
+    cal = load_samples(m.calibration_npz.read_bytes(), sig, what="calibration set") \
+        if m.calibration_npz else ev
+    return path, cal, ev, m.task if m.task in _TASKS else ""
+
+
 def run(size: str, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    from edgefleet.optimizer import (
-        OptimizeTarget,
-        inline_external_data,
-        inspect_model,
-        load_samples,
-        optimize_samples,
-    )
+    from edgefleet.optimizer import OptimizeTarget, optimize_samples
     from edgefleet.simulations.zoo import build_zoo
 
     say = progress or (lambda _m: None)
@@ -51,16 +61,8 @@ def run(size: str, progress: Callable[[str], None] | None = None) -> list[dict[s
             if m.runtime != "onnxruntime":
                 continue
             say(f"optimizing {name}")
-            path = m.file
-            if name == "external-data":
-                path = root / "external-data.onnx"
-                path.write_bytes(inline_external_data(m.file))
-            sig = inspect_model(path)
-            ev = load_samples(m.eval_npz.read_bytes(), sig)
-            cal = load_samples(m.calibration_npz.read_bytes(), sig, what="calibration set") \
-                if m.calibration_npz else ev
-            target = OptimizeTarget(latency_runs=SIZES[size], warmup_runs=10,
-                                    task=m.task if m.task in _TASKS else "")
+            path, cal, ev, task = zoo_inputs(m, root)
+            target = OptimizeTarget(latency_runs=SIZES[size], warmup_runs=10, task=task)
             result = optimize_samples(path, cal, ev, root / f"out-{name}", target)
             rep = result.report
             metric, value = _quality(rep)
