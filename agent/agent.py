@@ -148,7 +148,8 @@ class Agent:
         workers: list[tuple[Any, str]] = [(lambda: self.jobs.run(self._stop, idle_s), "jobs")]
         if not hosted:
             self.buffer.start()
-            self.server = InferenceServer(self, self.config.api_host, self.config.api_port)
+            self.server = InferenceServer(self, self.config.api_host, self.config.api_port,
+                                          max_request_bytes=self.config.max_request_bytes)
             self.server.start()
             workers.append((self._loop, "loop"))
         for target, name in workers:

@@ -53,6 +53,7 @@ class AgentConfig:
     broker_ca_file: Path | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
+    max_request_bytes: int = 64 * 1024 * 1024  # v2 request bodies (413 above)
     # "auto": detected (contract.hardware: rpi4, rpi5, jetson-orin, x86-vnni…); else as given
     hardware_class: str = "auto"
     # onnxruntime providers to ask for, best first (empty: TensorRT and CUDA on Jetson
@@ -99,6 +100,8 @@ class AgentConfig:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:
             raise ValueError("api_port must be 0..65535")
+        if self.max_request_bytes < 1024:
+            raise ValueError("max_request_bytes must be at least 1024")
         if self.max_buffer_bytes < MIN_BUFFER_BYTES:
             raise ValueError(f"max_buffer_bytes must be ≥ {MIN_BUFFER_BYTES} (256 KiB)")
         if self.telemetry_queue_max < 1 or self.max_raw_rows < 0:

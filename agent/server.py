@@ -2,13 +2,20 @@
 
 Standard library only (``http.server``), so a device needs no web framework.
 
+- ``GET  /v2`` — server metadata (name, version, extensions)
 - ``GET  /v2/health/live``, ``GET /v2/health/ready``
-- ``GET  /v2/models/{name}`` — metadata: versions, platform, inputs, outputs
-- ``POST /v2/models/{name}/infer`` — ``{"inputs": [{"name", "shape", "datatype", "data"}]}``
+- ``GET  /v2/models/{name}[/versions/{v}]`` — model metadata (``-1`` for dynamic dims)
+- ``GET  /v2/models/{name}[/versions/{v}]/ready``
+- ``POST /v2/models/{name}[/versions/{v}]/infer`` — JSON, or the binary tensor data
+  extension both ways (``Inference-Header-Content-Length``, ``binary_data``,
+  ``binary_data_output``); ``outputs`` filters the answer, ``id`` is echoed
 - ``GET  /v2/agent/status`` — edgefleet extension: active model, buffer, connection
 
-Errors come back as ``{"error": "..."}`` with 400 (bad input), 404 (unknown model) or
-503 (no model installed yet), never a dropped connection.
+Errors come back as ``{"error": "..."}``: 400 for anything the request got wrong
+(malformed JSON or binary data, a shape the model fixes otherwise, an input the model
+cannot compute on), 404 for an unknown model or version, 413 for a body above
+``max_request_bytes``, 503 while no model is installed; never a dropped connection.
+The body is read once into one buffer; binary inputs are views of it.
 """
 
 from __future__ import annotations
@@ -21,44 +28,28 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import edgefleet
 from edgefleet.contract import EdgefleetError, InputError, ModelError
 
-from .runtime import V2_TO_NUMPY
+from ._v2 import decode_request, encode_response
 
 if TYPE_CHECKING:
     from .agent import Agent
 
-__all__ = ["InferenceServer", "decode_v2_inputs"]
+__all__ = ["EXTENSIONS", "InferenceServer", "decode_v2_inputs"]
 
 log = logging.getLogger(__name__)
-_MAX_BODY = 16 * 1024 * 1024
+EXTENSIONS = ["binary_tensor_data", "edgefleet_agent_status"]
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a 1x3x640x640 float32 image as JSON fits
 
 
 def decode_v2_inputs(body: Any) -> dict[str, np.ndarray]:
-    """Turn a v2 infer request body into named arrays.
+    """Turn a parsed v2 JSON infer request into named arrays.
 
     Raises:
-        InputError: the body is not a v2 request or a tensor's data does not fit its shape.
+        InputError: not a v2 request, or a tensor's data does not fit its shape.
     """
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
-        raise InputError('body must be {"inputs": [{"name", "shape", "datatype", "data"}]}')
-    feeds = {}
-    for i, tensor in enumerate(body["inputs"]):
-        if not isinstance(tensor, dict):
-            raise InputError(f"inputs[{i}] must be an object")
-        name, shape, dtype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-        if not isinstance(name, str) or not isinstance(shape, list) or dtype not in V2_TO_NUMPY:
-            raise InputError(f"inputs[{i}] needs name, shape (list) and a datatype in "
-                             f"{sorted(V2_TO_NUMPY)}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InputError(f"inputs[{i}].shape must be non-negative integers")
-        try:
-            arr: np.ndarray = np.asarray(tensor.get("data"), dtype=V2_TO_NUMPY[dtype])
-            feeds[name] = arr.reshape(shape)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"inputs[{i}] data does not fit shape {shape} as {dtype}: "
-                             f"{exc}") from exc
-    return feeds
+    return decode_request(json.dumps(body).encode()).feeds
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,90 +60,154 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + fmt, self.address_string(), *args)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        self._reply(status, json.dumps(body).encode(), [])
+
+    def _reply(self, status: int, head: bytes, parts: list[bytes | memoryview]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        if parts:
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Inference-Header-Content-Length", str(len(head)))
+        else:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(head) + sum(len(p) for p in parts)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(head)
+        for part in parts:
+            self.wfile.write(part)
+
+    def _route(self) -> tuple[str | None, int | None, str]:
+        """``(model, version, action)`` of a ``/v2/models/…`` path (model None: other)."""
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) < 3 or parts[:2] != ["v2", "models"]:
+            return None, None, "/".join(parts)
+        model, rest = parts[2], parts[3:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            if not rest[1].isdigit():
+                return model, -1, ""
+            version, rest = int(rest[1]), rest[2:]
+        return model, version, "/".join(rest)
+
+    def _served(self, model: str, version: int | None) -> dict[str, Any] | None:
+        """The model's metadata if this agent serves ``model`` (at ``version``); else a
+        404 or 503 is sent and None returned."""
+        agent = self.server.agent
+        meta = agent.model_metadata(model)
+        if meta is None:
+            if agent.active is None:
+                self._send(503, {"error": "no model is installed yet"})
+            else:
+                self._send(404, {"error": f"model {model!r} is not served here"})
+            return None
+        if version is not None and [str(version)] != meta["versions"]:
+            self._send(404, {"error": f"{model} version {version} is not served here "
+                                      f"(serving {meta['versions'][0]})"})
+            return None
+        return meta
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         agent = self.server.agent
-        parts = self.path.split("?")[0].strip("/").split("/")
-        if parts == ["v2", "health", "live"]:
-            self._send(200, {"live": True})
-        elif parts == ["v2", "health", "ready"]:
-            ready = agent.active is not None
-            self._send(200 if ready else 503, {"ready": ready})
-        elif parts == ["v2", "agent", "status"]:
-            self._send(200, agent.status())
-        elif len(parts) in (3, 5) and parts[:2] == ["v2", "models"]:
-            meta = agent.model_metadata(parts[2])
-            if meta is None:
-                self._send(404, {"error": f"model {parts[2]!r} is not served here"})
+        model, version, action = self._route()
+        if model is None:
+            if action == "v2":
+                self._send(200, {"name": "edgefleet-agent", "version": edgefleet.__version__,
+                                 "extensions": EXTENSIONS})
+            elif action == "v2/health/live":
+                self._send(200, {"live": True})
+            elif action == "v2/health/ready":
+                ready = agent.active is not None
+                self._send(200 if ready else 503, {"ready": ready})
+            elif action == "v2/agent/status":
+                self._send(200, agent.status())
             else:
-                self._send(200, meta)
-        else:
-            self._send(404, {"error": f"no route {self.path}"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        parts = self.path.split("?")[0].strip("/").split("/")
-        if not (len(parts) in (4, 6) and parts[:2] == ["v2", "models"] and parts[-1] == "infer"):
+                self._send(404, {"error": f"no route {self.path}"})
+            return
+        if version == -1 or action not in ("", "ready"):
             self._send(404, {"error": f"no route {self.path}"})
             return
+        meta = self._served(model, version)
+        if meta is not None:
+            self._send(200, {"name": model, "ready": True} if action == "ready" else meta)
+
+    def _read_body(self) -> bytearray | None:
+        """The body in one buffer, or None after answering why not."""
+        cap = self.server.max_request_bytes
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             length = -1
-        if not 0 < length <= _MAX_BODY:
-            self._send(400, {"error": f"Content-Length must be 1..{_MAX_BODY}"})
+        if length > cap:
+            self._send(413, {"error": f"the body is {length} bytes, above the {cap}-byte "
+                                      f"cap (binary tensors are ~4x smaller than JSON)"})
             self.close_connection = True
+            return None
+        if length <= 0:
+            self._send(400, {"error": "Content-Length must be a positive number of bytes"})
+            self.close_connection = True
+            return None
+        body = bytearray(length)
+        view, got = memoryview(body), 0
+        while got < length:
+            n = self.rfile.readinto(view[got:])
+            if not n:
+                self.close_connection = True
+                return None  # the client went away mid-body: nobody to answer
+            got += n
+        return body
+
+    def do_POST(self) -> None:  # noqa: N802
+        model, version, action = self._route()
+        if model is None or version == -1 or action != "infer":
+            self._send(404, {"error": f"no route {self.path}"})
             return
-        raw = self.rfile.read(length)
+        body = self._read_body()
+        if body is None:
+            return
+        header = self.headers.get("Inference-Header-Content-Length")
         agent = self.server.agent
         try:
-            body = json.loads(raw)
-            feeds = decode_v2_inputs(body)
-            result = agent.predict(feeds, model=parts[2])
-        except json.JSONDecodeError as exc:
-            self._send(400, {"error": f"body is not JSON: {exc}"})
+            req = decode_request(body, int(header) if header is not None else None)
+            if self._served(model, version) is None:
+                return
+            result = agent.predict(req.feeds, model=model)
+            head, parts = encode_response(result.model.name, result.model.version, req,
+                                          result.outputs)
+        except ValueError as exc:  # a header length that is not a number
+            self._send(400, {"error": f"Inference-Header-Content-Length: {exc}"})
             return
         except InputError as exc:
             self._send(400, {"error": str(exc)})
             return
         except ModelError as exc:
-            status = {"unknown_model": 404, "no_model": 503}.get(exc.reason, 500)
+            status = {"unknown_model": 404, "no_model": 503,
+                      "inference_failed": 400}.get(exc.reason, 500)
             self._send(status, {"error": str(exc)})
             return
         except EdgefleetError as exc:
             self._send(500, {"error": str(exc)})
             return
-        outputs = [{"name": k, "datatype": _v2_type(v), "shape": list(v.shape),
-                    "data": v.ravel().tolist()} for k, v in result.outputs.items()]
-        self._send(200, {"model_name": result.model.name,
-                         "model_version": str(result.model.version),
-                         "id": body.get("id", ""), "outputs": outputs})
-
-
-def _v2_type(arr: np.ndarray) -> str:
-    for name, dt in V2_TO_NUMPY.items():
-        if arr.dtype == dt:
-            return name
-    return str(arr.dtype).upper()
+        self._reply(200, head, parts)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     agent: Agent
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 class InferenceServer:
-    """Serves the v2 endpoint for an agent on ``host:port`` (port 0 picks a free one)."""
+    """Serves the v2 endpoint for an agent on ``host:port`` (port 0 picks a free one).
 
-    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0) -> None:
+    Args:
+        max_request_bytes: the largest request body accepted (413 above it).
+    """
+
+    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.agent = agent
+        self._server.max_request_bytes = max_request_bytes
         self._thread = threading.Thread(target=self._server.serve_forever, name="v2-http",
                                         daemon=True, kwargs={"poll_interval": 0.2})
 
@@ -168,5 +223,4 @@ class InferenceServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(2.0)
-
 
