@@ -173,7 +173,7 @@ def _raw(arr: np.ndarray) -> bytes | memoryview:
             data = item.encode() if isinstance(item, str) else bytes(item)
             parts.append(struct.pack("<I", len(data)) + data)
         return b"".join(parts)
-    return memoryview(np.ascontiguousarray(arr)).cast("B")
+    return memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]
 
 
 def encode_response(model: str, version: int, req: V2Request,
