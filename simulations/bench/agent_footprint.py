@@ -45,6 +45,8 @@ __all__ = ["SIZES", "run"]
 SIZES = {"tiny": (1, 50), "small": (2, 500), "medium": (3, 2_000), "large": (5, 5_000),
          "full": (5, 2_000)}  # (rounds, predictions after the first)
 POLL_S = 0.005
+COLD_START_S = 2.0  # until the first answer on the v2 endpoint
+RSS_MIB = 90.0  # with the digits model, after inferences
 DEADLINE_S = 120.0
 
 # the baseline process: the least a Python process serving this model must do
@@ -197,7 +199,8 @@ def run(size: str = "full") -> list[dict[str, Any]]:
     return [
         make_result(
             "agent_cold_start", figure=round(cold, 3), unit="s", baseline=round(cold_base, 3),
-            ratio=round(cold_ratio, 3), target="- (none set)", passed=None, target_op="<=",
+            ratio=round(cold_ratio, 3), target=f"<= {COLD_START_S:g} s",
+            passed=cold <= COLD_START_S, target_value=COLD_START_S, target_op="<=",
             notes=[f"{cold - cold_base:.2f} s more than bare onnxruntime; imports measured "
                    f"apart (spawn to exit): edgefleet.cli and the agent {imp:.2f} s, numpy and "
                    f"onnxruntime {imp_base:.2f} s; the agent also sets up its state, checks "
@@ -208,7 +211,11 @@ def run(size: str = "full") -> list[dict[str, Any]]:
             baseline_is="bare python: import onnxruntime, one session.run", **common),
         make_result(
             "agent_rss", figure=round(rss, 1), unit="MiB", baseline=round(rss_base, 1),
-            ratio=round(rss_ratio, 3), target="- (none set)", passed=None, target_op="<=",
+            ratio=round(rss_ratio, 3), target=f"<= {RSS_MIB:g} MiB", passed=rss <= RSS_MIB,
+            target_value=RSS_MIB, target_op="<=",
+            why=("imports alone take ~76 MiB (numpy 14, onnxruntime 20, paho with ssl 8, "
+                 "cryptography and python-tuf 11, typer and rich 3, edgefleet 5); the rest "
+                 "is the running agent's threads, SQLite stores and onnxruntime session"),
             agent_mib=[round(r / 2**20, 1) for _, r in agent],
             bare_mib=[round(r / 2**20, 1) for _, r in bare],
             measured=f"RSS after {predictions} inferences over the v2 endpoint",
