@@ -229,15 +229,18 @@ class Shard:
     def _watch(self) -> None:
         """Note when each device is first healthy on the target (to 0.1 s; no I/O)."""
         while not self._stop.wait(0.1):
-            target = self.target
-            if target is None:
+            self._note_converged()
+
+    def _note_converged(self) -> None:
+        target = self.target
+        if target is None:
+            return
+        for device_id, agent in list(self.agents.items()):
+            if device_id in self.converged_at:
                 continue
-            for device_id, agent in list(self.agents.items()):
-                if device_id in self.converged_at:
-                    continue
-                active = agent.active
-                if active is not None and active.version == target and not agent.on_trial_now:
-                    self.converged_at[device_id] = time.time()
+            active = agent.active
+            if active is not None and active.version == target and not agent.on_trial_now:
+                self.converged_at[device_id] = time.time()
 
     def _traffic(self, k: int) -> None:
         hz = float(self.spec.get("inference_hz", 0.0))
@@ -331,6 +334,9 @@ class Shard:
     def status(self, *, detail: bool, telemetry: bool, target: int | None = None
                ) -> dict[str, Any]:
         """Counts over the shard's devices; with ``target``, those not yet healthy on it."""
+        # a device that became healthy since the watcher's last pass (≤ 0.1 s ago) counts
+        # as converged now: the final report must not miss it
+        self._note_converged()
         agents = list(self.agents.items())
         snaps = {device_id: a.snapshot() for device_id, a in agents}
         versions: Counter[str] = Counter(str(s["version"]) for s in snaps.values())
