@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.contract import InputError, ModelError, SmokeTestError
+from edgefleet.contract.npz import load_npz
 
 from .models import InstalledModel
 from .runtime import V2_TO_NUMPY, Runtime
@@ -33,8 +34,7 @@ def _load(installed: InstalledModel) -> dict[str, np.ndarray]:
     if path is None:
         return {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return load_npz(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise SmokeTestError(f"the bundle's smoke file cannot be read: {exc}") from exc
 

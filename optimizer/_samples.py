@@ -20,11 +20,12 @@ bundle is built.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+from edgefleet.contract.npz import load_npz
 
 __all__ = ["Samples", "load_samples", "signature_text"]
 
@@ -86,8 +87,7 @@ class Samples:
 
 def _npz(data: bytes, what: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return load_npz(data)
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"{what}: not a valid .npz file ({exc})") from exc
     except Exception as exc:  # zipfile raises BadZipFile and friends

@@ -86,11 +86,11 @@ def _time(agent: Any, path: str, body: bytes, headers: dict[str, str], raw: Any,
 
 def _row(name: str, rest: list[float], base: list[float], budget_ms: float | None,
          **detail: Any) -> dict[str, Any]:
-    p50, raw = statistics.median(rest) * 1e3, statistics.median(base) * 1e3
+    # microsecond resolution, and the ratio of the figures as reported
+    p50, raw = round(statistics.median(rest) * 1e3, 4), round(statistics.median(base) * 1e3, 4)
     limit = raw + budget_ms if budget_ms is not None else None
     return make_result(
-        f"v2_rest.{name}", figure=round(p50, 3), unit="ms", baseline=round(raw, 3),
-        ratio=round(p50 / raw, 3),
+        f"v2_rest.{name}", figure=p50, unit="ms", baseline=raw, ratio=round(p50 / raw, 3),
         target=f"<= raw + {budget_ms:g} ms" if budget_ms is not None else "none",
         passed=p50 <= limit if limit is not None else None,
         target_value=round(limit, 3) if limit is not None else None, target_op="<=",
