@@ -242,10 +242,33 @@ class DriftSpec:
             found.append(m)
         return found if hit else None
 
-    def resolve(self, items: list[Any]) -> list[np.ndarray | None]:
-        """The writer's half of ``extract``: describe the outputs it copied."""
-        return [extract(spec, {}, {spec["tensor"]: item.array}) if isinstance(item, Later)
-                else item for spec, item in zip(self.extractors, items, strict=True)]
+    def merge(self, calls: list[list[Any]]) -> list[np.ndarray | None]:
+        """The writer's half of ``extract``: one matrix per extractor for a batch of
+        calls. Copied outputs with a batch axis are stacked and described at once (one
+        extraction per flush, not per call); the others one call at a time. An
+        extractor whose calls do not stack (shapes changed mid-batch) gives None.
+        """
+        merged: list[np.ndarray | None] = []
+        for j, spec in enumerate(self.extractors):
+            parts = [call[j] for call in calls if call[j] is not None]
+            later = [p.array for p in parts if isinstance(p, Later)]
+            try:
+                stacked = (extract(spec, {}, {spec["tensor"]: np.concatenate(later)})
+                           if len(later) > 1 and spec.get("batched", True) else None)
+            except ValueError:  # outputs of different shapes: described one by one
+                stacked = None
+            if stacked is not None:
+                parts = [p for p in parts if not isinstance(p, Later)] + [stacked]
+            else:
+                parts = [extract(spec, {}, {spec["tensor"]: p.array})
+                         if isinstance(p, Later) else p for p in parts]
+            try:
+                parts = [p for p in parts if p is not None]
+                merged.append(np.concatenate(parts) if len(parts) > 1
+                              else parts[0] if parts else None)
+            except ValueError:  # shapes changed within the batch
+                merged.append(None)
+        return merged
 
     def window(self) -> DriftWindow:
         return DriftWindow(self.profile)

@@ -54,27 +54,25 @@ class InstalledModel:
         entry = self.manifest.file(role)
         return self.directory / entry.name if entry is not None else None
 
+    def _json(self, role: str, inline: Any) -> Any:
+        """The bundle's JSON file for ``role``, else ``inline`` (None: unreadable)."""
+        path = self.data_path(role)
+        if path is None:
+            return inline
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
     def profile(self) -> dict[str, Any]:
         """The drift reference profile: its file, or what older manifests held inline
         (``{}`` when there is none or it cannot be read)."""
-        path = self.data_path("profile")
-        if path is None:
-            return dict(self.manifest.reference_profile)
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        data = self._json("profile", self.manifest.reference_profile)
+        return dict(data) if isinstance(data, dict) else {}
 
     def labels(self) -> list[str]:
         """Class names: inline in the manifest, or in the bundle's labels file."""
-        path = self.data_path("labels")
-        if path is None:
-            return list(self.manifest.labels)
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            return []
+        data = self._json("labels", self.manifest.labels)
         return [str(x) for x in data] if isinstance(data, list) else []
 
 

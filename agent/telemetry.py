@@ -269,17 +269,7 @@ class TelemetryBuffer:
             entry = self._drift.get(key)
             if entry is None or entry[0] is not spec:
                 entry = self._drift[key] = (spec, spec.window())
-            items = [spec.resolve(item) for item in items]
-            merged: list[np.ndarray | None] = []
-            for j in range(len(spec.extractors)):
-                parts = [item[j] for item in items if item[j] is not None]
-                try:
-                    merged.append(np.concatenate(parts) if len(parts) > 1
-                                  else parts[0] if parts else None)
-                except ValueError:
-                    log.debug("drift: features of %s:%s do not stack", key[1], key[2])
-                    merged.append(None)
-            entry[1].add(merged)
+            entry[1].add(spec.merge(items))
 
     # -- windows and summaries --------------------------------------------------------
     def close_windows(self, now: float) -> list[int]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import FetcherInterface, Updater
 
 from edgefleet.contract import (
@@ -137,6 +138,24 @@ class ChunkFetcher(FetcherInterface):
             yield chunk.data
 
 
+def _signed_as_listed(updater: Updater, target: str, length: int, sha256: str,
+                      trust: TargetTrust) -> TargetFile:
+    """A bundle file's signed entry, which must say what the manifest says of it.
+
+    Raises:
+        TrustError: the file is not signed; IntegrityError: its signed length, hash or
+            trust data differ from the manifest's.
+    """
+    info = updater.get_targetinfo(target)
+    if info is None:
+        raise TrustError(f"{target} is not signed", reason="unknown_target")
+    if (info.length != length or info.hashes.get("sha256") != sha256
+            or TargetTrust.from_custom(info.custom) != trust):
+        raise IntegrityError(f"the signed entry of {target} differs from the manifest's",
+                             reason="manifest_mismatch")
+    return info
+
+
 class VerifiedBundle:
     """A manifest, model file and data files that passed TUF verification, and what was
     signed about them (``data``: each data file's name -> its downloaded path)."""
@@ -233,27 +252,12 @@ class BundleUpdater:
             if manifest.name != name or manifest.version != version:
                 raise TrustError(f"manifest names {manifest.name}:{manifest.version}, "
                                  f"expected {name}:{version}", reason="manifest_mismatch")
-            model_path = model_target(manifest_path, manifest.model_file)
-            model_info = updater.get_targetinfo(model_path)
-            if model_info is None:
-                raise TrustError(f"{model_path} is not signed", reason="unknown_target")
-            if (model_info.length != manifest.model_length
-                    or model_info.hashes.get("sha256") != manifest.model_sha256
-                    or TargetTrust.from_custom(model_info.custom) != trust):
-                raise IntegrityError("the signed model entry differs from the manifest's",
-                                     reason="manifest_mismatch")
-            data_infos = []
-            for entry in manifest.files:
-                target = model_target(manifest_path, entry.name)
-                data_info = updater.get_targetinfo(target)
-                if data_info is None:
-                    raise TrustError(f"{target} is not signed", reason="unknown_target")
-                if (data_info.length != entry.length
-                        or data_info.hashes.get("sha256") != entry.sha256
-                        or TargetTrust.from_custom(data_info.custom) != trust):
-                    raise IntegrityError(f"the signed entry of {entry.name} differs from the "
-                                         "manifest's", reason="manifest_mismatch")
-                data_infos.append((entry.name, data_info))
+            model_info = _signed_as_listed(
+                updater, model_target(manifest_path, manifest.model_file),
+                manifest.model_length, manifest.model_sha256, trust)
+            data_infos = [(entry.name, _signed_as_listed(
+                updater, model_target(manifest_path, entry.name), entry.length, entry.sha256,
+                trust)) for entry in manifest.files]
             step("downloading")
             local_model = updater.download_target(
                 model_info, str(self.download_dir / manifest.model_file))

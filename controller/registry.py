@@ -9,6 +9,7 @@ is deployed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import shutil
@@ -93,14 +94,17 @@ def load_datasets(data: bytes, signature: dict[str, Any], *, kind: str,
     return load_samples(data, signature, what=f"{kind} set", cast=stored)
 
 
-def _check_runs(path: Path, runtime: str, samples: Samples, kind: str) -> None:
+def _check_runs(run: Callable[[], Runner], samples: Samples, kind: str) -> None:
     """The model must run on the data's first sample: refused now, not at deploy.
+
+    Args:
+        run: gives the model's runner (opened once, on first use).
 
     Raises:
         ValueError: the model fails on it (with the runtime's reason).
     """
     try:
-        outputs = runner(path, runtime)(samples.feed(0))
+        outputs = run()(samples.feed(0))
     except Exception as exc:  # OptimizationError from the runner, whatever the runtime
         raise ValueError(f"{kind} set: the model fails on sample 0: {exc}") from exc
     bad = [n for n, v in outputs.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
@@ -176,10 +180,11 @@ class Registry:
         runtime = "litert" if tflite else "onnxruntime"
         try:
             signature.update(_describe(signature, task, input_kinds))
+            opened = functools.cache(lambda: runner(path, runtime))  # one session for both
             for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
                 if raw is None:
                     continue
-                _check_runs(path, runtime, load_datasets(raw, signature, kind=kind), kind)
+                _check_runs(opened, load_datasets(raw, signature, kind=kind), kind)
                 atomic_write(directory / f"{kind}.npz", raw)
         except ValueError:
             shutil.rmtree(directory, ignore_errors=True)

@@ -21,10 +21,11 @@ from onnx import numpy_helper
 
 from edgefleet.contract.errors import OptimizationError
 
-__all__ = ["QDQ_MIN_OPSET", "default_opset", "fold_constants", "quantized_summary",
-           "upgrade_opset"]
+__all__ = ["MIN_INT8_SHARE", "QDQ_MIN_OPSET", "default_opset", "fold_constants",
+           "quantized_summary", "upgrade_opset"]
 
 QDQ_MIN_OPSET = 13  # DequantizeLinear's axis (per-channel scales) arrived in opset 13
+MIN_INT8_SHARE = 0.05  # below this share of weights in int8, nothing was really quantized
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
 _QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",

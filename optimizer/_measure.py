@@ -30,7 +30,7 @@ from edgefleet.optimizer._runtime import open_session
 from edgefleet.optimizer._samples import Samples
 from edgefleet.optimizer._types import OptimizeTarget
 
-__all__ = ["FeedsReader", "compare", "metric_for", "run_calls", "second_shape"]
+__all__ = ["FeedsReader", "compare", "metric_for", "run_calls", "second_shape", "time_blocks"]
 
 _MAX_EVAL_SAMPLES = 512
 _BLOCKS = 8
@@ -93,6 +93,11 @@ def _score(fn: Callable[..., Any], outputs: list[dict[str, np.ndarray]],
     return value
 
 
+def _runner(session: Any) -> Callable[[dict[str, np.ndarray]], Any]:
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: session.run(names, feeds)
+
+
 def run_calls(session: Any, calls: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Outputs by name for each call.
 
@@ -145,23 +150,24 @@ def second_shape(signature: dict[str, Any], feeds: dict[str, np.ndarray]
     return out
 
 
-def _time_blocks(sessions: list[Any], feeds: list[dict[str, np.ndarray]], runs: int,
-                 warmup: int) -> list[list[np.ndarray]]:
-    per_block = max(2, runs // _BLOCKS)
-    times: list[list[np.ndarray]] = [[] for _ in sessions]
-    names = [[o.name for o in s.get_outputs()] for s in sessions]
-    for s, n in zip(sessions, names, strict=True):
+def time_blocks(runs: list[Callable[[dict[str, np.ndarray]], Any]],
+                feeds: list[dict[str, np.ndarray]], count: int, warmup: int
+                ) -> list[list[np.ndarray]]:
+    """Single-call latencies (ms) of each runner, in ``_BLOCKS`` interleaved blocks
+    (alternating which goes first), for ``speed_verdict``."""
+    per_block = max(2, count // _BLOCKS)
+    times: list[list[np.ndarray]] = [[] for _ in runs]
+    for run in runs:
         for i in range(warmup):
-            s.run(n, feeds[i % len(feeds)])
+            run(feeds[i % len(feeds)])
     clock = time.perf_counter
     for block in range(_BLOCKS):
-        block_times = [np.empty(per_block) for _ in sessions]
+        block_times = [np.empty(per_block) for _ in runs]
         for i in range(per_block):
-            order = range(len(sessions)) if (block + i) % 2 == 0 else \
-                reversed(range(len(sessions)))
+            order = range(len(runs)) if (block + i) % 2 == 0 else reversed(range(len(runs)))
             for k in order:
                 t0 = clock()
-                sessions[k].run(names[k], feeds[(block * per_block + i) % len(feeds)])
+                runs[k](feeds[(block * per_block + i) % len(feeds)])
                 block_times[k][i] = (clock() - t0) * 1000.0
         for k, t in enumerate(block_times):
             times[k].append(t)
@@ -223,8 +229,8 @@ def compare(fp32_path: Path, cand_path: Path, evalset: Samples, signature: dict[
     if not timing:
         return result
     singles = [evalset.feed(i) for i in range(min(evalset.count, 32))]
-    base_t, cand_t = _time_blocks([base, cand], singles, target.latency_runs,
-                                  target.warmup_runs)
+    base_t, cand_t = time_blocks([_runner(base), _runner(cand)], singles,
+                                 target.latency_runs, target.warmup_runs)
     for side, path, t in (("fp32", fp32_path, base_t), ("candidate", cand_path, cand_t)):
         flat = np.concatenate(t)
         result[side] = {"size_bytes": path.stat().st_size, "size_gzip_bytes": gzip_size(path),

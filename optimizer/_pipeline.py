@@ -31,6 +31,7 @@ from edgefleet.contract.errors import EdgefleetError, OptimizationError
 from edgefleet.contract.files import atomic_write
 from edgefleet.optimizer._decisions import MethodChoice, choose_method
 from edgefleet.optimizer._graph import (
+    MIN_INT8_SHARE,
     QDQ_MIN_OPSET,
     default_opset,
     fold_constants,
@@ -56,7 +57,6 @@ from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 __all__ = ["optimize", "optimize_samples"]
 
 Progress = Callable[[str], None]
-_MIN_INT8_SHARE = 0.05  # below this share of weights in int8, nothing was really quantized
 
 
 def _silent(_: str) -> None:
@@ -225,7 +225,7 @@ def _run(source: Path, calibration: Samples, evalset: Samples, out: Path, work: 
         candidate_path = out / f"{source.stem}.int8.onnx"
         _quantize(choice, prepared, candidate_path, calibration, per_channel, [], stage)
         summary = quantized_summary(onnx.load(str(candidate_path)))
-        if summary["quantized_nodes"] == 0 or summary["int8_weight_share"] < _MIN_INT8_SHARE:
+        if summary["quantized_nodes"] == 0 or summary["int8_weight_share"] < MIN_INT8_SHARE:
             nothing = (f"nothing to quantize: {summary['quantized_nodes']} node(s) run "
                        f"quantized and {summary['int8_weight_share']:.1%} of the weights "
                        f"are int8 after {choice.method} quantization")
@@ -242,7 +242,7 @@ def _run(source: Path, calibration: Samples, evalset: Samples, out: Path, work: 
                         f"{', '.join(float_nodes)}")
             summary = quantized_summary(onnx.load(str(candidate_path)))
             if summary["quantized_nodes"] == 0 or \
-                    summary["int8_weight_share"] < _MIN_INT8_SHARE:
+                    summary["int8_weight_share"] < MIN_INT8_SHARE:
                 nothing = (f"nothing left quantized: the quality gate held only with "
                            f"{len(float_nodes)} node(s) in float, leaving "
                            f"{summary['int8_weight_share']:.1%} of the weights int8")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import numpy as np
 
 from edgefleet.contract.errors import EdgefleetError, OptimizationError
 from edgefleet.contract.files import atomic_write
-from edgefleet.optimizer._measure import metric_for
+from edgefleet.optimizer._graph import MIN_INT8_SHARE
+from edgefleet.optimizer._measure import metric_for, time_blocks
 from edgefleet.optimizer._quality import (
     classification_quality,
     fidelity,
@@ -36,8 +36,6 @@ from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 
 __all__ = ["optimize_tflite", "tflite_summary"]
 
-_BLOCKS = 8
-_MIN_INT8_SHARE = 0.05
 
 
 def tflite_summary(path: Path) -> dict[str, Any]:
@@ -66,26 +64,6 @@ def tflite_summary(path: Path) -> dict[str, Any]:
 
 def _outputs(run: TfliteRunner, calls: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     return [run(c) for c in calls]
-
-
-def _time(runs: list[TfliteRunner], feeds: list[dict[str, np.ndarray]], target: OptimizeTarget
-          ) -> list[list[np.ndarray]]:
-    per_block = max(2, target.latency_runs // _BLOCKS)
-    for r in runs:
-        for i in range(target.warmup_runs):
-            r(feeds[i % len(feeds)])
-    times: list[list[np.ndarray]] = [[] for _ in runs]
-    for block in range(_BLOCKS):
-        block_times = [np.empty(per_block) for _ in runs]
-        for i in range(per_block):
-            order = range(len(runs)) if (block + i) % 2 == 0 else reversed(range(len(runs)))
-            for k in order:
-                t0 = time.perf_counter()
-                runs[k](feeds[(block * per_block + i) % len(feeds)])
-                block_times[k][i] = (time.perf_counter() - t0) * 1000.0
-        for k, t in enumerate(block_times):
-            times[k].append(t)
-    return times
 
 
 def optimize_tflite(model_path: str | Path, evalset: Samples, out_dir: str | Path,
@@ -133,9 +111,10 @@ def optimize_tflite(model_path: str | Path, evalset: Samples, out_dir: str | Pat
                               min_sqnr_db=target.min_sqnr_db, min_cosine=target.min_cosine)
     finite = all(np.all(np.isfinite(v)) for g in got for v in g.values() if v.dtype.kind == "f")
     singles = [evalset.feed(i) for i in range(min(evalset.count, 32))]
-    base_t, cand_t = _time([base_run, cand_run], singles, target)
+    base_t, cand_t = time_blocks([base_run, cand_run], singles, target.latency_runs,
+                                 target.warmup_runs)
     speed = speed_verdict(base_t, cand_t)
-    quantized = summary["int8_weight_share"] >= _MIN_INT8_SHARE
+    quantized = summary["int8_weight_share"] >= MIN_INT8_SHARE
     gates = {"quantized": quantized, "finite": finite, "quality": ok,
              "faster": bool(speed["faster"]) if target.require_faster else True}
     why_gate = {"quantized": f"nothing to quantize: {summary['int8_weight_share']:.1%} of the "

@@ -56,13 +56,12 @@ from edgefleet.optimizer import (  # noqa: E402
     inspect_model,
     optimize_samples,
 )
-from edgefleet.optimizer._graph import quantized_summary  # noqa: E402
+from edgefleet.optimizer._graph import MIN_INT8_SHARE, quantized_summary  # noqa: E402
 from edgefleet.optimizer._measure import compare  # noqa: E402
 from edgefleet.simulations.bench.optimizer_zoo import zoo_inputs  # noqa: E402
 from edgefleet.simulations.zoo import build_zoo  # noqa: E402
 
 _LATENCY_RUNS, _WARMUP_RUNS = 100, 10
-_MIN_INT8_SHARE = 0.05  # as edgefleet.optimizer._pipeline: below this nothing was quantized
 _CALIBRATION_LIMIT, _CALIBRATION_ROWS = 256, 16  # as edgefleet.optimizer._measure.FeedsReader
 _OLIVE_PASS = "OnnxStaticQuantization"
 
@@ -236,7 +235,7 @@ def _run_olive(name: str, path: Path, cal: Samples, ev: Samples, sig: dict[str, 
         logging.getLogger("olive").removeHandler(tail)
         _CALIBRATION_CALLS.clear()
     quantized = summary["quantized_nodes"] > 0 and \
-        summary["int8_weight_share"] >= _MIN_INT8_SHARE
+        summary["int8_weight_share"] >= MIN_INT8_SHARE
     speed = measured["speed"]
     gates = {"quantized": quantized, "finite": measured["finite"],
              "quality": measured["quality_ok"], "faster": bool(speed["faster"])}
