@@ -21,20 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import InputError
+from edgefleet.contract import EdgefleetError, InputError, ModelError
 
 from ._signature import V2_TO_NUMPY
 
-__all__ = ["V2Request", "decode_request", "encode_response", "v2_datatype"]
+__all__ = ["DTYPES", "EXTENSIONS", "V2Request", "decode_bytes", "decode_request", "encode_response",
+           "error_kind", "raw_bytes", "select_outputs", "served", "v2_datatype"]
 
-_DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
+EXTENSIONS = ["binary_tensor_data", "edgefleet_agent_status"]
+DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
 
 
 def v2_datatype(arr: np.ndarray) -> str:
     """An array's v2 datatype name (``BYTES`` for strings and bytes)."""
     if arr.dtype.kind in "OSU":
         return "BYTES"
-    for name, dt in _DTYPES.items():
+    for name, dt in DTYPES.items():
         if arr.dtype == dt:
             return name
     return str(arr.dtype).upper()
@@ -52,7 +54,8 @@ class V2Request:
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _bytes_elements(raw: memoryview, count: int, where: str) -> np.ndarray:
+def decode_bytes(raw: memoryview | bytes, count: int, where: str) -> np.ndarray:
+    """``count`` BYTES elements, each a 4-byte little-endian length and its bytes."""
     out, pos = [], 0
     for _ in range(count):
         if pos + 4 > len(raw):
@@ -74,9 +77,9 @@ def _tensor(i: int, tensor: Any, body: memoryview, offset: int) -> tuple[str, np
         raise InputError(f"{where} must be an object")
     name, shape, dtype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
     if not isinstance(name, str) or not isinstance(shape, list) or \
-            (dtype not in _DTYPES and dtype != "BYTES"):
+            (dtype not in DTYPES and dtype != "BYTES"):
         raise InputError(f"{where} needs name, shape (list) and a datatype in "
-                         f"{sorted([*_DTYPES, 'BYTES'])}")
+                         f"{sorted([*DTYPES, 'BYTES'])}")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InputError(f"{where} ({name}): shape must be non-negative integers")
     where = f"input {name!r}"
@@ -91,12 +94,12 @@ def _tensor(i: int, tensor: Any, body: memoryview, offset: int) -> tuple[str, np
                              f"({len(body) - offset} left)")
         raw = body[offset:offset + size]
         if dtype == "BYTES":
-            return name, _bytes_elements(raw, count, where).reshape(shape), offset + size
-        need = count * _DTYPES[dtype].itemsize
+            return name, decode_bytes(raw, count, where).reshape(shape), offset + size
+        need = count * DTYPES[dtype].itemsize
         if size != need:
             raise InputError(f"{where}: {size} bytes of binary data, but shape {shape} of "
                              f"{dtype} needs {need}")
-        return name, np.frombuffer(raw, dtype=_DTYPES[dtype]).reshape(shape), offset + size
+        return name, np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape), offset + size
     if "data" not in tensor:
         raise InputError(f"{where} has neither data nor parameters.binary_data_size")
     try:
@@ -105,7 +108,7 @@ def _tensor(i: int, tensor: Any, body: memoryview, offset: int) -> tuple[str, np
             arr = np.array([s.encode() if isinstance(s, str) else bytes(s) for s in items],
                            dtype=object)
         else:
-            arr = np.asarray(tensor["data"], dtype=_DTYPES[dtype])
+            arr = np.asarray(tensor["data"], dtype=DTYPES[dtype])
         return name, arr.reshape(shape), offset
     except (TypeError, ValueError, OverflowError) as exc:
         raise InputError(f"{where}: data does not fit shape {shape} as {dtype}: {exc}") from exc
@@ -166,7 +169,8 @@ def decode_request(body: bytes | bytearray | memoryview,
     return req
 
 
-def _raw(arr: np.ndarray) -> bytes | memoryview:
+def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
+    """An array's bytes on the wire (row-major; BYTES elements length-prefixed)."""
     if arr.dtype.kind in "OSU":
         parts = []
         for item in arr.ravel():
@@ -176,6 +180,50 @@ def _raw(arr: np.ndarray) -> bytes | memoryview:
     return memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]
 
 
+def select_outputs(model: str, wanted: list[str] | None,
+                   outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outputs a request asks for, in its order (all when it names none).
+
+    Raises:
+        InputError: the request named an output the model does not have.
+    """
+    if wanted is None:
+        return outputs
+    missing = [n for n in wanted if n not in outputs]
+    if missing:
+        raise InputError(f"requested outputs {missing} are not outputs of {model} "
+                         f"({sorted(outputs)})")
+    return {n: outputs[n] for n in wanted}
+
+
+def error_kind(exc: EdgefleetError) -> str:
+    """What a failed call was, for a transport's status: ``invalid`` (the request's
+    fault: 400, INVALID_ARGUMENT), ``not_found``, ``unavailable`` (no model yet) or
+    ``internal``."""
+    if isinstance(exc, InputError):
+        return "invalid"
+    return {"unknown_model": "not_found", "no_model": "unavailable",
+            "inference_failed": "invalid"}.get(exc.reason, "internal")
+
+
+def served(agent: Any, model: str, version: str | int | None) -> dict[str, Any]:
+    """The v2 metadata of ``model`` if ``agent`` serves it (at ``version``, when given).
+
+    Raises:
+        ModelError: ``no_model`` while nothing is installed, ``unknown_model`` for another
+            model or version.
+    """
+    meta = agent.model_metadata(model)
+    if meta is None:
+        if agent.active is None:
+            raise ModelError("no model is installed yet", reason="no_model")
+        raise ModelError(f"model {model!r} is not served here", reason="unknown_model")
+    if version not in (None, "") and [str(version)] != meta["versions"]:
+        raise ModelError(f"{model} version {version} is not served here "
+                         f"(serving {meta['versions'][0]})", reason="unknown_model")
+    return meta
+
+
 def encode_response(model: str, version: int, req: V2Request,
                     outputs: dict[str, np.ndarray]) -> tuple[bytes, list[bytes | memoryview]]:
     """The response: ``(JSON header, binary parts)``; no parts means plain JSON.
@@ -183,18 +231,12 @@ def encode_response(model: str, version: int, req: V2Request,
     Raises:
         InputError: the request named an output the model does not have.
     """
-    names = req.outputs if req.outputs is not None else list(outputs)
-    missing = [n for n in names if n not in outputs]
-    if missing:
-        raise InputError(f"requested outputs {missing} are not outputs of {model} "
-                         f"({sorted(outputs)})")
     entries, parts = [], []
-    for name in names:
-        arr = outputs[name]
+    for name, arr in select_outputs(model, req.outputs, outputs).items():
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr),
                                  "shape": list(arr.shape)}
         if req.binary.get(name, req.binary_default):
-            raw = _raw(arr)
+            raw = raw_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             parts.append(raw)
         elif arr.dtype.kind in "OSU":

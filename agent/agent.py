@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .server import InferenceServer
 from .shadow import ShadowRunner
 from .telemetry import TelemetryBuffer
 from .updater import BundleUpdater, ChunkFetcher
+
+if TYPE_CHECKING:
+    from ._grpc import GrpcServer
 
 __all__ = ["Agent", "Prediction"]
 
@@ -129,6 +132,7 @@ class Agent:
         self._switch_lock = threading.RLock()
         self._threads: list[threading.Thread] = []
         self.server: InferenceServer | None = None
+        self.grpc: GrpcServer | None = None
         self.inferences = 0
         self.errors = 0
 
@@ -151,6 +155,12 @@ class Agent:
             self.server = InferenceServer(self, self.config.api_host, self.config.api_port,
                                           max_request_bytes=self.config.max_request_bytes)
             self.server.start()
+            if self.config.grpc_port is not None:
+                from ._grpc import GrpcServer  # grpcio only where gRPC is wanted
+
+                self.grpc = GrpcServer(self, self.config.api_host, self.config.grpc_port,
+                                       max_message_bytes=self.config.max_request_bytes)
+                self.grpc.start()
             workers.append((self._loop, "loop"))
         for target, name in workers:
             t = threading.Thread(target=target, name=f"{self.config.device_id}-{name}", daemon=True)
@@ -164,6 +174,8 @@ class Agent:
         self.link.stop()
         if self.server is not None:
             self.server.stop()
+        if self.grpc is not None:
+            self.grpc.stop()
         for t in self._threads:
             t.join(5.0)
         self.stop_shadow()

@@ -7,6 +7,7 @@ Example ``agent.toml``::
     state_dir = "/var/lib/edgefleet"
     trust_root = "/etc/edgefleet/root.json"
     api_port = 8470
+    grpc_port = 8471          # optional: the v2 gRPC service (the grpc extra)
     [tags]
     site = "lab"
 
@@ -22,6 +23,7 @@ controller and its claim token instead, and gets both from ``identity.json``::
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import tomllib
 from pathlib import Path
@@ -54,6 +56,9 @@ class AgentConfig:
     api_host: str = "127.0.0.1"
     api_port: int = 8470  # 0 picks a free port
     max_request_bytes: int = 64 * 1024 * 1024  # v2 request bodies (413 above)
+    # the v2 gRPC service on api_host (needs the grpc extra): off unless a port is set;
+    # 0 picks a free port
+    grpc_port: int | None = None
     # "auto": detected (contract.hardware: rpi4, rpi5, jetson-orin, x86-vnni…); else as given
     hardware_class: str = "auto"
     # onnxruntime providers to ask for, best first (empty: TensorRT and CUDA on Jetson
@@ -100,6 +105,12 @@ class AgentConfig:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:
             raise ValueError("api_port must be 0..65535")
+        if self.grpc_port is not None:
+            if not 0 <= self.grpc_port <= 65535:
+                raise ValueError("grpc_port must be 0..65535")
+            if importlib.util.find_spec("grpc") is None:
+                raise ValueError("grpc_port is set but gRPC is not installed: "
+                                 "pip install 'edgefleet[grpc]'")
         if self.max_request_bytes < 1024:
             raise ValueError("max_request_bytes must be at least 1024")
         if self.max_buffer_bytes < MIN_BUFFER_BYTES:

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import edgefleet
-from edgefleet.contract import EdgefleetError, InputError, ModelError
+from edgefleet.contract import EdgefleetError, ModelError
 
-from ._v2 import decode_request, encode_response
+from ._v2 import EXTENSIONS, decode_request, encode_response, error_kind, served
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSIONS", "InferenceServer", "decode_v2_inputs"]
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ["binary_tensor_data", "edgefleet_agent_status"]
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a 1x3x640x640 float32 image as JSON fits
+_STATUS = {"invalid": 400, "not_found": 404, "unavailable": 503, "internal": 500}
 
 
 def decode_v2_inputs(body: Any) -> dict[str, np.ndarray]:
@@ -98,19 +98,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _served(self, model: str, version: int | None) -> dict[str, Any] | None:
         """The model's metadata if this agent serves ``model`` (at ``version``); else a
         404 or 503 is sent and None returned."""
-        agent = self.server.agent
-        meta = agent.model_metadata(model)
-        if meta is None:
-            if agent.active is None:
-                self._send(503, {"error": "no model is installed yet"})
-            else:
-                self._send(404, {"error": f"model {model!r} is not served here"})
+        try:
+            return served(self.server.agent, model, version)
+        except ModelError as exc:
+            self._fail(exc)
             return None
-        if version is not None and [str(version)] != meta["versions"]:
-            self._send(404, {"error": f"{model} version {version} is not served here "
-                                      f"(serving {meta['versions'][0]})"})
-            return None
-        return meta
+
+    def _fail(self, exc: EdgefleetError) -> None:
+        self._send(_STATUS[error_kind(exc)], {"error": str(exc)})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         agent = self.server.agent
@@ -182,16 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:  # a header length that is not a number
             self._send(400, {"error": f"Inference-Header-Content-Length: {exc}"})
             return
-        except InputError as exc:
-            self._send(400, {"error": str(exc)})
-            return
-        except ModelError as exc:
-            status = {"unknown_model": 404, "no_model": 503,
-                      "inference_failed": 400}.get(exc.reason, 500)
-            self._send(status, {"error": str(exc)})
-            return
         except EdgefleetError as exc:
-            self._send(500, {"error": str(exc)})
+            self._fail(exc)
             return
         self._reply(200, head, parts)
 

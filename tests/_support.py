@@ -51,3 +51,35 @@ def wait_devices_known(ctl: FleetController, ids: list[str], timeout_s: float = 
 
 def job_of(dep: dict[str, Any], device: str) -> dict[str, Any]:
     return next(j for j in dep["jobs"] if j["device"] == device)
+
+
+def answers_by_path(agent: Any, model: str, feeds: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The same feeds through every way an application on the device can call the model:
+    in-process ``Agent.predict``, v2 REST as JSON and binary (``tritonclient.http``), and
+    v2 gRPC (``tritonclient.grpc``; the agent needs ``grpc_port``). ``{path: outputs}``."""
+    import tritonclient.grpc as tgrpc
+    import tritonclient.http as thttp
+    from tritonclient.utils import np_to_triton_dtype
+
+    answers = {"predict": dict(agent.predict(feeds, model=model).outputs)}
+    http = thttp.InferenceServerClient(agent.server.url.removeprefix("http://"),
+                                       network_timeout=60.0)
+    for binary in (False, True):
+        inputs = []
+        for name, arr in feeds.items():
+            tensor = thttp.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            tensor.set_data_from_numpy(arr, binary_data=binary)
+            inputs.append(tensor)
+        result = http.infer(model, inputs)
+        answers["rest-binary" if binary else "rest-json"] = {
+            o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    with tgrpc.InferenceServerClient(agent.grpc.target) as rpc:
+        inputs = []
+        for name, arr in feeds.items():
+            tensor = tgrpc.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+            tensor.set_data_from_numpy(arr)
+            inputs.append(tensor)
+        result = rpc.infer(model, inputs, client_timeout=60.0)
+        answers["grpc"] = {o.name: result.as_numpy(o.name)
+                           for o in result.get_response().outputs}
+    return answers

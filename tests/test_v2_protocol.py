@@ -1,7 +1,7 @@
-"""Applications on the device talk to the agent with the ecosystem's own client: Triton's
-``tritonclient.http``, JSON and binary tensors, against a real agent serving models
-deployed over a real Mosquitto; and malformed requests get a 400, never a dropped
-connection."""
+"""Applications on the device talk to the agent with the ecosystem's own clients: Triton's
+``tritonclient.http`` (JSON and binary tensors) and ``tritonclient.grpc``, against a real
+agent serving models deployed over a real Mosquitto; and malformed requests get a 400
+(INVALID_ARGUMENT over gRPC), never a dropped connection."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def zoo(tmp_path_factory):
 def served(controller, make_fleet, zoo):
     """Agents serving digits, the text encoder (int64 ids + mask), the detector (dynamic
     H/W) and the stateful VAD; returns ``{model: agent}``."""
-    fleet = make_fleet(4, max_request_bytes=8 * 1024 * 1024)
+    fleet = make_fleet(4, max_request_bytes=8 * 1024 * 1024, grpc_port=0)
     wait_devices_known(controller, fleet.ids)
     agents = dict(zip(["digits", "text-encoder", "text-detector", "vad-rnn"],
                       fleet.agents.values(), strict=True))
@@ -157,3 +157,126 @@ def test_versions_routes_and_input_caused_failures(served, zoo):
     ok = httpx.post(f"{base}/v2/models/vad-rnn/infer", json=body, timeout=10)
     assert ok.status_code == 200
     assert httpx.get(f"{base}/v2/models/digits").status_code == 404  # not this agent's
+
+
+def test_tritonclient_grpc_talks_to_the_agent_and_gets_what_onnxruntime_computes(served, zoo):
+    import onnxruntime as ort
+    import tritonclient.grpc as tgrpc
+
+    agent = served["digits"]
+    with tgrpc.InferenceServerClient(agent.grpc.target) as client:
+        assert client.is_server_live() and client.is_server_ready()
+        assert "binary_tensor_data" in client.get_server_metadata().extensions
+        assert client.is_model_ready("digits")
+        assert client.is_model_ready("digits", str(agent.active.version))
+        assert not client.is_model_ready("nope")
+        meta = client.get_model_metadata("digits", as_json=True)
+        assert meta["inputs"][0]["shape"] == ["-1", "64"]  # int64 as JSON strings
+        assert meta["platform"] == "onnxruntime"
+
+        x = np.load(ASSETS / "eval.npz")["x"][:5].astype(np.float32)
+        pixels = tgrpc.InferInput("pixels", list(x.shape), "FP32")
+        pixels.set_data_from_numpy(x)
+        result = client.infer("digits", [pixels], request_id="g-9",
+                              outputs=[tgrpc.InferRequestedOutput("probs")])
+        want = ort.InferenceSession(str(ASSETS / "digits.onnx")).run(None, {"pixels": x})[0]
+        np.testing.assert_allclose(result.as_numpy("probs"), want, rtol=1e-6, atol=1e-7)
+        assert result.get_response().id == "g-9"
+        with pytest.raises(tgrpc.InferenceServerException) as err:
+            client.infer("text-encoder", [pixels])
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+
+    encoder = served["text-encoder"]
+    feeds = zoo["text-encoder"].feeds(2, seed=3)
+    with tgrpc.InferenceServerClient(encoder.grpc.target) as client:
+        inputs = []
+        for name, arr in feeds.items():
+            tensor = tgrpc.InferInput(name, list(arr.shape), "INT64")
+            tensor.set_data_from_numpy(arr)
+            inputs.append(tensor)
+        got = client.infer("text-encoder", inputs,
+                           outputs=[tgrpc.InferRequestedOutput("pooled")])
+        assert [o.name for o in got.get_response().outputs] == ["pooled"]
+        np.testing.assert_allclose(got.as_numpy("pooled"),
+                                   zoo["text-encoder"].run_raw(feeds)["pooled"], rtol=1e-5,
+                                   atol=1e-6)
+
+    detector = served["text-detector"]
+    image = np.random.default_rng(1).random((1, 3, 640, 640), dtype=np.float32)
+    with tgrpc.InferenceServerClient(detector.grpc.target) as client:
+        x = tgrpc.InferInput("x", list(image.shape), "FP32")
+        x.set_data_from_numpy(image)
+        got = client.infer("text-detector", [x], outputs=[tgrpc.InferRequestedOutput("maps")])
+    np.testing.assert_allclose(got.as_numpy("maps"),
+                               zoo["text-detector"].run_raw({"x": image})["maps"],
+                               rtol=1e-5, atol=1e-6)
+
+
+# one agent for all the cases (each deployment costs seconds)
+_BAD_GRPC = ["too few bytes", "raw for one of two inputs", "contents count", "unknown output",
+             "FP16 as contents", "negative dim"]
+
+
+def _bad_grpc_request(case: str):
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    pixels = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+    x = np.zeros((1, 64), np.float32).tobytes()
+    if case == "too few bytes":
+        request.raw_input_contents.append(x[:100])
+    elif case == "raw for one of two inputs":
+        request.inputs.add(name="extra", datatype="FP32", shape=[1])
+        request.raw_input_contents.append(x)
+    elif case == "contents count":
+        pixels.contents.fp32_contents.extend([0.0] * 63)
+    elif case == "unknown output":
+        request.raw_input_contents.append(x)
+        request.outputs.add(name="boxes")
+    elif case == "FP16 as contents":
+        pixels.datatype = "FP16"
+    else:
+        pixels.shape[0] = -1
+        request.raw_input_contents.append(x)
+    return request
+
+
+def test_malformed_grpc_requests_are_invalid_argument_and_the_agent_keeps_serving(served):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    agent = served["digits"]
+    with grpc.insecure_channel(agent.grpc.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for case in _BAD_GRPC:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(_bad_grpc_request(case), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value)
+            assert err.value.details(), case
+            ready = stub.ModelReady(service_pb2.ModelReadyRequest(name="digits"), timeout=10)
+            assert ready.ready, case  # still serving
+
+
+def test_grpc_is_off_unless_configured_and_a_missing_extra_is_named(tmp_path, monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from edgefleet.agent import AgentConfig
+
+    # an agent without grpc_port never imports grpcio or protobuf
+    code = ("import sys, edgefleet.agent, edgefleet.agent.agent; "
+            "print(sorted(m for m in ('grpc', 'google.protobuf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+    base = {"device_id": "pi-1", "state_dir": tmp_path, "trust_root": tmp_path / "root.json"}
+    with pytest.raises(ValueError, match="grpc_port must be 0..65535"):
+        AgentConfig(**base, grpc_port=70000)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "grpc" else real(name, *a))
+    with pytest.raises(ValueError, match=r"edgefleet\[grpc\]"):
+        AgentConfig(**base, grpc_port=8471)
+    assert AgentConfig(**base).grpc_port is None

@@ -2,14 +2,15 @@
 `Constant`-held weights, a stateful RNN, a transformer encoder, multi-output graphs,
 opsets 11 to 17, external data, TFLite with fixed and dynamic batch — registers with
 image-sized eval data, deploys to a real agent over a real Mosquitto, passes its smoke
-test and answers over the v2 endpoint exactly what its raw runtime answers."""
+test and answers exactly what its raw runtime answers, in-process, over v2 REST (JSON and binary)
+and over v2 gRPC."""
 
 from __future__ import annotations
 
 import httpx
 import numpy as np
 import pytest
-from _support import wait_deployment, wait_devices_known
+from _support import answers_by_path, wait_deployment, wait_devices_known
 
 from edgefleet.contract import MANIFEST_MAX_BYTES, SMOKE_MAX_BYTES
 from edgefleet.optimizer import TASKS, inline_external_data
@@ -49,7 +50,7 @@ def test_the_zoo_covers_what_users_bring(zoo):
 
 def test_every_zoo_model_deploys_to_a_real_agent_and_serves_what_its_runtime_computes(
         zoo, controller, make_fleet):
-    fleet = make_fleet(len(zoo), prefix="zoo")
+    fleet = make_fleet(len(zoo), prefix="zoo", grpc_port=0)
     wait_devices_known(controller, fleet.ids, timeout_s=30)
     devices = dict(zip(zoo, fleet.ids, strict=True))
     deployments = {}
@@ -73,16 +74,20 @@ def test_every_zoo_model_deploys_to_a_real_agent_and_serves_what_its_runtime_com
             assert {f"output.{t.name}" for t in manifest.outputs} <= set(data.files), name
         assert installed.profile().get("extractors"), name
 
+        # the same answer in-process, over REST (JSON and binary) and over gRPC, bit for
+        # bit, and what the raw runtime computes in a session of its own
         feeds = m.feeds(2, seed=5)
-        resp = infer(agent.server.url, name, feeds)
-        assert resp.status_code == 200, (name, resp.text[:300])
-        got = {o["name"]: np.asarray(o["data"]).reshape(o["shape"])
-               for o in resp.json()["outputs"]}
         want = m.run_raw(feeds)
-        assert set(got) == set(want), name
-        for out, value in want.items():
-            np.testing.assert_allclose(got[out], value, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{name}:{out}")
+        answers = answers_by_path(agent, name, feeds)
+        assert set(answers) == {"predict", "rest-json", "rest-binary", "grpc"}
+        for path, got in answers.items():
+            assert list(got) == list(want), (name, path)
+            for out, value in want.items():
+                assert got[out].dtype == value.dtype, (name, path, out)
+                np.testing.assert_array_equal(got[out], answers["predict"][out],
+                                              err_msg=f"{name}:{out} over {path}")
+                np.testing.assert_allclose(got[out], value, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{name}:{out}")
 
         meta = httpx.get(f"{agent.server.url}/v2/models/{name}", timeout=5).json()
         for spec, tensor in zip(meta["inputs"], manifest.inputs, strict=True):
