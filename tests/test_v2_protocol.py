@@ -264,9 +264,11 @@ def test_grpc_is_off_unless_configured_and_a_missing_extra_is_named(tmp_path, mo
 
     from edgefleet.agent import AgentConfig
 
-    # an agent without grpc_port never imports grpcio or protobuf
-    code = ("import sys, edgefleet.agent, edgefleet.agent.agent; "
-            "print(sorted(m for m in ('grpc', 'google.protobuf') if m in sys.modules))")
+    # `edgefleet agent run` without grpc_port imports neither grpcio and protobuf nor the
+    # rest of the command line (typer, click, rich, pydantic)
+    code = ("import sys, edgefleet.cli, edgefleet.cli._agent_run, edgefleet.agent.agent; "
+            "print(sorted(m for m in ('grpc', 'google.protobuf', 'typer', 'click', 'rich', "
+            "'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
