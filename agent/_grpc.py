@@ -137,9 +137,14 @@ class _Service:
 
     def model_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            meta = served(self.agent, request.name, request.version)
+            served(self.agent, request.name, request.version)
+            meta = self.agent.model_metadata(request.name)
+            if meta is None:  # switched to another model since
+                raise ModelError(f"model {request.name!r} is not served here",
+                                 reason="unknown_model")
         except ModelError as exc:
-            self._abort(context, exc)
+            self._abort(context, exc)  # raises
+            raise
         tensor = self.m["TensorMetadata"]
         return self.m["ModelMetadataResponse"](
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -155,7 +160,8 @@ class _Service:
             result = self.agent.predict(req.feeds, model=request.model_name)
             chosen = select_outputs(request.model_name, req.outputs, result.outputs)
         except EdgefleetError as exc:
-            self._abort(context, exc)
+            self._abort(context, exc)  # raises
+            raise
         response = self.m["ModelInferResponse"](
             model_name=result.model.name, model_version=str(result.model.version),
             id=request.id)

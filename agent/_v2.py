@@ -206,22 +206,23 @@ def error_kind(exc: EdgefleetError) -> str:
             "inference_failed": "invalid"}.get(exc.reason, "internal")
 
 
-def served(agent: Any, model: str, version: str | int | None) -> dict[str, Any]:
-    """The v2 metadata of ``model`` if ``agent`` serves it (at ``version``, when given).
+def served(agent: Any, model: str, version: str | int | None) -> Any:
+    """The ``ModelRef`` ``agent`` serves if it is ``model`` (at ``version``, when given);
+    cheap enough for every call (metadata is built only where it is asked for).
 
     Raises:
         ModelError: ``no_model`` while nothing is installed, ``unknown_model`` for another
             model or version.
     """
-    meta = agent.model_metadata(model)
-    if meta is None:
-        if agent.active is None:
-            raise ModelError("no model is installed yet", reason="no_model")
+    ref = agent.active
+    if ref is None:
+        raise ModelError("no model is installed yet", reason="no_model")
+    if ref.name != model:
         raise ModelError(f"model {model!r} is not served here", reason="unknown_model")
-    if version not in (None, "") and [str(version)] != meta["versions"]:
+    if version not in (None, "") and str(version) != str(ref.version):
         raise ModelError(f"{model} version {version} is not served here "
-                         f"(serving {meta['versions'][0]})", reason="unknown_model")
-    return meta
+                         f"(serving {ref.version})", reason="unknown_model")
+    return ref
 
 
 def encode_response(model: str, version: int, req: V2Request,

@@ -95,14 +95,15 @@ class _Handler(BaseHTTPRequestHandler):
             version, rest = int(rest[1]), rest[2:]
         return model, version, "/".join(rest)
 
-    def _served(self, model: str, version: int | None) -> dict[str, Any] | None:
-        """The model's metadata if this agent serves ``model`` (at ``version``); else a
-        404 or 503 is sent and None returned."""
+    def _served(self, model: str, version: int | None) -> bool:
+        """Whether this agent serves ``model`` (at ``version``); if not, a 404 or 503 is
+        sent."""
         try:
-            return served(self.server.agent, model, version)
+            served(self.server.agent, model, version)
         except ModelError as exc:
             self._fail(exc)
-            return None
+            return False
+        return True
 
     def _fail(self, exc: EdgefleetError) -> None:
         self._send(_STATUS[error_kind(exc)], {"error": str(exc)})
@@ -127,9 +128,13 @@ class _Handler(BaseHTTPRequestHandler):
         if version == -1 or action not in ("", "ready"):
             self._send(404, {"error": f"no route {self.path}"})
             return
-        meta = self._served(model, version)
-        if meta is not None:
-            self._send(200, {"name": model, "ready": True} if action == "ready" else meta)
+        if not self._served(model, version):
+            return
+        meta = agent.model_metadata(model) if action != "ready" else None
+        if action == "ready" or meta is not None:
+            self._send(200, meta or {"name": model, "ready": True})
+        else:  # switched to another model since
+            self._send(404, {"error": f"model {model!r} is not served here"})
 
     def _read_body(self) -> bytearray | None:
         """The body in one buffer, or None after answering why not."""
@@ -169,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         agent = self.server.agent
         try:
             req = decode_request(body, int(header) if header is not None else None)
-            if self._served(model, version) is None:
+            if not self._served(model, version):
                 return
             result = agent.predict(req.feeds, model=model)
             head, parts = encode_response(result.model.name, result.model.version, req,

@@ -40,6 +40,9 @@ def test_every_benchmark_runs_quick_and_reports_figure_baseline_ratio_target(qui
     assert {r["module"] for r in quick.values()} == set(BENCHMARKS)
     for name, row in quick.items():
         assert "error" not in row, (name, row.get("traceback"))
+        if row.get("skipped"):  # only a peer that lives in its own environment may skip
+            assert row["module"] == "kserve_peer" and "kserve" in row["skipped"], name
+            continue
         for key, kind in ROW.items():
             assert isinstance(row[key], kind), (name, key, row.get(key))
         assert row["passed"] in (True, False, None)

@@ -33,6 +33,8 @@ BENCHMARKS: tuple[str, ...] = (
     "optimizer",  # int8 ONNX and .tflite variants: size, p50, accuracy vs fp32 ONNX
     "optimizer_zoo",  # optimize on every ONNX model of the zoo: plan, int8 share, verdict
     "v2_rest",  # the agent's v2 REST endpoint (JSON, binary; digits, 640x640) vs session.run
+    "v2_grpc",  # the agent's v2 gRPC service (digits, 640x640) vs session.run
+    "kserve_peer",  # the agent's v2 REST vs KServe's Python server, same file: p50 and RSS
     "agent_footprint",  # agent process cold start and RSS vs a bare onnxruntime process
     "rollout",  # a rollout through the controller vs a raw MQTT fan-out (edgefleet simulate)
 )

@@ -1,0 +1,106 @@
+"""The agent's v2 gRPC service vs raw onnxruntime ``session.run`` on the same input.
+
+Rows: the digits input (1×64 float32) and a 1×3×640×640 float32 image (the zoo's text
+detector), each sent as ``raw_input_contents`` (what Triton's and KServe's clients send)
+and answered as ``raw_output_contents``. Figure: p50 of one ``ModelInfer`` call on a
+kept-open channel to a running agent (the whole path: protobuf decode, checks, predict
+with telemetry, encode); baseline: p50 of ``session.run`` on an onnxruntime session of
+the same file and input, in blocks alternating with the calls. Targets as for REST:
+small input ≤ raw + 0.5 ms, the image ≤ raw + 10 ms. Needs the ``grpc`` extra; without
+it the rows say skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._digits import MODEL, eval_inputs, manifest
+from .v2_rest import _agent, _row, detector_manifest
+
+__all__ = ["SIZES", "run"]
+
+SIZES = {"tiny": (60, 3), "small": (600, 10), "medium": (2_000, 20), "large": (5_000, 40),
+         "full": (3_000, 30)}  # (digits calls, image calls) per side
+_BLOCKS = 3
+
+
+def _time(agent: Any, model: str, name: str, x: np.ndarray, raw: Any,
+          n: int) -> tuple[list[float], list[float]]:
+    import grpc
+
+    from edgefleet.agent._v2_messages import SERVICE, messages
+
+    m = messages()
+    request = m["ModelInferRequest"](model_name=model)
+    request.inputs.add(name=name, datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    body = request.SerializeToString()
+    feeds = {name: x}
+    clock = time.perf_counter
+    rest: list[float] = []
+    base: list[float] = []
+    with grpc.insecure_channel(agent.grpc.target, options=[
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/ModelInfer",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=m["ModelInferResponse"].FromString)
+
+        def infer() -> None:
+            response = call(body, timeout=60)
+            if len(response.raw_output_contents) != len(response.outputs):
+                raise RuntimeError(f"{model}: an answer without its raw outputs")
+        for _ in range(2):
+            infer()
+            raw.run_unchecked(feeds)
+        for _ in range(_BLOCKS):
+            for _ in range(max(1, n // _BLOCKS)):
+                t = clock()
+                infer()
+                rest.append(clock() - t)
+            for _ in range(max(1, n // _BLOCKS)):
+                t = clock()
+                raw.run_unchecked(feeds)
+                base.append(clock() - t)
+    return rest, base
+
+
+def run(size: str = "full") -> list[dict[str, Any]]:
+    """Raises: ValueError for an unknown size."""
+    from edgefleet.agent.runtime import OnnxRuntime
+    from edgefleet.simulations.zoo import build_zoo
+
+    if size not in SIZES:
+        raise ValueError(f"size is one of {sorted(SIZES)}")
+    if importlib.util.find_spec("grpc") is None:
+        return [{"benchmark": f"v2_grpc.{n}", "skipped": "the grpc extra is not installed"}
+                for n in ("digits", "image640")]
+    small_n, image_n = SIZES[size]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-grpc-") as tmp:
+        root = Path(tmp)
+        x = eval_inputs()[:1]
+        agent = _agent(root / "digits", MODEL, manifest(), grpc_port=0)
+        try:
+            rest, base = _time(agent, "digits", "pixels", x, OnnxRuntime(MODEL), small_n)
+            rows.append(_row("digits", rest, base, 0.5, prefix="v2_grpc",
+                             message_bytes=x.nbytes))
+        finally:
+            agent.stop()
+        det = build_zoo(root / "zoo", ["text-detector"])["text-detector"]
+        image = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
+        agent = _agent(root / "image", det.file, detector_manifest(det.file), grpc_port=0)
+        try:
+            rest, base = _time(agent, "text-detector", "x", image, OnnxRuntime(det.file),
+                               image_n)
+            rows.append(_row("image640", rest, base, 10.0, prefix="v2_grpc",
+                             message_bytes=image.nbytes))
+        finally:
+            agent.stop()
+    return rows
