@@ -183,7 +183,7 @@ class AgentLink:
         """
         try:
             online = json.loads(payload).get("online") is True
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # RecursionError: deep nesting
             self.malformed += 1
             log.warning("dropped malformed controller state")
             return

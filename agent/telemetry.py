@@ -25,11 +25,12 @@ docs/telemetry.md for what a cap holds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,8 @@ class TelemetryBuffer:
             batch = [q.popleft() for _ in range(min(len(q), limit))]
             try:
                 self._write_batch(batch)
-            except sqlite3.Error:
+            except (sqlite3.Error, ValueError, OverflowError):  # rolled back: the store
+                # stays usable; the records are counted as dropped, never silently gone
                 log.exception("telemetry write failed; %d records lost (counted as dropped)",
                               len(batch))
                 self._rollback()
@@ -235,18 +237,30 @@ class TelemetryBuffer:
         rows = zip(ts, models, versions, lats, (k is None for k in kinds), tops, kinds,
                    strict=True)
         db = self._db
-        db.execute("BEGIN")
-        self._evict(plan)
-        if plan.skip_raw < n:
-            db.executemany("INSERT INTO inferences(ts, model, version, latency_ms, ok, top, "
-                           "kind) VALUES (?,?,?,?,?,?,?)",
-                           rows if not plan.skip_raw else list(rows)[plan.skip_raw:])
-        db.executemany("INSERT OR REPLACE INTO windows(start, state) VALUES (?, ?)", states)
-        set_meta(db, "dropped", self.dropped)
-        db.execute("COMMIT")
+        with self._transaction():
+            self._evict(plan)
+            if plan.skip_raw < n:
+                db.executemany("INSERT INTO inferences(ts, model, version, latency_ms, ok, "
+                               "top, kind) VALUES (?,?,?,?,?,?,?)",
+                               rows if not plan.skip_raw else list(rows)[plan.skip_raw:])
+            db.executemany("INSERT OR REPLACE INTO windows(start, state) VALUES (?, ?)",
+                           states)
+            set_meta(db, "dropped", self.dropped)
         self._raw_rows += n - plan.skip_raw
         self._windows.update(updated)
         self._add_drift(starts, models, versions, xs, specs)
+
+    @contextlib.contextmanager
+    def _transaction(self, begin: str = "BEGIN") -> Iterator[None]:
+        """The one way this store writes: committed whole, or rolled back whatever was
+        raised (a store left inside a transaction would refuse every later write)."""
+        self._db.execute(begin)
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         """Roll back the open transaction and re-read what eviction may have changed."""
@@ -291,17 +305,13 @@ class TelemetryBuffer:
                 group = due[i:i + _CLOSE_GROUP]
                 if group:
                     db.execute("PRAGMA synchronous=FULL")  # durable before it can be sent
-                db.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in group:
-                        new.append(self._close_one(start, system,
-                                                   shadow if start == due[-1] else None))
-                    if i + _CLOSE_GROUP >= len(due):
-                        set_meta(db, "window_start", repr(open_start))
-                    db.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
+                    with self._transaction("BEGIN IMMEDIATE"):
+                        for start in group:
+                            new.append(self._close_one(start, system,
+                                                       shadow if start == due[-1] else None))
+                        if i + _CLOSE_GROUP >= len(due):
+                            set_meta(db, "window_start", repr(open_start))
                 finally:
                     db.execute("PRAGMA synchronous=NORMAL")
                 for start in group:
@@ -412,9 +422,8 @@ class TelemetryBuffer:
                               budget.cap_bytes)
                     self._warned_full = True
                 break
-            db.execute("BEGIN")
-            self._evict(plan)
-            db.execute("COMMIT")
+            with self._transaction():
+                self._evict(plan)
         pages, free = self._pages()
         shrink = min(free, pages - budget.main_bytes // budget.page_size)
         if shrink > 0:
@@ -466,12 +475,11 @@ class TelemetryBuffer:
         keep = self.keep_acked if keep_acked is None else keep_acked
         with self._lock:
             db = self._db
-            db.execute("BEGIN")
-            newly = db.executemany("UPDATE summaries SET acked = 1 WHERE seq = ? AND acked = 0",
-                                   [(s,) for s in seqs]).rowcount
-            db.execute("DELETE FROM summaries WHERE acked = 1 AND seq <= "
-                       "(SELECT MAX(seq) FROM summaries) - ?", (keep,))
-            db.execute("COMMIT")
+            with self._transaction():
+                newly = db.executemany("UPDATE summaries SET acked = 1 WHERE seq = ? AND "
+                                       "acked = 0", [(s,) for s in seqs]).rowcount
+                db.execute("DELETE FROM summaries WHERE acked = 1 AND seq <= "
+                           "(SELECT MAX(seq) FROM summaries) - ?", (keep,))
             self._enforce()
             return newly
 

@@ -38,12 +38,16 @@ def loads(payload: bytes | str) -> Any:
     """Parse standard JSON.
 
     Raises:
-        ValueError: not JSON, not UTF-8, a non-finite number.
+        ValueError: not JSON, not UTF-8, a non-finite number, nesting too deep for the
+            parser.
     """
     if orjson is not None:
-        return orjson.loads(payload)
+        return orjson.loads(payload)  # refuses nesting deeper than 1024 itself
     text = payload.decode() if isinstance(payload, bytes | bytearray) else payload
-    return _STRICT.decode(text)
+    try:
+        return _STRICT.decode(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _finite(value: Any) -> Any:

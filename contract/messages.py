@@ -42,6 +42,9 @@ __all__ = [
 MAX_CHUNK_BYTES = 128 * 1024
 _MAX_PAYLOAD = 4 * 1024 * 1024
 _INT32, _INT64 = 2**31 - 1, 2**63 - 1  # signed INTEGER / BIGINT
+_INT64_MIN = -(2**63)
+MAX_TEXT = 16 * 1024  # any one string field (error messages included)
+_BIRTH_DICT_BYTES = 4096
 
 T = TypeVar("T", bound="Message")
 
@@ -54,6 +57,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
+        if not _INT64_MIN <= value <= _INT64:  # what every store and peer can hold
+            raise MessageError(f"{where}: {value} does not fit a signed 64-bit integer")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -62,6 +67,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     if hint is str or hint is bool:
         if not isinstance(value, hint):
             raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            raise MessageError(f"{where}: {len(value)} characters, at most {MAX_TEXT}")
         return value
     if hint is Any:
         return value
@@ -187,6 +194,16 @@ class Birth(Message):
     # {"state": "ok"|"expired"|"untrusted"|"unknown", "reason", "checked_at"}: whether the
     # device can install anything new (it keeps serving its model either way)
     trust: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a birth is stored and listed: what a device says of itself stays small
+        if len(self.agent_version) > 64 or len(self.api_url) > 256:
+            raise ValueError("agent_version: at most 64 characters, api_url 256")
+        if len(self.runtimes) > 32 or any(len(r) > 64 for r in self.runtimes):
+            raise ValueError("runtimes: at most 32, each at most 64 characters")
+        for name, value in (("hw", self.hw), ("trust", self.trust)):
+            if len(json.dumps(value, default=str)) > _BIRTH_DICT_BYTES:
+                raise ValueError(f"{name}: at most {_BIRTH_DICT_BYTES} bytes as JSON")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ._api_types import SeqQuery
 from ._token_store import public_token
 from .auth import DEVICE, PUBLIC, ROUTES, Principal, allows, check_table, split_token, token_refusal
 
@@ -214,7 +215,7 @@ def add_security_routes(app: FastAPI, ctl: "FleetController") -> None:
         return public_token(after, now)
 
     @app.get("/v1/audit")
-    def audit_entries(_: ActorName, after: Annotated[int, Query(ge=0)] = 0,
+    def audit_entries(_: ActorName, after: SeqQuery = 0,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                       target: str | None = None) -> list[dict[str, Any]]:
         return ctl.store.audit.entries(after=after, limit=limit, target=target)

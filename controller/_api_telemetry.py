@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 
+from ._api_types import VersionQuery
 from .aggregate import ALPHA, Aggregate
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def add_telemetry_routes(app: FastAPI, ctl: "FleetController") -> None:
     def telemetry_query(
         device: str | None = None,
         selector: Annotated[str | None, Query(description="tags, k=v[,k=v…]")] = None,
-        model: str | None = None, version: int | None = None,
+        model: str | None = None, version: VersionQuery = None,
         deployment: str | None = None,
         since: Annotated[float | None, Query(description="window start ≥, epoch s")] = None,
         until: Annotated[float | None, Query(description="window start <, epoch s")] = None,

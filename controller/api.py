@@ -33,6 +33,7 @@ from ._api_metrics import add_metrics_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
+from ._api_types import INT64_MAX, VersionPath
 from .optimizations import QUEUE_FULL
 from .orchestrator import describe
 from .rollout import RolloutPolicy
@@ -65,7 +66,7 @@ class OptimizeBody(BaseModel):
 class DeployBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT64_MAX)
     devices: list[str] | None = None
     selector: dict[str, str] | None = None
     strategy: str = Field("all-at-once", pattern="^(all-at-once|staged|canary|shadow|ab)$")
@@ -166,12 +167,12 @@ def create_app(ctl: FleetController) -> FastAPI:
         return [_public(r) for r in ctl.store.list_models()]
 
     @app.get("/v1/models/{name}/{version}")
-    def get_model(_: Auth, name: str, version: int) -> dict[str, Any]:
+    def get_model(_: Auth, name: str, version: VersionPath) -> dict[str, Any]:
         return _public(ctl.registry.get(name, version))
 
     @app.post("/v1/models/{name}/{version}/variants", status_code=201)
     async def add_variant(
-        request: Request, _: Auth, name: str, version: int,
+        request: Request, _: Auth, name: str, version: VersionPath,
         variant: Annotated[str, Form()], hardware_classes: Annotated[str, Form()],
         model: Annotated[UploadFile, File()],
     ) -> dict[str, Any]:
@@ -192,13 +193,13 @@ def create_app(ctl: FleetController) -> FastAPI:
         return _public(row)
 
     @app.get("/v1/models/{name}/{version}/variants")
-    def list_variants(_: Auth, name: str, version: int) -> list[dict[str, Any]]:
+    def list_variants(_: Auth, name: str, version: VersionPath) -> list[dict[str, Any]]:
         ctl.registry.get(name, version)
         return [_public(v) for v in ctl.registry.variants(name, version)]
 
     @app.post("/v1/models/{name}/{version}/optimize", status_code=202)
     def optimize_model(request: Request, response: Response, user: Auth, name: str,
-                       version: int, body: OptimizeBody) -> dict[str, Any]:
+                       version: VersionPath, body: OptimizeBody) -> dict[str, Any]:
         """Queue an optimization (a job: follow it at the ``Location`` answered)."""
         if body.evaluator and body.evaluator not in ctl.settings.optimize_evaluators:
             raise HTTPException(422, f"evaluator {body.evaluator!r} is not allowed on this "
@@ -281,9 +282,11 @@ def create_app(ctl: FleetController) -> FastAPI:
         return ctl.store.get_device(device_id)
 
     @app.get("/v1/devices/{device_id}/telemetry")
-    def device_telemetry(_: Auth, device_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    def device_telemetry(_: Auth, device_id: str,
+                         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                         ) -> list[dict[str, Any]]:
         ctl.store.get_device(device_id)
-        return ctl.store.summaries(device_id, limit=max(1, min(limit, 10_000)))
+        return ctl.store.summaries(device_id, limit=limit)
 
     @app.get("/v1/stats")
     def stats(_: Auth) -> dict[str, Any]:
