@@ -133,7 +133,7 @@ def decode_request(body: bytes | bytearray | memoryview,
                          f"body's {len(view)} bytes")
     try:
         head = json.loads(bytes(view[:n]))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting too
         hint = ("; binary tensors need the Inference-Header-Content-Length header"
                 if header_length is None else "")
         raise InputError(f"the request header is not JSON: {exc}{hint}") from exc
