@@ -15,6 +15,7 @@ NOT_FOUND, UNAVAILABLE while no model is installed, INTERNAL for the agent's own
 from __future__ import annotations
 
 import logging
+import math
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def _input(i: int, tensor: Any, raw: bytes | None) -> np.ndarray:
                          f"{sorted([*DTYPES, 'BYTES'])}, got {dtype!r}")
     if any(d < 0 for d in shape):
         raise InputError(f"{where}: shape must be non-negative integers, got {shape}")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if raw is not None:
         if dtype == "BYTES":
             return decode_bytes(raw, count, where).reshape(shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from typing import Any
 
@@ -83,7 +84,7 @@ def _tensor(i: int, tensor: Any, body: memoryview, offset: int) -> tuple[str, np
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InputError(f"{where} ({name}): shape must be non-negative integers")
     where = f"input {name!r}"
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     params = tensor.get("parameters") or {}
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:

@@ -95,8 +95,8 @@ class _Connection(socketserver.StreamRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout_s
         super().setup()
+        self.connection.settimeout(self.server.idle_timeout_s)  # idle or stalled: closed
         # answers go out as one write, but a large one as several: without this, Nagle's
         # algorithm and the client's delayed ACK would hold the tail back ~40 ms
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -6,13 +6,15 @@ and answered as ``raw_output_contents``. Figure: p50 of one ``ModelInfer`` call 
 kept-open channel to a running agent (the whole path: protobuf decode, checks, predict
 with telemetry, encode); baseline: p50 of ``session.run`` on an onnxruntime session of
 the same file and input, in blocks alternating with the calls. Targets as for REST:
-small input ≤ raw + 0.5 ms, the image ≤ raw + 10 ms. Needs the ``grpc`` extra; without
-it the rows say skipped.
+small input ≤ raw + 0.5 ms, the image ≤ raw + 10 ms. The digits row also reports the
+p50 of an empty call (``ServerLive``), what the transport costs before any tensor. Needs
+the ``grpc`` extra; without it the rows say skipped.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +73,29 @@ def _time(agent: Any, model: str, name: str, x: np.ndarray, raw: Any,
     return rest, base
 
 
+def _floor(agent: Any, n: int) -> float:
+    """p50 seconds of an empty call (ServerLive) on a kept-open channel: what gRPC itself
+    costs in Python on both ends, before any tensor."""
+    import grpc
+
+    from edgefleet.agent._v2_messages import SERVICE, messages
+
+    m = messages()
+    with grpc.insecure_channel(agent.grpc.target) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/ServerLive",
+                                   request_serializer=m["ServerLiveRequest"].SerializeToString,
+                                   response_deserializer=m["ServerLiveResponse"].FromString)
+        request = m["ServerLiveRequest"]()
+        for _ in range(20):
+            call(request, timeout=60)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            call(request, timeout=60)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def run(size: str = "full") -> list[dict[str, Any]]:
     """Raises: ValueError for an unknown size."""
     from edgefleet.agent.runtime import OnnxRuntime
@@ -89,8 +114,11 @@ def run(size: str = "full") -> list[dict[str, Any]]:
         agent = _agent(root / "digits", MODEL, manifest(), grpc_port=0)
         try:
             rest, base = _time(agent, "digits", "pixels", x, OnnxRuntime(MODEL), small_n)
+            floor_ms = _floor(agent, small_n) * 1e3
             rows.append(_row("digits", rest, base, 0.5, prefix="v2_grpc",
-                             message_bytes=x.nbytes))
+                             message_bytes=x.nbytes, empty_call_ms=round(floor_ms, 3)))
+            rows[-1]["why"] += (f"; an empty call (ServerLive) alone takes {floor_ms:.3f} ms "
+                                "with Python's grpcio on both ends")
         finally:
             agent.stop()
         det = build_zoo(root / "zoo", ["text-detector"])["text-detector"]
