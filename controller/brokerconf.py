@@ -5,7 +5,11 @@
 and ``acl`` (0600). Devices authenticate with their device id as username; ACL
 patterns on ``%u`` give each one only its own topics, in the right direction, and the
 controller user everything under ``fleet/v1``. Anonymous clients are refused. Revoking
-a device is rewriting ``passwd`` without it and sending Mosquitto SIGHUP.
+a device is rewriting ``passwd`` without it and sending Mosquitto SIGHUP. Client ids are
+bound to usernames (``use_username_as_clientid``): a device that connects with another
+device's or the controller's client id cannot take over that session. The controller's
+client id is therefore its username; controller replicas on such a broker each need a
+username of their own.
 
 The files are written 0600: make them owned by the user Mosquitto runs as
 (``chown mosquitto: passwd acl``), since a broker started as root drops to that user.
@@ -22,8 +26,8 @@ from edgefleet.contract import PREFIX
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.topics import valid_device_id
 
-__all__ = ["password_line", "render_acl", "render_conf", "write_broker_config",
-           "write_credentials"]
+__all__ = ["LISTENER_LINES", "auth_lines", "password_line", "render_acl", "render_conf",
+           "write_broker_config", "write_credentials"]
 
 _ITERATIONS = 101  # what mosquitto_passwd writes for $7$
 
@@ -49,19 +53,36 @@ def render_acl(controller_user: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# per listener (written after each ``listener`` line: before any, Mosquitto would open
+# a default listener on 1883 for it): a client's id is its username, so a device that
+# connects with another's client id gets its own anyway and cannot close that session
+LISTENER_LINES = ("use_username_as_clientid true",)
+
+
+def auth_lines(directory: Path) -> list[str]:
+    """The global directives that decide who may connect: no anonymous clients, ``passwd``
+    and ``acl``; ``LISTENER_LINES`` go with each listener."""
+    return ["allow_anonymous false", f"password_file {directory / 'passwd'}",
+            f"acl_file {directory / 'acl'}"]
+
+
 def render_conf(directory: Path, *, port: int, host: str = "0.0.0.0",
                 tls: tuple[Path, Path, Path] | None = None) -> str:
-    """``mosquitto.conf`` for a listener (plain or TLS) using ``passwd`` and ``acl``."""
+    """``mosquitto.conf`` for a listener (plain or TLS) using ``passwd`` and ``acl``.
+
+    ``host`` is the address the listener binds; the default, every interface, is what a
+    broker that devices reach over the network needs, and the file says so."""
     conf = [
         "per_listener_settings false",
-        "allow_anonymous false",
-        f"password_file {directory / 'passwd'}",
-        f"acl_file {directory / 'acl'}",
+        *auth_lines(directory),
         "persistence true",
         f"persistence_location {directory}/",
         "max_queued_messages 10000",
         "max_packet_size 1048576",
+        f"# {'every interface' if host in ('0.0.0.0', '::') else host}: where devices "
+        "connect from; narrow it with --host",
         f"listener {port} {host}",
+        *LISTENER_LINES,
     ]
     if tls is not None:
         ca, cert, key = tls

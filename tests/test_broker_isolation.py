@@ -12,7 +12,13 @@ import pytest
 from _support import TOKEN, register_digits, wait_deployment, wait_devices_known
 
 from edgefleet.controller import FleetController, Settings
-from edgefleet.controller.brokerconf import password_line, render_acl, write_broker_config
+from edgefleet.controller.brokerconf import (
+    LISTENER_LINES,
+    auth_lines,
+    password_line,
+    render_acl,
+    write_broker_config,
+)
 from edgefleet.simulations.brokers import MosquittoProcess
 from edgefleet.simulations.fleet import Fleet
 
@@ -28,21 +34,25 @@ def secured(tmp_path):
                         controller_password=ctl_pw, port=8883)
     # started as root, mosquitto would drop to its own user and lose the 0600 files
     as_root = "user root\n" if os.geteuid() == 0 else ""
+    # the generated config's own authentication directives (mosquitto.conf's listener and
+    # persistence are the fixture's: a free loopback port, a temporary directory)
+    auth = "\n".join([*(line for line in auth_lines(conf_dir) if "anonymous" not in line),
+                      *LISTENER_LINES])  # appended after the fixture's one listener
     broker = MosquittoProcess(workdir=tmp_path / "mq", anonymous=False,
-                              extra_config=f"password_file {conf_dir / 'passwd'}\n"
-                                           f"acl_file {conf_dir / 'acl'}\n{as_root}")
+                              extra_config=f"{auth}\n{as_root}")
     broker.start()
     yield {"broker": broker, "creds": creds, "ctl_pw": ctl_pw, "dir": conf_dir}
     broker.stop()
 
 
-def _client(broker: MosquittoProcess, user: str | None, password: str | None):
+def _client(broker: MosquittoProcess, user: str | None, password: str | None,
+            client_id: str | None = None):
     """Connect and return (client, connect reason code, received messages)."""
     got: list[tuple[str, bytes]] = []
     done = threading.Event()
     rc: list[int] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{secrets.token_hex(3)}",
-                    protocol=mqtt.MQTTv311)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                    client_id=client_id or f"t-{secrets.token_hex(3)}", protocol=mqtt.MQTTv311)
     if user is not None:
         c.username_pw_set(user, password)
     c.on_connect = lambda _c, _u, _f, reason, _p=None: (rc.append(reason.value), done.set())
@@ -257,3 +267,37 @@ def test_the_tls_listener_verifies_both_ways_and_carries_a_whole_deployment(
 
     _deploy_through(tls_broker["url"], creds, tls_broker["ctl_pw"], tmp_path, trust_root,
                     ca=ca)
+
+
+def test_a_device_cannot_take_over_another_clients_session(secured):
+    """Under the generated config a client's id is its username: pi-b connecting with
+    pi-a's or the controller's client id gets its own, and their sessions stay up."""
+    broker, creds = secured["broker"], secured["creds"]
+    ctl, rc_ctl, ctl_got = _client(broker, CTL_USER, secured["ctl_pw"], client_id=CTL_USER)
+    a, rc_a, _ = _client(broker, "pi-a", creds["pi-a"], client_id="pi-a")
+    assert rc_ctl == 0 and rc_a == 0
+    dropped = {"ctl": threading.Event(), "pi-a": threading.Event()}
+    ctl.on_disconnect = lambda *_a, **_k: dropped["ctl"].set()
+    a.on_disconnect = lambda *_a, **_k: dropped["pi-a"].set()
+    seen = threading.Event()
+    ctl.on_message = lambda _c, _u, msg: seen.set() if msg.topic.endswith("pi-a/birth") \
+        else None
+    subscribed = threading.Event()
+    ctl.on_subscribe = lambda *_a, **_k: subscribed.set()
+    ctl.subscribe("fleet/v1/dev/+/birth", qos=1)
+    assert subscribed.wait(5)
+    try:
+        for stolen in ("pi-a", CTL_USER):
+            thief, rc_t, _ = _client(broker, "pi-b", creds["pi-b"], client_id=stolen)
+            assert rc_t == 0  # connected, but as pi-b
+            thief.disconnect()
+            thief.loop_stop()
+        # the victims' sessions are still the ones that connected first: a message from
+        # pi-a reaches the controller through both
+        a.publish("fleet/v1/dev/pi-a/birth", b"{}", qos=1).wait_for_publish(5)
+        assert seen.wait(5)
+        assert not dropped["ctl"].is_set() and not dropped["pi-a"].is_set()
+    finally:
+        for c in (ctl, a):
+            c.disconnect()
+            c.loop_stop()
