@@ -193,7 +193,9 @@ class JobRunner:
             except EdgefleetError as exc:
                 log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
                 self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
+                self.agent.updater.clear()  # a failed job's download is of no further use
             except Exception as exc:  # never let a bad bundle kill the worker
+                self.agent.updater.clear()  # on a full disk, the partial download first
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     # the device's fault, not the bundle's: say so; the old model stays
                     log.error("job %s: out of disk space: %s", desired.job, exc)

@@ -38,6 +38,9 @@ __all__ = ["AgentLink", "NetworkLoop"]
 
 log = logging.getLogger(__name__)
 Handler = Callable[[bytes], None]
+# a controller announcing itself again within this window gets no second birth (after
+# an online: false, the next announcement always does)
+_REBIRTH_EVERY_S = 5.0
 
 
 class NetworkLoop(Protocol):
@@ -84,6 +87,7 @@ class AgentLink:
         self.bd_seq = int(time.time() * 1000)
         self.malformed = 0
         self.connects = 0
+        self._rebirth_at = -_REBIRTH_EVERY_S
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
         # paho's stubs say int, its loop takes float seconds
@@ -187,7 +191,13 @@ class AgentLink:
             self.malformed += 1
             log.warning("dropped malformed controller state")
             return
-        if online and not retained and self.connected.is_set():
+        if not online:
+            self._rebirth_at = -_REBIRTH_EVERY_S  # the next controller gets a birth at once
+        elif not retained and self.connected.is_set():
+            now = time.monotonic()
+            if now - self._rebirth_at < _REBIRTH_EVERY_S:
+                return  # one birth answers a burst of announcements
+            self._rebirth_at = now
             self._client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
 
     def _on_chunk(self, chunk: ChunkResponse) -> None:

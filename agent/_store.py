@@ -173,7 +173,8 @@ def open_store(path: Path, *, window_s: float) -> sqlite3.Connection:
         StoreError: the file's schema is newer than this agent.
         sqlite3.DatabaseError: not a SQLite file, or a damaged one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         if not db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
@@ -197,22 +198,46 @@ def open_or_start_over(path: Path, *, window_s: float) -> sqlite3.Connection:
     """``open_store``, but a store that cannot be used — damaged, or from a newer agent —
     is moved aside (``<name>.unusable-<time>-<id>``, kept for inspection) and a new one
     started, with an error logged: the agent keeps serving rather than failing to start.
+    Where nothing can be written (a read-only or immutable state directory), the store
+    is kept in memory instead, and the error says so: records then last until a restart.
 
     Raises:
-        OSError: the state directory cannot be written.
-        sqlite3.Error: not even a new store can be made there.
+        sqlite3.Error: not even a store in memory can be made.
     """
     try:
         return open_store(path, window_s=window_s)
-    except (StoreError, sqlite3.DatabaseError) as exc:
-        aside = path.with_name(f"{path.name}.unusable-{int(time.time())}-{uuid.uuid4().hex[:6]}")
-        log.error("telemetry store %s cannot be used (%s); moved to %s, starting a new one",
-                  path, exc, aside)
-        for suffix in ("", "-wal", "-shm"):
-            part = path.with_name(path.name + suffix)
-            if part.exists():
-                part.replace(aside.with_name(aside.name + suffix))
-        return open_store(path, window_s=window_s)
+    except (StoreError, sqlite3.DatabaseError, OSError) as first:
+        exc: Exception = first
+        if isinstance(exc, StoreError) or _writable(path.parent):
+            aside = path.with_name(f"{path.name}.unusable-{int(time.time())}-"
+                                   f"{uuid.uuid4().hex[:6]}")
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    part = path.with_name(path.name + suffix)
+                    if part.exists():
+                        part.replace(aside.with_name(aside.name + suffix))
+                log.error("telemetry store %s cannot be used (%s); moved to %s, starting a "
+                          "new one", path, exc, aside)
+                return open_store(path, window_s=window_s)
+            except (OSError, sqlite3.Error) as again:
+                exc = again
+        log.error("telemetry store %s cannot be written (%s): telemetry is kept in memory "
+                  "until a restart finds the state directory writable; the installed model "
+                  "is served", path, exc)
+        return open_store(Path(":memory:"), window_s=window_s)
+
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be made in ``directory`` (root ignores permission bits, not a
+    read-only mount or an immutable directory, so this tries)."""
+    probe = directory / f".write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def disk_bytes(path: Path) -> int:

@@ -38,6 +38,7 @@ from edgefleet.contract.hardware import detect
 from ._jobs import JobRunner
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
+from ._logs import Repeating
 from ._mqtt import AgentLink, NetworkLoop
 from ._signature import v2_shape
 from ._system import SystemMetrics
@@ -506,11 +507,14 @@ class Agent:
 
     # -- telemetry loop ---------------------------------------------------------------
     def _loop(self) -> None:
+        failing = Repeating(log, "agent loop")
         while not self._stop.wait(self.config.loop_interval_s):
             try:
                 self.tick()
-            except Exception:
-                log.exception("agent loop error")
+            except Exception as exc:
+                failing.failed(exc)
+            else:
+                failing.ok()
 
     def tick(self) -> None:
         """Judge the health window, close due windows, publish unacked summaries."""

@@ -38,6 +38,7 @@ import numpy as np
 
 from edgefleet.contract import Summary
 
+from ._logs import Repeating
 from ._retention import Budget, Eviction, StoreState, plan_eviction, raw_row_bytes
 from ._store import (
     SCHEMA_VERSION,
@@ -105,10 +106,13 @@ class TelemetryBuffer:
         self._high_water = max(1, queue_max // 2)
         self._lock = threading.RLock()
         self._drop_lock = threading.Lock()
+        self._failing = Repeating(log, "telemetry write (records counted as dropped)")
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._db = db = open_or_start_over(path, window_s=window_s)
+        # a state directory that cannot be written: records last until a restart
+        self.in_memory = not db.execute("PRAGMA database_list").fetchone()[2]
         self.budget = Budget(max_bytes, db.execute("PRAGMA page_size").fetchone()[0])
         self.stream = get_meta(db, "stream") or ""
         self.counters = {k: int(get_meta(db, k) or 0) for k in _COUNTERS}
@@ -196,19 +200,20 @@ class TelemetryBuffer:
             batch = [q.popleft() for _ in range(min(len(q), limit))]
             try:
                 self._write_batch(batch)
-            except (sqlite3.Error, ValueError, OverflowError):  # rolled back: the store
-                # stays usable; the records are counted as dropped, never silently gone
-                log.exception("telemetry write failed; %d records lost (counted as dropped)",
-                              len(batch))
+            except (sqlite3.Error, ValueError, OverflowError) as exc:  # rolled back: the
+                # store stays usable; the records are counted as dropped, never silently gone
+                self._failing.failed(exc)
                 self._rollback()
                 with self._drop_lock:
                     self._dropped += len(batch)
                 continue
             try:
                 self._enforce()
-            except sqlite3.Error:
-                log.exception("telemetry store: enforcing the cap failed")
+            except sqlite3.Error as exc:
+                self._failing.failed(exc)
                 self._rollback()
+            else:
+                self._failing.ok()
 
     def _write_batch(self, batch: list[Record]) -> None:
         ts, models, versions, lats, kinds, tops, xs, specs = zip(*batch, strict=True)
@@ -502,5 +507,6 @@ class TelemetryBuffer:
                 "open_windows": len(self._windows), "dropped": self.dropped,
                 "evicted_raw": self.counters["evicted_raw"], "evicted_summaries": lost,
                 "queued": len(self._queue), "stream": self.stream,
+                "in_memory": self.in_memory,
                 "schema_version": SCHEMA_VERSION}
 

@@ -91,7 +91,10 @@ def _job(view: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(ctl: FleetController) -> FastAPI:
     """Build the API around a controller (started by the caller)."""
-    app = FastAPI(title="edgefleet controller", version="1", dependencies=[Depends(authorize)])
+    public = ctl.settings.public_api_docs
+    app = FastAPI(title="edgefleet controller", version="1", dependencies=[Depends(authorize)],
+                  docs_url="/docs" if public else None, redoc_url="/redoc" if public else None,
+                  openapi_url="/openapi.json" if public else None)
     app.state.edgefleet = ctl
     app.add_middleware(AuditMiddleware)
 

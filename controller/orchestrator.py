@@ -23,6 +23,7 @@ from .auth import approval_refusal
 from .lease import Lease
 from .rollout import (
     JOB_DONE,
+    JOB_SETTLED,
     CohortMetrics,
     RolloutPolicy,
     evaluate_shadow,
@@ -136,7 +137,8 @@ class Orchestrator:
         # fails before anything is sent
         manifests = {device: self._manifest_for(model, version, device) for device in devices}
         for device in devices:
-            fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
+            fields: dict[str, Any] = {"job": job, "state": state, "progress": {},
+                                      "status_ts": None}
             if not downgrade:  # a rollback keeps the reason the device failed with
                 fields.update(reason="", detail="")
             if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know
@@ -285,8 +287,10 @@ class Orchestrator:
         if now - dep["phase_started_at"] < policy.wave_timeout_s:
             return
         for device, s in states.items():
-            if s not in ("healthy", "failed", "rolled_back"):
+            if s not in JOB_SETTLED:  # and still not, when stored: a status that lands
+                # between the read and this write keeps what the device said
                 self.store.update_job(dep["id"], device, state="timed_out",
+                                      unless_states=JOB_SETTLED,
                                       reason=f"silent_{policy.silent}",
                                       detail=f"no answer within {policy.wave_timeout_s:.0f}s")
 

@@ -45,7 +45,7 @@ from .optimizations import OptimizationJobs
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
-from .rollout import JOB_SETTLED, RolloutPolicy, needs_redrive
+from .rollout import RolloutPolicy, needs_redrive
 from .settings import Settings
 from .signing import TrustRepository
 from .store import Store
@@ -288,13 +288,15 @@ class FleetController:
             fields.update(detail=f"{status.reason}: {status.detail}"[:500])
         if status.progress:
             fields["progress"] = status.progress
-        # A device reports a job's steps in order, but with replicas two of its statuses
-        # may be handled by two controllers at once: a step never overwrites how it ended.
-        settled = () if status.state in JobState.TERMINAL else JOB_SETTLED
-        if self.store.update_job(status.deployment, device, only_job=status.job,
-                                 unless_states=settled, **fields):
+        # statuses arrive out of order (a broker's redelivery, two replicas at once, a
+        # device republishing its last ones): the newest by the device's clock wins, and
+        # a job that ended stays ended (rollout.job_status_applies)
+        outcome = self.store.apply_job_status(status.deployment, device, status.job,
+                                              status.ts, **fields)
+        if outcome == "applied":
             return
-        if status.state in (JobState.FAILED, JobState.ROLLED_BACK) and status.reason:
+        if outcome == "other_job" and status.state in (JobState.FAILED,
+                                                       JobState.ROLLED_BACK) and status.reason:
             # the controller moved on (e.g. a rollback) before this failure arrived:
             # keep why the device failed, without changing where it is now
             self.store.update_job(status.deployment, device, only_reason="",

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # controller); one replica at a time leads (rollouts, alerts, retention, re-signing)
     share_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     max_upload_bytes: int = 200 * 1024 * 1024
+    # /docs, /redoc and /openapi.json without a token: the API's shape is what the open
+    # source already says; False serves none of them
+    public_api_docs: bool = True
     # deployments to a device with this tag (key=value; "" disables) wait for a second person
     production_tag: str = "env=production"
 

@@ -78,3 +78,101 @@ def test_integers_beyond_64_bits_in_the_api_are_a_422_not_a_500(controller):
             resp = client.request(method, url, json=body)
             assert resp.status_code == 422, (url, resp.status_code, resp.text[:200])
         assert client.get("/v1/models/digits/9223372036854775807").status_code == 404
+
+
+def test_stale_job_statuses_do_not_change_a_job_that_ended(controller, make_fleet):
+    from _support import job_of, register_digits, wait_deployment, wait_devices_known
+
+    from edgefleet.contract import JobStatus
+
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    (device,) = fleet.ids
+    dep = wait_deployment(controller, controller.deploy(
+        "digits", register_digits(controller)["version"])["id"])
+    assert dep["state"] == "succeeded" and job_of(dep, device)["state"] == "healthy"
+    job = job_of(dep, device)
+    for state in ("failed", "rolled_back", "downloading"):  # replayed or delayed, any time
+        controller._on_status(device, JobStatus(job=dep["id"], deployment=dep["id"],
+                                                state=state, ts=1.0, reason="x"))
+    after = controller.store.get_deployment(dep["id"])
+    assert after["state"] == "succeeded"
+    assert job_of(after, device)["state"] == "healthy"
+    assert job_of(after, device)["reason"] == job["reason"]
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_the_api_description_is_public_or_not_served_at_all(tmp_path, trust_root, public):
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller import FleetController, Settings
+    from edgefleet.controller.api import create_app
+
+    ctl = FleetController(Settings(db_url=f"sqlite:///{tmp_path / 'c.db'}",
+                                   keys_dir=trust_root.parent, data_dir=tmp_path / "ctl",
+                                   admin_token="t" * 24, public_api_docs=public))
+    with TestClient(create_app(ctl), raise_server_exceptions=False) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == (200 if public else 404), path
+        assert client.get("/v1/models").status_code == 401  # everything else needs a token
+
+
+def test_a_burst_of_controller_announcements_gets_one_birth_and_deep_json_is_counted(
+        tmp_path, trust_root):
+    from edgefleet.agent import AgentConfig
+    from edgefleet.agent._mqtt import AgentLink
+
+    births: list[int] = []
+    link = AgentLink(AgentConfig(device_id="pi-9", state_dir=tmp_path, trust_root=trust_root),
+                     birth=lambda seq: births.append(seq) or b"{}", handlers={})
+    link._client.publish = lambda *a, **k: None  # not connected to a broker here
+    link.connected.set()
+    for _ in range(50):
+        link._on_controller_state(b'{"online": true}', retained=False)
+    assert len(births) == 1
+    link._on_controller_state(b'{"online": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+                              retained=False)
+    assert link.malformed == 1 and len(births) == 1
+    link._on_controller_state(b'{"online": false}', retained=False)
+    link._on_controller_state(b'{"online": true}', retained=False)  # a restarted controller
+    assert len(births) == 2
+
+
+def test_a_read_only_state_directory_still_serves_the_installed_model(tmp_path, trust_root):
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from _support import ASSETS
+
+    from edgefleet.agent import Agent, AgentConfig
+    from edgefleet.contract import Manifest, TensorSpec, sha256_file
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr (e2fsprogs) is needed to make a directory immutable")
+    digest, length = sha256_file(str(ASSETS / "digits.onnx"))
+    m = Manifest(name="digits", version=1, runtime="onnxruntime", model_file="model.onnx",
+                 model_sha256=digest, model_length=length,
+                 inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                 outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
+    config = AgentConfig(device_id="ro-1", state_dir=tmp_path / "state", trust_root=trust_root,
+                         broker_url="mqtt://127.0.0.1:1", api_port=0, trust_check_interval_s=0)
+    first = Agent(config)
+    first.store.activate(first.store.install(m, m.encode(), ASSETS / "digits.onnx").ref)
+    first.start()
+    first.stop()
+    state = str(tmp_path / "state")
+    if subprocess.run(["chattr", "-R", "+i", state], capture_output=True).returncode:
+        pytest.skip("this filesystem has no immutable flag")
+    try:
+        agent = Agent(config)  # root ignores permission bits, not the immutable flag
+        agent.start()
+        try:
+            x = np.load(ASSETS / "eval.npz")["x"][:1].astype(np.float32)
+            assert agent.predict(x).outputs["probs"].shape == (1, 10)
+            assert agent.status()["buffer"]["in_memory"] is True
+        finally:
+            agent.stop()
+        assert not list((tmp_path / "state").glob("telemetry.db.unusable-*"))  # not claimed
+    finally:
+        subprocess.run(["chattr", "-R", "-i", state], check=True)

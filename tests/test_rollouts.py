@@ -173,15 +173,19 @@ def test_a_silent_device_does_not_hold_the_rollout_past_the_wave_timeout(env):
     alt = register_digits(ctl, env["files"]["alt"])
     policy = RolloutPolicy(strategy="all-at-once", wave_timeout_s=8.0, silent="skipped",
                            max_failure_rate=0.0)
-    started = time.monotonic()
     dep = wait_deployment(ctl, ctl.deploy("digits", alt["version"], policy=policy)["id"], 60)
-    elapsed = time.monotonic() - started
 
     assert dep["state"] == "succeeded"
-    assert elapsed < 8.0 + 6.0
+    # held for the wave timeout, not until the silent device answers: from the wave's
+    # start (after its bundle was signed) to the deployment's end, a few ticks over 8 s
+    at = {e["kind"]: e["ts"] for e in dep["events"]}
+    assert 8.0 <= at["succeeded"] - at["wave_started"] < 8.0 + 3.0, at
     states = {j["device"]: j["state"] for j in dep["jobs"]}
     assert states.pop(silent) == "timed_out"
-    assert set(states.values()) == {"healthy"}
+    # a device slower than the wave timeout is marked timed out too, and its healthy
+    # status, when it comes, still counts
+    wait_until(lambda: {j["state"] for j in ctl.store.get_deployment(dep["id"])["jobs"]
+                        if j["device"] != silent} == {"healthy"}, 30)
 
     fleet.restore(silent)  # it catches up from its retained desired state
     wait_until(lambda: fleet.agents[silent].active.version == alt["version"], 30)
