@@ -34,6 +34,7 @@ from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
 from ._api_types import INT64_MAX, VersionPath
+from .auth import DEVICE, PUBLIC, ROUTES
 from .optimizations import QUEUE_FULL
 from .orchestrator import describe
 from .rollout import RolloutPolicy
@@ -89,12 +90,36 @@ def _job(view: dict[str, Any]) -> dict[str, Any]:
     return {**view, "result": _public(view["result"]) if view["result"] else None}
 
 
+class ApiError(BaseModel):
+    """Every error answer: ``detail`` says what was wrong (for a request that does not fit
+    its schema, FastAPI's list of the fields at fault), ``reason`` a stable code when the
+    controller refused it for a reason of its own (``not_found``, ``queue_full``…)."""
+
+    detail: str | list[Any]
+    reason: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ApiError, "description": text} for status, text in (
+        (400, "The request cannot be read (a malformed body or upload)"),
+        (401, "No token, or an unknown, revoked or expired one"),
+        (403, "The token's role may not do this"),
+        (404, "No such model, version, deployment, device, token or job"),
+        (409, "It conflicts with what is there (a version that exists, a state that "
+              "does not allow it)"),
+        (413, "The upload is larger than the controller accepts"),
+        (422, "A field is missing, of the wrong type or out of range, or the controller "
+              "refuses the value"),
+        (429, "Busy: the same call works later (Retry-After)"),
+    )}
+
+
 def create_app(ctl: FleetController) -> FastAPI:
     """Build the API around a controller (started by the caller)."""
     public = ctl.settings.public_api_docs
     app = FastAPI(title="edgefleet controller", version="1", dependencies=[Depends(authorize)],
                   docs_url="/docs" if public else None, redoc_url="/redoc" if public else None,
-                  openapi_url="/openapi.json" if public else None)
+                  openapi_url="/openapi.json" if public else None, responses=_ERRORS)
     app.state.edgefleet = ctl
     app.add_middleware(AuditMiddleware)
 
@@ -301,4 +326,23 @@ def create_app(ctl: FleetController) -> FastAPI:
     add_telemetry_routes(app, ctl)
     add_metrics_route(app, ctl)
     check_routes(app)
+    _declare_open_routes(app)
     return app
+
+
+def _declare_open_routes(app: FastAPI) -> None:
+    """The spec says which routes need no bearer token (``/healthz``; ``/v1/provision``,
+    which checks the claim token in its body): ``security: []`` on those operations."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            for (method, path), role in ROUTES.items():
+                op = spec.get("paths", {}).get(path, {}).get(method.lower())
+                if op is not None and role in (PUBLIC, DEVICE):
+                    op["security"] = []
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -169,25 +169,28 @@ def test_a_silent_device_does_not_hold_the_rollout_past_the_wave_timeout(env):
     ctl, fleet = env["ctl"], env["fleet"]
     silent = fleet.ids[7]
     fleet.cut(silent)
-    wait_until(lambda: not ctl.store.get_device(silent)["online"], 15)
-    alt = register_digits(ctl, env["files"]["alt"])
-    policy = RolloutPolicy(strategy="all-at-once", wave_timeout_s=8.0, silent="skipped",
-                           max_failure_rate=0.0)
-    dep = wait_deployment(ctl, ctl.deploy("digits", alt["version"], policy=policy)["id"], 60)
+    try:
+        wait_until(lambda: not ctl.store.get_device(silent)["online"], 15)
+        alt = register_digits(ctl, env["files"]["alt"])
+        policy = RolloutPolicy(strategy="all-at-once", wave_timeout_s=8.0, silent="skipped",
+                               max_failure_rate=0.0)
+        dep = wait_deployment(ctl, ctl.deploy("digits", alt["version"], policy=policy)["id"],
+                              60)
 
-    assert dep["state"] == "succeeded"
-    # held for the wave timeout, not until the silent device answers: from the wave's
-    # start (after its bundle was signed) to the deployment's end, a few ticks over 8 s
-    at = {e["kind"]: e["ts"] for e in dep["events"]}
-    assert 8.0 <= at["succeeded"] - at["wave_started"] < 8.0 + 3.0, at
-    states = {j["device"]: j["state"] for j in dep["jobs"]}
-    assert states.pop(silent) == "timed_out"
-    # a device slower than the wave timeout is marked timed out too, and its healthy
-    # status, when it comes, still counts
-    wait_until(lambda: {j["state"] for j in ctl.store.get_deployment(dep["id"])["jobs"]
-                        if j["device"] != silent} == {"healthy"}, 30)
-
-    fleet.restore(silent)  # it catches up from its retained desired state
+        assert dep["state"] == "succeeded"
+        # held for the wave timeout, not until the silent device answers: from the wave's
+        # start to the deployment's end, 8 s and the orchestrator's ticks (signing each
+        # device's bundle comes first, and on a busy machine takes a few seconds)
+        at = {e["kind"]: e["ts"] for e in dep["events"]}
+        assert 8.0 <= at["succeeded"] - at["wave_started"] < 8.0 + 6.0, at
+        states = {j["device"]: j["state"] for j in dep["jobs"]}
+        assert states.pop(silent) == "timed_out"
+        # a device slower than the wave timeout is marked timed out too, and its healthy
+        # status, when it comes, still counts
+        wait_until(lambda: {j["state"] for j in ctl.store.get_deployment(dep["id"])["jobs"]
+                            if j["device"] != silent} == {"healthy"}, 30)
+    finally:  # the next tests share this fleet
+        fleet.restore(silent)  # it catches up from its retained desired state
     wait_until(lambda: fleet.agents[silent].active.version == alt["version"], 30)
 
 
