@@ -25,7 +25,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._api_types import SeqQuery
 from ._token_store import public_token
-from .auth import DEVICE, PUBLIC, ROUTES, Principal, allows, check_table, split_token, token_refusal
+from .auth import (
+    DEVICE,
+    PUBLIC,
+    ROUTES,
+    TOKEN_NAME_PATTERN,
+    Principal,
+    allows,
+    check_table,
+    split_token,
+    token_refusal,
+)
 
 if TYPE_CHECKING:
     from .service import FleetController
@@ -183,7 +193,9 @@ def _error_text(body: bytes) -> str:
 
 class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64, description="the actor name in audit")
+    name: str = Field(pattern=TOKEN_NAME_PATTERN,
+                      description="the actor name in audit: 1-64 letters, digits, '.', '_', "
+                                  "'@' or '-' (not a reserved name: admin, the controller's)")
     role: Literal["viewer", "operator", "admin"]
     ttl_s: float | None = Field(None, gt=0, le=10 * 365 * 86400,
                                 description="seconds until it expires (none: never)")

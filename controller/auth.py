@@ -35,6 +35,7 @@ __all__ = [
     "DEVICE",
     "OPERATOR",
     "PUBLIC",
+    "TOKEN_NAME_PATTERN",
     "RESERVED_NAMES",
     "ROLES",
     "ROUTES",
@@ -99,7 +100,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
 # Actor names that are not tokens: the bootstrap admin token and the controller itself.
 RESERVED_NAMES: Final = frozenset({"admin", "orchestrator", "controller", "system",
                                    "anonymous", "device"})
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
+_NAME = re.compile(TOKEN_NAME_PATTERN)
 _PREFIX: Final = "eft"
 
 

@@ -288,12 +288,17 @@ def job_status_applies(stored_state: str, stored_ts: float | None, new_state: st
 
     A job that ended (``JOB_SETTLED``: healthy, failed, rolled back, reverted…) stays
     ended: the device does not run the same job again, so a later status for it is a
-    re-delivery or a stale message. Otherwise statuses apply in the device's own order:
-    one older than the status already stored (by the device's ``ts``) is stale, whatever
-    order the broker or two controller replicas handled them in.
+    re-delivery or a stale message. An end is the device's last word on the job and
+    applies whatever its time: the device's threads stamp their statuses separately
+    (the health verdict can carry an earlier time than the "activated" sent beside it).
+    Steps in between apply in the device's order: one older than the status already
+    stored (by the device's ``ts``) is stale, whatever order the broker or two controller
+    replicas handled them in.
     """
     if stored_state in JOB_SETTLED:
         return False
+    if new_state in JOB_SETTLED:
+        return True
     return stored_ts is None or new_ts >= stored_ts
 
 
