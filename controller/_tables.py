@@ -81,8 +81,6 @@ jobs = sa.Table(
     sa.Column("arm", sa.String(16), nullable=False, server_default=""),
     sa.Column("from_model", sa.String(128), nullable=True),
     sa.Column("from_version", sa.Integer, nullable=True),
-    # the device's time of the status this row holds (schema 6): older ones are stale
-    sa.Column("status_ts", sa.Float, nullable=True),
 )
 telemetry = sa.Table(  # raw summaries, one per (device, stream, seq); see _telemetry_store
     "telemetry", meta,

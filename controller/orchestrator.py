@@ -137,8 +137,7 @@ class Orchestrator:
         # fails before anything is sent
         manifests = {device: self._manifest_for(model, version, device) for device in devices}
         for device in devices:
-            fields: dict[str, Any] = {"job": job, "state": state, "progress": {},
-                                      "status_ts": None}
+            fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
             if not downgrade:  # a rollback keeps the reason the device failed with
                 fields.update(reason="", detail="")
             if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know

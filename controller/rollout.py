@@ -24,7 +24,6 @@ __all__ = [
     "cohort_position",
     "evaluate_shadow",
     "evaluate_wave",
-    "job_status_applies",
     "needs_redrive",
     "plan_waves",
     "split_arms",
@@ -280,26 +279,6 @@ def evaluate_shadow(m: ShadowMetrics, *, started_at: float, now: float,
         return Decision("reject", "latency", figures,
                         f"candidate/active latency {ratio:.2f} > {policy.max_latency_ratio:.2f}")
     return Decision("promote", "", figures, f"agreement {m.agreement:.3f}")
-
-
-def job_status_applies(stored_state: str, stored_ts: float | None, new_state: str,
-                       new_ts: float) -> bool:
-    """Whether a device's status for the job in force may replace what is stored.
-
-    A job that ended (``JOB_SETTLED``: healthy, failed, rolled back, reverted…) stays
-    ended: the device does not run the same job again, so a later status for it is a
-    re-delivery or a stale message. An end is the device's last word on the job and
-    applies whatever its time: the device's threads stamp their statuses separately
-    (the health verdict can carry an earlier time than the "activated" sent beside it).
-    Steps in between apply in the device's order: one older than the status already
-    stored (by the device's ``ts``) is stale, whatever order the broker or two controller
-    replicas handled them in.
-    """
-    if stored_state in JOB_SETTLED:
-        return False
-    if new_state in JOB_SETTLED:
-        return True
-    return stored_ts is None or new_ts >= stored_ts
 
 
 def needs_redrive(*, desired_model: str, desired_version: int, mode: str,

@@ -45,7 +45,7 @@ from .optimizations import OptimizationJobs
 from .orchestrator import ACTIVE, Orchestrator
 from .provisioning import Provisioner, reload_command
 from .registry import Registry
-from .rollout import RolloutPolicy, needs_redrive
+from .rollout import JOB_SETTLED, RolloutPolicy, needs_redrive
 from .settings import Settings
 from .signing import TrustRepository
 from .store import Store
@@ -289,14 +289,14 @@ class FleetController:
         if status.progress:
             fields["progress"] = status.progress
         # statuses arrive out of order (a broker's redelivery, two replicas at once, a
-        # device republishing its last ones): the newest by the device's clock wins, and
-        # a job that ended stays ended (rollout.job_status_applies)
-        outcome = self.store.apply_job_status(status.deployment, device, status.job,
-                                              status.ts, **fields)
-        if outcome == "applied":
+        # device republishing its last ones): a job that ended stays ended, and a step
+        # never overwrites an end (one UPDATE, so it holds between replicas too)
+        if self.store.update_job(status.deployment, device, only_job=status.job,
+                                 unless_states=JOB_SETTLED, **fields):
             return
-        if outcome == "other_job" and status.state in (JobState.FAILED,
-                                                       JobState.ROLLED_BACK) and status.reason:
+        current = self.store.get_job(status.deployment, device)
+        if (current or {}).get("job") != status.job and status.state in (
+                JobState.FAILED, JobState.ROLLED_BACK) and status.reason:
             # the controller moved on (e.g. a rollback) before this failure arrived:
             # keep why the device failed, without changing where it is now
             self.store.update_job(status.deployment, device, only_reason="",

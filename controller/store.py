@@ -31,7 +31,7 @@ from ._audit_store import AuditStore
 from ._tables import deployments, desired, devices, events, jobs, models
 from ._telemetry_store import TelemetryStore
 from ._token_store import TokenStore
-from .rollout import CohortMetrics, ShadowMetrics, job_status_applies
+from .rollout import CohortMetrics, ShadowMetrics
 
 __all__ = ["Store", "create_engine", "schema_status", "upgrade_schema"]
 
@@ -305,36 +305,6 @@ class Store:
             q = q.where(jobs.c.reason == only_reason)
         with self.engine.begin() as c:
             return bool(c.execute(q.values(updated_at=time.time(), **values)).rowcount)
-
-    def apply_job_status(self, dep_id: str, device: str, job: str, ts: float,
-                         **values: Any) -> str:
-        """Store a device's status for ``job`` if ``rollout.job_status_applies`` says it
-        may replace what the row holds: ``"applied"``, ``"stale"`` (older than the stored
-        status, or the job already ended) or ``"other_job"`` (another job is in force).
-        Compare-and-set on what was read, so two replicas storing two statuses of one
-        device at once end with the newer one."""
-        key = (jobs.c.deployment == dep_id, jobs.c.device == device)
-        for _ in range(20):
-            # the read and the conditional write are separate statements: a transaction
-            # that reads and then writes must upgrade its lock, which SQLite refuses at
-            # once (no busy wait) when another connection wrote in between
-            with self.engine.connect() as c:
-                row = c.execute(sa.select(jobs.c.job, jobs.c.state, jobs.c.status_ts)
-                                .where(*key)).first()
-            if row is None or row.job != job:
-                return "other_job"
-            if not job_status_applies(row.state, row.status_ts, values["state"], ts):
-                return "stale"
-            same_ts = (jobs.c.status_ts.is_(None) if row.status_ts is None
-                       else jobs.c.status_ts == row.status_ts)
-            with self.engine.begin() as c:
-                done = c.execute(jobs.update().where(*key, jobs.c.job == job,
-                                                     jobs.c.state == row.state, same_ts)
-                                 .values(updated_at=time.time(), status_ts=ts, **values))
-            if done.rowcount:
-                return "applied"
-        raise RuntimeError(f"job {job} on {device}: the row changed under 20 status writes "
-                           "in a row")
 
     def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
         """Record a deployment event, and in the same transaction its audit entry."""

@@ -8,16 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.contract import JobState
 from edgefleet.controller.rollout import (
-    JOB_SETTLED,
     CohortMetrics,
     RolloutPolicy,
     ShadowMetrics,
     cohort_position,
     evaluate_shadow,
     evaluate_wave,
-    job_status_applies,
     needs_redrive,
     plan_waves,
     split_arms,
@@ -190,26 +187,3 @@ def test_policy_round_trips_through_json_shapes():
     with pytest.raises(ValueError, match="unknown"):
         RolloutPolicy.from_dict({"colour": "red"})
 
-
-settled = st.sampled_from(sorted(JOB_SETTLED))
-steps = st.sampled_from(["pending", "downloading", "verifying", "installing", "activated",
-                         "shadowing", "reverting", "holding"])
-times = st.floats(0, 1e9, allow_nan=False)
-
-
-@given(settled, st.one_of(st.none(), times), st.sampled_from(sorted(JobState.ALL)), times)
-def test_a_job_that_ended_stays_ended(stored, stored_ts, new, new_ts):
-    assert not job_status_applies(stored, stored_ts, new, new_ts)
-
-
-@given(steps, times, steps, times)
-def test_an_unfinished_job_takes_its_steps_in_the_devices_order(stored, stored_ts, new,
-                                                                new_ts):
-    assert job_status_applies(stored, stored_ts, new, new_ts) == (new_ts >= stored_ts)
-    assert job_status_applies(stored, None, new, new_ts)  # nothing heard yet
-
-
-@given(steps, times, settled, times)
-def test_an_end_applies_to_an_unfinished_job_whatever_its_time(stored, stored_ts, new,
-                                                               new_ts):
-    assert job_status_applies(stored, stored_ts, new, new_ts)
