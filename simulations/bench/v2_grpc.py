@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from ._digits import MODEL, eval_inputs, manifest
-from .v2_rest import _agent, _row, detector_manifest
+from .v2_rest import _agent, _row, alternate, detector_manifest
 
 __all__ = ["SIZES", "run"]
 
 SIZES = {"tiny": (60, 3), "small": (600, 10), "medium": (2_000, 20), "large": (5_000, 40),
          "full": (3_000, 30)}  # (digits calls, image calls) per side
-_BLOCKS = 3
 
 
 def _time(agent: Any, model: str, name: str, x: np.ndarray, raw: Any,
@@ -43,10 +42,6 @@ def _time(agent: Any, model: str, name: str, x: np.ndarray, raw: Any,
     request.inputs.add(name=name, datatype="FP32", shape=x.shape)
     request.raw_input_contents.append(x.tobytes())
     body = request.SerializeToString()
-    feeds = {name: x}
-    clock = time.perf_counter
-    rest: list[float] = []
-    base: list[float] = []
     with grpc.insecure_channel(agent.grpc.target, options=[
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1)]) as channel:
@@ -58,19 +53,7 @@ def _time(agent: Any, model: str, name: str, x: np.ndarray, raw: Any,
             response = call(body, timeout=60)
             if len(response.raw_output_contents) != len(response.outputs):
                 raise RuntimeError(f"{model}: an answer without its raw outputs")
-        for _ in range(2):
-            infer()
-            raw.run_unchecked(feeds)
-        for _ in range(_BLOCKS):
-            for _ in range(max(1, n // _BLOCKS)):
-                t = clock()
-                infer()
-                rest.append(clock() - t)
-            for _ in range(max(1, n // _BLOCKS)):
-                t = clock()
-                raw.run_unchecked(feeds)
-                base.append(clock() - t)
-    return rest, base
+        return alternate(infer, raw, {name: x}, n)
 
 
 def _floor(agent: Any, n: int) -> float:

@@ -56,12 +56,29 @@ def _bodies(name: str, x: np.ndarray, out: str) -> dict[str, tuple[bytes, dict[s
                        {"Inference-Header-Content-Length": str(len(head))})}
 
 
+def alternate(call: Any, raw: Any, feeds: dict[str, np.ndarray],
+              n: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``call()`` and of ``raw.run_unchecked(feeds)``, each ``n`` times in
+    ``_BLOCKS`` blocks alternating between the two, after two warm-up rounds."""
+    clock = time.perf_counter
+    timed: list[float] = []
+    base: list[float] = []
+    for _ in range(2):
+        call()
+        raw.run_unchecked(feeds)
+    for _ in range(_BLOCKS):
+        for fn, out in ((call, timed), (lambda: raw.run_unchecked(feeds), base)):
+            for _ in range(max(1, n // _BLOCKS)):
+                t = clock()
+                fn()
+                out.append(clock() - t)
+    return timed, base
+
+
 def _time(agent: Any, path: str, body: bytes, headers: dict[str, str], raw: Any,
           feeds: dict[str, np.ndarray], n: int) -> tuple[list[float], list[float]]:
     host, port = agent.server.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    clock = time.perf_counter
-    rest, base = [], []
 
     def post() -> None:
         conn.request("POST", path, body, headers)
@@ -69,20 +86,10 @@ def _time(agent: Any, path: str, body: bytes, headers: dict[str, str], raw: Any,
         resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{path}: {resp.status}")
-    for _ in range(2):
-        post()
-        raw.run_unchecked(feeds)
-    for _ in range(_BLOCKS):
-        for _ in range(max(1, n // _BLOCKS)):
-            t = clock()
-            post()
-            rest.append(clock() - t)
-        for _ in range(max(1, n // _BLOCKS)):
-            t = clock()
-            raw.run_unchecked(feeds)
-            base.append(clock() - t)
-    conn.close()
-    return rest, base
+    try:
+        return alternate(post, raw, feeds, n)
+    finally:
+        conn.close()
 
 
 def detector_manifest(path: Path) -> Any:
