@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgefleet.simulations.bench import BENCHMARKS
+
 from ._output import remember_json
 
 __all__ = ["register_bench"]
@@ -16,8 +18,7 @@ def register_bench(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
         names: Annotated[list[str] | None, typer.Argument(
-            help="Benchmarks to run (default: all): buffer_write, predict_overhead, "
-                 "summary_bytes, ingest, optimizer, agent_footprint, rollout.",
+            help=f"Benchmarks to run (default: all): {', '.join(BENCHMARKS)}.",
             show_default=False)] = None,
         only: Annotated[list[str] | None, typer.Option(
             "--only", help="Run only this benchmark (repeatable; same as NAME).")] = None,
