@@ -11,8 +11,8 @@ Targets: the REST budgets (small input 0.5 ms, the image 10 ms) over raw plus wh
 grpcio itself takes to carry the same bytes, measured in the same run: a bare grpcio
 server in the bench's process, set up as the agent's, answering a ready reply of the
 answer's size to a request of the request's size, with no parsing and no work. With
-Python's grpcio on both ends that floor is 0.4-0.6 ms for an empty call and ~8 ms for
-the image's 4.9 MB up and 1.6 MB down, more than the REST budgets themselves; what is
+Python's grpcio on both ends that floor is 0.4-0.6 ms for an empty call and ~4-5 ms for
+the image's 4.9 MB up and 1.6 MB down: the whole small-input budget and half the image's; what is
 the agent's to cut is the rest, and the row says how much that is. Needs the ``grpc``
 extra; without it the rows say skipped.
 """
@@ -108,9 +108,9 @@ def _grpc_row(name: str, timed: list[float], base: list[float], sizes: tuple[int
                passed=row["figure"] <= limit,
                why=f"{row['overhead_ms']:.3f} ms over session.run, of which {floor_ms:.3f} ms "
                    f"is grpcio itself carrying the same {sizes[0]:,} B request and "
-                   f"{sizes[1]:,} B answer with no work (Python on both ends); the agent's "
-                   f"own part (decode, checks, predict with telemetry, encode) is "
-                   f"{own:.3f} ms")
+                   f"{sizes[1]:,} B answer with no work (Python on both ends); the rest, "
+                   f"{own:.3f} ms, is the protobuf messages built and parsed around the "
+                   f"tensors, the checks and predict with telemetry")
     return row
 
 
