@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._api_security import ActorName, note
+from ._api_types import JsonInt
 
 if TYPE_CHECKING:
     from .service import FleetController
@@ -24,14 +25,14 @@ __all__ = ["add_device_routes"]
 
 
 class ClaimTokenBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
     label: str = Field(min_length=1, max_length=128)
-    uses: int = Field(1, ge=1, le=100_000)
+    uses: JsonInt = Field(1, ge=1, le=100_000)
     ttl_s: float = Field(7 * 86400, gt=0, le=400 * 86400)
 
 
 class ProvisionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
     claim_token: str = Field(min_length=8, max_length=256)
     public_key: str = Field(min_length=32, max_length=4096)
     proof: str = Field(min_length=8, max_length=512)

@@ -79,7 +79,7 @@ def authorize(request: Request,
         HTTPException: 401 without a valid token, 403 when its role is too low.
     """
     route = request.scope.get("route")
-    needed = ROUTES.get((request.method, getattr(route, "path", "")))
+    needed = ROUTES.get((request.method, getattr(route, "path_format", "")))
     if needed is None:  # check_routes prevents this; refuse rather than guess
         raise HTTPException(403, "this route has no declared role")
     if needed in (PUBLIC, DEVICE):
@@ -113,7 +113,7 @@ def check_routes(app: FastAPI) -> None:
     pairs, problems = [], []
     for route in app.routes:
         if isinstance(route, APIRoute):
-            pairs += [(m, route.path) for m in sorted(route.methods or ())]
+            pairs += [(m, route.path_format) for m in sorted(route.methods or ())]
         elif getattr(route, "path", None) not in docs:
             problems.append(f"{getattr(route, 'path', route)!r} is not an API route, so no "
                             "role can be checked on it")
@@ -192,7 +192,7 @@ def _error_text(body: bytes) -> str:
 
 
 class TokenBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
     name: str = Field(pattern=TOKEN_NAME_PATTERN,
                       description="the actor name in audit: 1-64 letters, digits, '.', '_', "
                                   "'@' or '-' (not a reserved name: admin, the controller's)")

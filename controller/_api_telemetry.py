@@ -19,26 +19,33 @@ from .aggregate import ALPHA, Aggregate
 if TYPE_CHECKING:
     from .service import FleetController
 
-__all__ = ["add_telemetry_routes", "parse_selector", "query_telemetry"]
+__all__ = ["SELECTOR_PATTERN", "add_telemetry_routes", "parse_selector", "query_telemetry"]
 
 GROUPS = {"device": ("device",), "version": ("model", "version"), "none": ()}
 GroupBy = Literal["device", "version", "none"]
 
 
+_BLANK = " \t\n"
+_PART = r"[^,=]*[^,= \t\n][^,=]*=[^,]*"  # key=value, the key not blank
+# what parse_selector accepts, for the API's schema: parts split by commas, empty ones skipped
+SELECTOR_PATTERN = rf"^([ \t\n]*|{_PART})(,([ \t\n]*|{_PART}))*$"
+
+
 def parse_selector(text: str | None) -> dict[str, str]:
-    """``"site=lab,hw=pi5"`` → ``{"site": "lab", "hw": "pi5"}``.
+    """``"site=lab,hw=pi5"`` → ``{"site": "lab", "hw": "pi5"}``; spaces, tabs and newlines around
+    keys and values are dropped, empty parts skipped (``SELECTOR_PATTERN`` says the same).
 
     Raises:
         ValueError: a part that is not ``key=value``.
     """
     out: dict[str, str] = {}
     for part in (text or "").split(","):
-        if not part.strip():
+        if not part.strip(_BLANK):
             continue
         key, eq, value = part.partition("=")
-        if not eq or not key.strip():
+        if not eq or not key.strip(_BLANK):
             raise ValueError(f"selector parts are key=value, got {part!r}")
-        out[key.strip()] = value.strip()
+        out[key.strip(_BLANK)] = value.strip(_BLANK)
     return out
 
 
@@ -98,7 +105,10 @@ def add_telemetry_routes(app: FastAPI, ctl: "FleetController") -> None:
     @app.get("/v1/telemetry/query")
     def telemetry_query(
         device: str | None = None,
-        selector: Annotated[str | None, Query(description="tags, k=v[,k=v…]")] = None,
+        # the pattern is stated, parse_selector enforces it (with a message naming the part)
+        selector: Annotated[str | None, Query(
+            description="tags, k=v[,k=v…]",
+            json_schema_extra={"pattern": SELECTOR_PATTERN})] = None,
         model: str | None = None, version: VersionQuery = None,
         deployment: str | None = None,
         since: Annotated[float | None, Query(description="window start ≥, epoch s")] = None,

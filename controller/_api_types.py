@@ -1,11 +1,12 @@
 """Bounded integer types for the HTTP API: what the store can hold, refused with a 422
 (naming the parameter) rather than reaching SQL as a number it cannot bind."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Path, Query
+from pydantic import BeforeValidator
 
-__all__ = ["INT64_MAX", "SeqQuery", "VersionPath", "VersionQuery"]
+__all__ = ["INT64_MAX", "JsonInt", "SeqQuery", "VersionPath", "VersionQuery"]
 
 INT64_MAX = 2**63 - 1  # signed BIGINT: SQLite's INTEGER and PostgreSQL's bigint
 
@@ -13,3 +14,12 @@ VersionPath = Annotated[int, Path(ge=1, le=INT64_MAX, description="a model versi
 VersionQuery = Annotated[int | None, Query(ge=1, le=INT64_MAX,
                                            description="a model version, ≥ 1")]
 SeqQuery = Annotated[int, Query(ge=0, le=INT64_MAX)]
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+# an integer in a strict body: JSON Schema counts 3.0 as an integer, so it is taken as 3;
+# 3.5, "3" and true are refused
+JsonInt = Annotated[int, BeforeValidator(_integral)]

@@ -7,6 +7,7 @@ audits every mutating call). Bad input gets a 4xx with a reason, never a 500.
 
 # FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
 
+import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
@@ -22,8 +23,12 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
 from edgefleet.optimizer import OptimizeTarget
@@ -33,11 +38,11 @@ from ._api_metrics import add_metrics_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
-from ._api_types import INT64_MAX, VersionPath
+from ._api_types import INT64_MAX, JsonInt, VersionPath
 from .auth import DEVICE, PUBLIC, ROUTES
 from .optimizations import QUEUE_FULL
 from .orchestrator import describe
-from .rollout import RolloutPolicy
+from .rollout import BOUNDS, ON_BREACH, OPTIONAL, SILENT, STRATEGIES, RolloutPolicy
 from .service import FleetController
 
 __all__ = ["create_app"]
@@ -47,11 +52,11 @@ HardwareClass = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$
 
 
 class OptimizeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
     method: str = Field("auto", pattern="^(auto|static|dynamic|none)$")
     sparsity: float = Field(0.0, ge=0.0, lt=1.0)
     accuracy_budget_pt: float = Field(1.0, ge=0.0, le=100.0)
-    latency_runs: int = Field(200, ge=10, le=100_000)
+    latency_runs: JsonInt = Field(200, ge=10, le=100_000)
     # what the model is ("": as registered, else detected): classifiers with labels are
     # judged by top-1, everything else by fidelity to fp32
     task: str = Field("", pattern="^(|classification|detection|segmentation|sequence|"
@@ -59,26 +64,70 @@ class OptimizeBody(BaseModel):
     min_sqnr_db: float = Field(20.0, ge=0.0, le=200.0)
     min_cosine: float = Field(0.995, ge=0.0, le=1.0)
     fallback: bool = True  # keep the most sensitive nodes in float when int8 misses the gate
-    evaluator: str = Field("", max_length=200)  # module:function, from the allowed list
+    evaluator: str = ""  # module:function; create_app narrows it to the allowed list
     # a variant per class (int8 / fp32, ONNX / .tflite, TensorRT FP16), chosen and reported
     hardware_classes: list[HardwareClass] = Field(default_factory=list, max_length=32)
 
 
-class DeployBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1, le=INT64_MAX)
-    devices: list[str] | None = None
-    selector: dict[str, str] | None = None
-    strategy: str = Field("all-at-once", pattern="^(all-at-once|staged|canary|shadow|ab)$")
-    policy: dict[str, Any] = Field(default_factory=dict,
-                                   description="RolloutPolicy fields (waves, health_window_s…)")
+def _policy_body() -> type[BaseModel]:
+    """The API's schema of a rollout policy, made from ``RolloutPolicy``'s own fields,
+    enums and bounds (the strategy is the deployment's own field). What a schema cannot
+    say, that waves increase and end at 100, ``RolloutPolicy`` still refuses with a 422."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(RolloutPolicy):
+        if f.name == "strategy":
+            continue
+        if f.name == "waves":
+            kind: Any = Annotated[list[Annotated[float, Field(gt=0, le=100)]],
+                                  Field(min_length=1, max_length=100)]
+            default: Any = list(f.default)
+        elif f.name in ("on_breach", "silent"):
+            kind, default = Literal[ON_BREACH if f.name == "on_breach" else SILENT], f.default
+        elif f.type == "bool":
+            kind, default = bool, f.default
+        else:
+            number: Any = JsonInt if f.type == "int" else float
+            kind = Annotated[number, Field(allow_inf_nan=False, **BOUNDS.get(f.name, {}))]
+            if f.name in OPTIONAL:
+                kind = kind | None
+            default = f.default
+        fields[f.name] = (kind, default)
+    return create_model("RolloutPolicyBody",
+                        __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
-    @model_validator(mode="after")
-    def _one_target(self) -> "DeployBody":
-        if self.devices is not None and not self.devices:
-            raise ValueError("devices, when given, must not be empty")
-        return self
+
+RolloutPolicyBody = _policy_body()
+
+
+class DeployBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
+    model: str = Field(min_length=1, max_length=64)
+    version: JsonInt = Field(ge=1, le=INT64_MAX)
+    devices: list[str] | None = Field(None, min_length=1)
+    selector: dict[str, str] | None = None
+    strategy: Literal[STRATEGIES] = "all-at-once"  # type: ignore[valid-type]
+    policy: RolloutPolicyBody = Field(  # type: ignore[valid-type]
+        default_factory=RolloutPolicyBody,
+        description="how it proceeds and what stops it (fields left out keep their defaults)")
+
+
+DEPLOYMENT_ACTIONS = ("pause", "resume", "abort", "rollback", "promote", "drop")
+
+
+class _ActionConvertor(Convertor[str]):
+    """Only a deployment action matches ``{action}``, so ``POST …/{dep_id}/events`` is a
+    405 (events are read with GET), not a 422 for an unknown action."""
+
+    regex = "|".join(DEPLOYMENT_ACTIONS)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("deployment_action", _ActionConvertor())
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +172,17 @@ def create_app(ctl: FleetController) -> FastAPI:
     app.state.edgefleet = ctl
     app.add_middleware(AuditMiddleware)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:  # Allow: every method of the path, not one route's
+            methods = sorted({m for route in request.app.router.routes
+                              if route.matches(request.scope)[0] != Match.NONE
+                              for m in getattr(route, "methods", None) or ()})
+            exc = StarletteHTTPException(405, exc.detail,
+                                         headers={**(exc.headers or {}),
+                                                  "Allow": ", ".join(methods)})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(NotFoundError)
     async def _not_found(_r: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=404)
@@ -134,6 +194,8 @@ def create_app(ctl: FleetController) -> FastAPI:
             code = 422
         if exc.reason == QUEUE_FULL:  # not a conflict: the same call works later
             code = 429
+        elif exc.reason == "invalid_claim_token":  # what authenticates /v1/provision
+            code = 401
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=code)
 
     @app.exception_handler(ValueError)
@@ -147,11 +209,12 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.post("/v1/models", status_code=201)
     async def register_model(
-        request: Request, _: Auth, name: Annotated[str, Form()],
+        request: Request, _: Auth, name: Annotated[str, Form(min_length=1, max_length=64)],
         model: Annotated[UploadFile, File()],
         labels: Annotated[str | None, Form()] = None,
-        eval_set: Annotated[UploadFile | None, File()] = None,
-        calibration: Annotated[UploadFile | None, File()] = None,
+        # optional files: left out when there is none (the spec has no null for a file)
+        eval_set: Annotated[UploadFile, File()] = None,  # type: ignore[assignment]
+        calibration: Annotated[UploadFile, File()] = None,  # type: ignore[assignment]
         metrics: Annotated[str | None, Form()] = None,
         hardware_classes: Annotated[str | None, Form()] = None,
         security_release: Annotated[bool, Form()] = False,
@@ -201,7 +264,8 @@ def create_app(ctl: FleetController) -> FastAPI:
     @app.post("/v1/models/{name}/{version}/variants", status_code=201)
     async def add_variant(
         request: Request, _: Auth, name: str, version: VersionPath,
-        variant: Annotated[str, Form()], hardware_classes: Annotated[str, Form()],
+        variant: Annotated[str, Form(min_length=1, max_length=64)],
+        hardware_classes: Annotated[str, Form(min_length=2, description="a JSON list")],
         model: Annotated[UploadFile, File()],
     ) -> dict[str, Any]:
         try:
@@ -225,14 +289,18 @@ def create_app(ctl: FleetController) -> FastAPI:
         ctl.registry.get(name, version)
         return [_public(v) for v in ctl.registry.variants(name, version)]
 
+    # the evaluators this controller runs, as an enum in the spec
+    optimize_body = create_model(
+        "OptimizeBody", __base__=OptimizeBody,
+        evaluator=(Literal[("", *ctl.settings.optimize_evaluators)], Field(  # type: ignore[misc]
+            "", description="module:function of a quality evaluator: one of this "
+                            "controller's optimize_evaluators (EDGEFLEET_OPTIMIZE_EVALUATORS), "
+                            "or empty for the built-in judgement")))
+
     @app.post("/v1/models/{name}/{version}/optimize", status_code=202)
     def optimize_model(request: Request, response: Response, user: Auth, name: str,
-                       version: VersionPath, body: OptimizeBody) -> dict[str, Any]:
+                       version: VersionPath, body: optimize_body) -> dict[str, Any]:  # type: ignore[valid-type]
         """Queue an optimization (a job: follow it at the ``Location`` answered)."""
-        if body.evaluator and body.evaluator not in ctl.settings.optimize_evaluators:
-            raise HTTPException(422, f"evaluator {body.evaluator!r} is not allowed on this "
-                                     f"controller: list it in optimize_evaluators "
-                                     f"(EDGEFLEET_OPTIMIZE_EVALUATORS)")
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
                                 latency_runs=body.latency_runs, task=body.task,
@@ -259,7 +327,8 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.post("/v1/deployments", status_code=201)
     def create_deployment(request: Request, user: Auth, body: DeployBody) -> dict[str, Any]:
-        policy = RolloutPolicy.from_dict({**body.policy, "strategy": body.strategy})
+        policy = RolloutPolicy.from_dict({**body.policy.model_dump(exclude_unset=True),
+                                          "strategy": body.strategy})
         dep = ctl.deploy(body.model, body.version, devices=body.devices,
                          selector=body.selector, created_by=user, policy=policy)
         view = describe(ctl.store.get_deployment(dep["id"], with_events=True))
@@ -295,10 +364,9 @@ def create_app(ctl: FleetController) -> FastAPI:
                 raise HTTPException(403, str(exc)) from exc
             raise
 
-    @app.post("/v1/deployments/{dep_id}/{action}")
+    @app.post("/v1/deployments/{dep_id}/{action:deployment_action}")
     def deployment_action(request: Request, user: Auth, dep_id: str,
-                          action: Literal["pause", "resume", "abort", "rollback", "promote",
-                                          "drop"]) -> dict[str, Any]:
+                          action: Literal[DEPLOYMENT_ACTIONS]) -> dict[str, Any]:  # type: ignore[valid-type]
         return act(request, user, dep_id, action)
 
     @app.get("/v1/devices")

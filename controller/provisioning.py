@@ -136,6 +136,7 @@ class Provisioner:
             RegistryError: the device id belongs to another key or was revoked.
             ValueError: a malformed device id.
         """
+        self._check_token(claim_token)  # before any work on what the caller sent
         key = self._check_proof(public_key, proof, ts, device_id or "")
         key_id = hashlib.sha256(public_key.strip().encode()).hexdigest()
         device = device_id or f"dev-{key_id[:12]}"
@@ -145,13 +146,7 @@ class Provisioner:
         password = secrets.token_urlsafe(24)
         now = self.clock()
         with self._lock, self.store.engine.begin() as c:
-            token = c.execute(sa.select(claim_tokens)
-                              .where(claim_tokens.c.hash == _hash(claim_token))).first()
-            if (token is None or token.revoked_at is not None or token.expires_at < now
-                    or token.uses_left <= 0
-                    or not hmac.compare_digest(token.hash, _hash(claim_token))):
-                raise SignatureError("the claim token is unknown, used up, expired or revoked",
-                                     reason="invalid_claim_token")
+            token = self._usable_token(c, claim_token, now)
             existing = c.execute(sa.select(device_credentials)
                                  .where(device_credentials.c.device == device)).first()
             if existing is not None and existing.revoked_at is not None:
@@ -173,6 +168,21 @@ class Provisioner:
         self.sync_broker()
         return {"device_id": device, "mqtt_username": device, "mqtt_password": password,
                 "broker_url": broker_url}
+
+    def _check_token(self, claim_token: str) -> None:
+        with self.store.engine.connect() as c:
+            self._usable_token(c, claim_token, self.clock())
+
+    @staticmethod
+    def _usable_token(c: sa.Connection, claim_token: str, now: float) -> Any:
+        token = c.execute(sa.select(claim_tokens)
+                          .where(claim_tokens.c.hash == _hash(claim_token))).first()
+        if (token is None or token.revoked_at is not None or token.expires_at < now
+                or token.uses_left <= 0
+                or not hmac.compare_digest(token.hash, _hash(claim_token))):
+            raise SignatureError("the claim token is unknown, used up, expired or revoked",
+                                 reason="invalid_claim_token")
+        return token
 
     def _check_proof(self, public_key: str, proof: str, ts: float,
                      device_id: str) -> Ed25519PublicKey:

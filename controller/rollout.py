@@ -14,8 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "BOUNDS",
     "JOB_DONE",
     "JOB_SETTLED",
+    "ON_BREACH",
+    "OPTIONAL",
+    "SILENT",
     "STRATEGIES",
     "CohortMetrics",
     "Decision",
@@ -31,6 +35,22 @@ __all__ = [
 
 STRATEGIES = ("all-at-once", "staged", "canary", "shadow", "ab")
 ON_BREACH = ("pause", "abort", "rollback")
+SILENT = ("failed", "skipped")  # what a device silent at the wave timeout counts as
+# the numeric fields' bounds (JSON Schema's words): RolloutPolicy checks them and the
+# API's schema states them
+BOUNDS: dict[str, dict[str, float]] = {
+    "health_window_s": {"ge": 0}, "wave_timeout_s": {"ge": 0}, "duration_s": {"ge": 0},
+    "max_failure_rate": {"ge": 0, "le": 1}, "device_max_error_rate": {"ge": 0, "le": 1},
+    "min_agreement": {"ge": 0, "le": 1}, "sample": {"gt": 0, "le": 1},
+    "split": {"gt": 0, "lt": 100}, "min_samples": {"ge": 1},
+    "max_p95_regression": {"gt": 0}, "max_error_rate": {"gt": 0},
+    "max_latency_ratio": {"gt": 0}, "device_max_latency_ratio": {"gt": 0},
+}
+OPTIONAL = frozenset({"max_p95_regression", "max_error_rate", "max_latency_ratio",
+                      "device_max_latency_ratio"})  # null switches the gate off
+_HOLDS = {"ge": lambda v, x: v >= x, "gt": lambda v, x: v > x, "le": lambda v, x: v <= x,
+          "lt": lambda v, x: v < x}
+_SAYS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
 TERMINAL_OK = frozenset({"healthy"})
 TERMINAL_BAD = frozenset({"failed", "rolled_back"})
 # a job that ran to its end, controller side (a device "healthy" on a rollback job is
@@ -94,22 +114,16 @@ class RolloutPolicy:
             raise ValueError("all-at-once has a single wave")
         if self.on_breach not in ON_BREACH:
             raise ValueError(f"on_breach must be one of {ON_BREACH}")
-        if self.silent not in ("failed", "skipped"):
-            raise ValueError("silent must be failed or skipped")
-        for name in ("max_failure_rate", "device_max_error_rate", "min_agreement"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} is a fraction between 0 and 1")
-        if not 0 < self.sample <= 1 or not 0 < self.split < 100:
-            raise ValueError("sample within (0, 1] and split within (0, 100)")
-        if min(self.health_window_s, self.wave_timeout_s, self.duration_s) < 0:
-            raise ValueError("durations must be ≥ 0")
-        for name in ("max_p95_regression", "max_error_rate", "max_latency_ratio",
-                     "device_max_latency_ratio"):
+        if self.silent not in SILENT:
+            raise ValueError(f"silent must be one of {SILENT}")
+        for name, bounds in BOUNDS.items():
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 (or null to switch it off)")
-        if self.min_samples < 1:
-            raise ValueError("min_samples must be ≥ 1")
+            if value is None:  # a gate switched off (only optional fields get here)
+                continue
+            for op, limit in bounds.items():
+                if not _HOLDS[op](value, limit):
+                    off = " (or null to switch it off)" if name in OPTIONAL else ""
+                    raise ValueError(f"{name} must be {_SAYS[op]} {limit:g}{off}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

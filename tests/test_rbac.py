@@ -54,7 +54,7 @@ def world(tmp_path_factory):
 
 
 def _spy(call, route, reached):
-    key = (sorted(route.methods)[0], route.path)
+    key = (sorted(route.methods)[0], route.path_format)
     if inspect.iscoroutinefunction(call):
         @functools.wraps(call)
         async def spied_async(*args, **kwargs):
@@ -73,7 +73,7 @@ def _routes(app):
     for route in app.routes:
         if isinstance(route, APIRoute):
             for method in sorted(route.methods):
-                yield method, route.path
+                yield method, route.path_format
 
 
 def _call(client, method, path, headers):
