@@ -80,6 +80,37 @@ def test_integers_beyond_64_bits_in_the_api_are_a_422_not_a_500(controller):
         assert client.get("/v1/models/digits/9223372036854775807").status_code == 404
 
 
+def test_the_api_answers_what_its_spec_says_for_methods_types_and_claim_tokens(controller):
+    from _support import TOKEN
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller.api import create_app
+
+    with TestClient(create_app(controller), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        # Allow lists every method the path serves, not only one route's
+        resp = client.options("/v1/models")
+        assert resp.status_code == 405 and resp.headers["allow"] == "GET, POST"
+        # events are read, not posted: 405, not a 422 for an unknown action
+        resp = client.post("/v1/deployments/dep-x/events")
+        assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+        assert client.post("/v1/deployments/dep-x/pause").status_code == 404
+        # strict bodies: 0 is not false, "3" is not 3; an integral 3.0 is 3
+        for body in ({"fallback": 0}, {"min_cosine": False}, {"latency_runs": "300"}):
+            resp = client.post("/v1/models/digits/1/optimize", json=body)
+            assert resp.status_code == 422, (body, resp.text[:200])
+        assert client.post("/v1/claim-tokens", json={"label": "x", "uses": 3.0}).status_code == 201
+        # a policy field the schema does not list is refused by the schema, naming it
+        resp = client.post("/v1/deployments", json={"model": "digits", "version": 1,
+                                                    "policy": {"wavez": [100]}})
+        assert resp.status_code == 422 and resp.json()["detail"][0]["loc"][-1] == "wavez"
+        # an unknown claim token is refused before the key it came with is even parsed
+        resp = client.post("/v1/provision", headers={"Authorization": ""}, json={
+            "claim_token": "not-a-token", "public_key": "x" * 40, "proof": "AAAAAAAA",
+            "ts": 0.0})
+        assert resp.status_code == 401 and resp.json()["reason"] == "invalid_claim_token"
+
+
 def test_stale_job_statuses_do_not_change_a_job_that_ended(controller, make_fleet):
     from _support import job_of, register_digits, wait_deployment, wait_devices_known
 
