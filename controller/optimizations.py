@@ -37,8 +37,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import onnx
+
 from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
-from edgefleet.optimizer import OptimizeTarget
+from edgefleet.optimizer import OptimizeTarget, refuse_quantized
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -196,7 +198,8 @@ class OptimizationJobs:
 
         Raises:
             NotFoundError: unknown version.
-            OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``).
+            OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``);
+                an ONNX model quantized already (``already_quantized``).
             RegistryError: no eval set on the version or an ancestor.
             ValueError: its eval set does not fit the model.
         """
@@ -205,6 +208,9 @@ class OptimizationJobs:
             raise OptimizationError(f"{name}:{version} is a {row['runtime']} model; the "
                                     "optimizer takes ONNX and .tflite models",
                                     reason="unsupported")
+        if row["runtime"] == "onnxruntime":  # the graph only, not its weights
+            refuse_quantized(onnx.load(row["file"], load_external_data=False),
+                             f"{name}:{version}")
         evalset = self._registry.dataset(name, version, "eval")
         if evalset is None:
             raise RegistryError(f"{name}:{version} has no eval set; register it with one",

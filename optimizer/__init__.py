@@ -16,6 +16,7 @@ Failures of onnx/onnxruntime surface as
 from edgefleet.optimizer._classes import Candidate, ClassChoice, choose_for_class
 from edgefleet.optimizer._decisions import GateDecision, MethodChoice, choose_method, decide_gates
 from edgefleet.optimizer._evaluate import Evaluation, evaluate
+from edgefleet.optimizer._graph import refuse_quantized
 from edgefleet.optimizer._inspect import inspect_model
 from edgefleet.optimizer._pipeline import optimize, optimize_samples
 from edgefleet.optimizer._profile import (
@@ -75,6 +76,7 @@ __all__ = [
     "prune_array",
     "prune_model",
     "quantize_tflite",
+    "refuse_quantized",
     "reference_profile",
     "run_tflite",
     "time_tflite",

@@ -21,8 +21,9 @@ from onnx import numpy_helper
 
 from edgefleet.contract.errors import OptimizationError
 
-__all__ = ["MIN_INT8_SHARE", "QDQ_MIN_OPSET", "default_opset", "fold_constants",
-           "quantized_summary", "upgrade_opset"]
+__all__ = ["MIN_INT8_SHARE", "QDQ_MIN_OPSET", "default_opset",
+           "fold_constants", "quantized_summary", "refuse_quantized",
+           "upgrade_opset"]
 
 QDQ_MIN_OPSET = 13  # DequantizeLinear's axis (per-channel scales) arrived in opset 13
 MIN_INT8_SHARE = 0.05  # below this share of weights in int8, nothing was really quantized
@@ -31,6 +32,7 @@ _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOU
 _QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul",
                   "DynamicQuantizeLSTM", "QGemm", "QAttention", "DynamicQuantizeMatMul",
                   "MatMulIntegerToFloat"}
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _MIN_WEIGHT_ELEMENTS = 16  # smaller float tensors are biases, scales, shapes: not weights
 
 
@@ -88,6 +90,24 @@ def _weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def refuse_quantized(model: onnx.ModelProto, what: str) -> None:
+    """Refuse a model that is quantized already: integer ops, or Quantize/DequantizeLinear
+    nodes (a QDQ model, e.g. one this optimizer made, or one exported after
+    quantization-aware training). Quantizing it again would fail deep inside the
+    quantizer, or quantize what was quantized.
+
+    Raises:
+        OptimizationError: naming the ops found (reason ``already_quantized``).
+    """
+    ops = Counter(n.op_type for n in model.graph.node
+                  if n.op_type in _QUANTIZED_OPS or n.op_type in _QDQ_OPS)
+    if ops:
+        held = ", ".join(f"{n} {op}" for op, n in sorted(ops.items()))
+        raise OptimizationError(f"{what} is quantized already ({held}): optimize the float "
+                                "model it came from, or deploy this one as it is",
+                                reason="already_quantized")
+
+
 def quantized_summary(model: onnx.ModelProto) -> dict[str, Any]:
     """What in a model runs quantized.
 
@@ -103,7 +123,7 @@ def quantized_summary(model: onnx.ModelProto) -> dict[str, Any]:
     counted: Counter[str] = Counter()
     total = 0
     for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+        if node.op_type in _QDQ_OPS:
             continue
         total += 1
         quantized = node.op_type in _QUANTIZED_OPS

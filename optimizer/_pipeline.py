@@ -36,6 +36,7 @@ from edgefleet.optimizer._graph import (
     default_opset,
     fold_constants,
     quantized_summary,
+    refuse_quantized,
     upgrade_opset,
 )
 from edgefleet.optimizer._inspect import model_signature, op_counts
@@ -199,6 +200,7 @@ def optimize_samples(model_path: str | Path, calibration: Samples, evalset: Samp
 def _run(source: Path, calibration: Samples, evalset: Samples, out: Path, work: Path,
          target: OptimizeTarget, stage: _Stages) -> OptimizationResult:
     model = load_model(source)
+    refuse_quantized(model, str(source.name))
     signature = model_signature(model)
     task = target.task or detect_task(signature)
     choice = choose_method(op_counts(model), target.method)

@@ -123,6 +123,11 @@ def test_optimize_answers_202_at_once_and_the_job_ends_with_the_child_version(
     assert [(e["detail"]["outcome"], e["detail"]["after"]["job"]) for e in audited] == [
         (202, queued["id"])]
 
+    # the int8 child is quantized already: refused at once, naming what it holds
+    again = client.post("/v1/models/digits/2/optimize", headers=AUTH, json={})
+    assert again.status_code == 422 and again.json()["reason"] == "already_quantized"
+    assert "DynamicQuantizeLinear" in again.json()["detail"], again.json()
+
 
 def test_an_optimization_that_raises_ends_failed_with_where_and_what(
         client, controller, monkeypatch, caplog):
