@@ -158,7 +158,7 @@ def _record(scope: Scope, status: int, error: bytes) -> None:
     extra = dict(scope.get(_NOTE) or {})
     actor = extra.pop("actor", None) or (principal.name if principal else None)
     route = scope.get("route")
-    template = getattr(route, "path", scope["path"])
+    template = getattr(route, "path_format", scope["path"])
     if actor is None:  # no accountable caller (no or a bad token): the log only
         if status in (401, 403):
             log.warning("refused %s %s: %s", scope["method"], scope["path"], status)

@@ -289,18 +289,24 @@ def create_app(ctl: FleetController) -> FastAPI:
         ctl.registry.get(name, version)
         return [_public(v) for v in ctl.registry.variants(name, version)]
 
-    # the evaluators this controller runs, as an enum in the spec
+    # the evaluators this controller runs, as an enum in the spec (the route refuses
+    # others with a message that says where the list is set)
     optimize_body = create_model(
         "OptimizeBody", __base__=OptimizeBody,
-        evaluator=(Literal[("", *ctl.settings.optimize_evaluators)], Field(  # type: ignore[misc]
+        evaluator=(str, Field(
             "", description="module:function of a quality evaluator: one of this "
                             "controller's optimize_evaluators (EDGEFLEET_OPTIMIZE_EVALUATORS), "
-                            "or empty for the built-in judgement")))
+                            "or empty for the built-in judgement",
+            json_schema_extra={"enum": ["", *ctl.settings.optimize_evaluators]})))
 
     @app.post("/v1/models/{name}/{version}/optimize", status_code=202)
     def optimize_model(request: Request, response: Response, user: Auth, name: str,
                        version: VersionPath, body: optimize_body) -> dict[str, Any]:  # type: ignore[valid-type]
         """Queue an optimization (a job: follow it at the ``Location`` answered)."""
+        if body.evaluator and body.evaluator not in ctl.settings.optimize_evaluators:
+            raise HTTPException(422, f"evaluator {body.evaluator!r} is not allowed on this "
+                                     f"controller: list it in optimize_evaluators "
+                                     f"(EDGEFLEET_OPTIMIZE_EVALUATORS)")
         target = OptimizeTarget(method=body.method, sparsity=body.sparsity,
                                 accuracy_budget_pt=body.accuracy_budget_pt,
                                 latency_runs=body.latency_runs, task=body.task,

@@ -198,8 +198,8 @@ class OptimizationJobs:
 
         Raises:
             NotFoundError: unknown version.
-            OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``);
-                an ONNX model quantized already (``already_quantized``).
+            OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``).
+            RegistryError: an ONNX model quantized already (``already_quantized``).
             RegistryError: no eval set on the version or an ancestor.
             ValueError: its eval set does not fit the model.
         """
@@ -209,8 +209,11 @@ class OptimizationJobs:
                                     "optimizer takes ONNX and .tflite models",
                                     reason="unsupported")
         if row["runtime"] == "onnxruntime":  # the graph only, not its weights
-            refuse_quantized(onnx.load(row["file"], load_external_data=False),
-                             f"{name}:{version}")
+            try:
+                refuse_quantized(onnx.load(row["file"], load_external_data=False),
+                                 f"{name}:{version}")
+            except OptimizationError as exc:  # what the version is, not the request: 409
+                raise RegistryError(str(exc), reason=exc.reason) from exc
         evalset = self._registry.dataset(name, version, "eval")
         if evalset is None:
             raise RegistryError(f"{name}:{version} has no eval set; register it with one",

@@ -125,7 +125,7 @@ def test_optimize_answers_202_at_once_and_the_job_ends_with_the_child_version(
 
     # the int8 child is quantized already: refused at once, naming what it holds
     again = client.post("/v1/models/digits/2/optimize", headers=AUTH, json={})
-    assert again.status_code == 422 and again.json()["reason"] == "already_quantized"
+    assert again.status_code == 409 and again.json()["reason"] == "already_quantized"
     assert "DynamicQuantizeLinear" in again.json()["detail"], again.json()
 
 
