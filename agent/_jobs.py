@@ -240,9 +240,15 @@ class JobRunner:
                 agent.switch_to(local, d, reason="rollback")
                 return
         self.report(d, JobState.DOWNLOADING)
-        bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
-                                     check=self.check_target,
-                                     on_refreshed=self._on_refreshed)
+        agent.link.subscribe_blobs(agent.blobs.expect(d.broadcast))
+        try:
+            bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
+                                         check=self.check_target,
+                                         on_refreshed=self._on_refreshed)
+        finally:  # what TUF verified is in the download folder now
+            if d.broadcast:
+                agent.link.unsubscribe_blobs(d.broadcast)
+                agent.blobs.forget(d.broadcast)
         self.report(d, JobState.VERIFYING)
         m = bundle.manifest
         if (active is not None and active.name == m.name and m.version < active.version

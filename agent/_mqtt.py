@@ -22,6 +22,7 @@ from typing import Protocol
 import paho.mqtt.client as mqtt
 
 from edgefleet.contract import (
+    BLOB_PREFIX,
     CTL_STATE,
     ChunkResponse,
     Death,
@@ -29,9 +30,12 @@ from edgefleet.contract import (
     EdgefleetError,
     FetchError,
     FetchRequest,
+    blob_filter,
     device_topic,
+    parse_blob_topic,
 )
 
+from ._blobs import BlobCache
 from .config import AgentConfig, parse_broker_url
 
 __all__ = ["AgentLink", "NetworkLoop"]
@@ -68,13 +72,16 @@ class AgentLink:
         on_connected: called (from paho's thread) after each successful connect.
         network: drives the session instead of a paho thread of its own (simulated
             fleets); ``None`` on a device.
+        blobs: where broadcast blocks of the current job go (``subscribe_blobs``).
     """
 
     def __init__(self, config: AgentConfig, *, birth: Callable[[int], bytes],
                  handlers: dict[str, Handler],
                  on_connected: Callable[[], None] | None = None,
-                 network: NetworkLoop | None = None) -> None:
+                 network: NetworkLoop | None = None,
+                 blobs: BlobCache | None = None) -> None:
         self.config = config
+        self._blobs = blobs
         self._network = network
         self._birth = birth
         self._handlers = handlers
@@ -148,6 +155,9 @@ class AgentLink:
                        DeviceTopic.TELEMETRY_ACK):
             client.subscribe(self.topic(suffix), qos=1)
         client.subscribe(CTL_STATE, qos=1)
+        if self._blobs is not None:  # again: a broker restarted since may not know them
+            for sha in self._blobs.expected():
+                client.subscribe(blob_filter(sha), qos=1)
         client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
         self.connects += 1
         self.connected.set()
@@ -165,7 +175,9 @@ class AgentLink:
         prefix = self.topic("")
         suffix = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
         try:
-            if msg.topic == CTL_STATE:
+            if msg.topic.startswith(BLOB_PREFIX):
+                self._on_blob(msg.topic, bytes(msg.payload))
+            elif msg.topic == CTL_STATE:
                 self._on_controller_state(bytes(msg.payload), retained=bool(msg.retain))
             elif suffix == DeviceTopic.FETCH_RESP:
                 self._on_chunk(ChunkResponse.decode(bytes(msg.payload)))
@@ -199,6 +211,23 @@ class AgentLink:
                 return  # one birth answers a burst of announcements
             self._rebirth_at = now
             self._client.publish(self.topic(DeviceTopic.BIRTH), self._birth(self.bd_seq), qos=1)
+
+    def _on_blob(self, topic: str, payload: bytes) -> None:
+        where = parse_blob_topic(topic)
+        if where is None or self._blobs is None:
+            log.warning("dropped message on unexpected topic %s", topic)
+            return
+        if payload:  # an empty retained payload is the controller clearing the block
+            self._blobs.put(where[0], where[1], payload)
+
+    def subscribe_blobs(self, shas: list[str]) -> None:
+        """Take the blocks of these broadcast files (retained ones arrive at once)."""
+        for sha in shas:
+            self._client.subscribe(blob_filter(sha), qos=1)
+
+    def unsubscribe_blobs(self, shas: list[str]) -> None:
+        for sha in shas:
+            self._client.unsubscribe(blob_filter(sha))
 
     def _on_chunk(self, chunk: ChunkResponse) -> None:
         with self._lock:

@@ -35,6 +35,7 @@ from edgefleet.contract import (
 )
 from edgefleet.contract.hardware import detect
 
+from ._blobs import BlobCache
 from ._jobs import JobRunner
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
@@ -115,8 +116,9 @@ class Agent:
                                   actions={"rollback": lambda: self.rollback("command"),
                                            "rebirth": self.announce},
                                   refresh_then=self.jobs.after_trust_refresh)
+        self.blobs = BlobCache(state / "blobs")
         self.link = AgentLink(config, birth=self._birth, on_connected=self._on_connected,
-                              network=network,
+                              network=network, blobs=self.blobs,
                               handlers={DeviceTopic.CMD: self.inbox.on_cmd,
                                         DeviceTopic.DESIRED: self.inbox.on_desired,
                                         DeviceTopic.TELEMETRY_ACK: self._on_ack})
@@ -124,7 +126,9 @@ class Agent:
                                     timeout_s=config.fetch_timeout_s,
                                     deadline_s=config.download_deadline_s,
                                     max_bytes_per_s=config.max_download_bytes_per_s,
-                                    progress=self.jobs.on_progress, stop=self._stop)
+                                    progress=self.jobs.on_progress, stop=self._stop,
+                                    blobs=self.blobs,
+                                    broadcast_wait_s=config.broadcast_wait_s)
         self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher)
         self._active: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded for an instant rollback

@@ -74,6 +74,9 @@ class AgentConfig:
     fetch_timeout_s: float = 5.0
     download_deadline_s: float = 600.0
     max_download_bytes_per_s: int = 0  # 0: unlimited
+    # a broadcast file's blocks are waited for while they keep coming: after this long
+    # without one, the rest is pulled
+    broadcast_wait_s: float = 5.0
     # telemetry buffer (docs/telemetry.md): records waiting for the writer (a full
     # queue drops and counts), how often the writer commits, the store's cap on disk
     # (database + WAL) and an optional row limit on raw records (0: the byte cap only)
@@ -101,6 +104,8 @@ class AgentConfig:
             raise ValueError("intra_op_threads must be ≥ 1")
         if self.summary_window_s <= 0 or self.fetch_timeout_s <= 0:
             raise ValueError("summary_window_s and fetch_timeout_s must be > 0")
+        if self.broadcast_wait_s < 0:
+            raise ValueError("broadcast_wait_s must be >= 0")
         if not 1024 <= self.chunk_bytes <= 128 * 1024:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:

@@ -41,12 +41,24 @@ from edgefleet.contract import (
     TargetTrust,
     TrustError,
     bundle_paths,
+    valid_sha256,
 )
 from edgefleet.contract.bundle import manifest_path_ok, model_target
+
+from ._blobs import BlobCache
 
 __all__ = ["BundleUpdater", "ChunkFetcher", "ChunkSource", "VerifiedBundle"]
 
 log = logging.getLogger(__name__)
+
+
+def _blob_name(file: str) -> str | None:
+    """The sha256 a target is stored under (consistent snapshots name each target file
+    ``<sha256>.<name>``), which is also its broadcast name; ``None`` for metadata."""
+    if not file.startswith("targets/"):
+        return None
+    head = file.rsplit("/", 1)[-1].split(".", 1)[0]
+    return head if valid_sha256(head) else None
 
 
 class ChunkSource(Protocol):
@@ -71,8 +83,14 @@ class ChunkFetcher(FetcherInterface):
                  timeout_s: float = 5.0, deadline_s: float = 600.0, max_bytes_per_s: int = 0,
                  progress: Callable[[str, int, int], None] | None = None,
                  sleep: Callable[[float], None] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, blobs: BlobCache | None = None,
+                 broadcast_wait_s: float = 5.0) -> None:
         self._source = source
+        self.blobs = blobs
+        self._broadcast_wait = broadcast_wait_s
+        self.bytes_from_broadcast = 0
+        self.bytes_pulled = 0  # target bytes asked of the controller (repairs included)
+        self.used_broadcast: set[str] = set()  # files partly taken from broadcast blocks
         self._stop = stop or threading.Event()
         if sleep is None:  # waits that end early when the agent stops
             def sleep(seconds: float) -> None:
@@ -104,8 +122,36 @@ class ChunkFetcher(FetcherInterface):
         offset, total = 0, None
         started = time.monotonic()
         backoff = 0.2
+        sha = _blob_name(file)
+        if sha is not None and self.blobs is not None and self.blobs.wants(sha):
+            # a broadcast file: from the cache once all of it is here and hashes to its
+            # name; else the blocks that came, and the gaps asked for
+            total = self.blobs.wait_complete(sha, wait_s=self._broadcast_wait,
+                                             stop=self._stop)
+            if total is not None:
+                while offset < min(total, limit):
+                    data = self.blobs.read(sha, offset, min(1 << 20, limit - offset))
+                    offset += len(data)
+                    self.bytes_from_broadcast += len(data)
+                    if self._progress is not None:
+                        self._progress(file, offset, total)
+                    yield data
+                return
         while offset < limit and (total is None or offset < total):
             count = min(self._chunk, limit - offset)
+            held = self.blobs.block(sha, offset) if sha is not None and self.blobs else None
+            if held is not None:
+                data, total = held
+                data = data[:limit - offset]
+                self.used_broadcast.add(sha)  # type: ignore[arg-type]
+                self.bytes_from_broadcast += len(data)
+                offset += len(data)
+                yield data
+                continue
+            if sha is not None and self.blobs is not None:  # pull up to the next held block
+                after = self.blobs.next_block(sha, offset)
+                if after is not None:
+                    count = min(count, after - offset)
             try:
                 chunk = self._source(file, offset, count, self._timeout)
             except FetchError as exc:
@@ -129,6 +175,8 @@ class ChunkFetcher(FetcherInterface):
                 break
             offset += len(chunk.data)
             self.bytes_received += len(chunk.data)
+            if file.startswith("targets/"):
+                self.bytes_pulled += len(chunk.data)
             if self._progress is not None:
                 self._progress(file, offset, total)
             if self._rate:
@@ -259,12 +307,28 @@ class BundleUpdater:
                 updater, model_target(manifest_path, entry.name), entry.length, entry.sha256,
                 trust)) for entry in manifest.files]
             step("downloading")
-            local_model = updater.download_target(
-                model_info, str(self.download_dir / manifest.model_file))
-            data = {name: Path(updater.download_target(i, str(self.download_dir / name)))
+            local_model = self._download(updater, model_info,
+                                         self.download_dir / manifest.model_file)
+            data = {name: Path(self._download(updater, i, self.download_dir / name))
                     for name, i in data_infos}
             return VerifiedBundle(manifest, manifest_bytes, Path(local_model), trust, data)
         raise AssertionError("unreachable")  # pragma: no cover (the context re-raises)
+
+    def _download(self, updater: Updater, info: TargetFile, path: Path) -> str:
+        """``download_target``; once more, all pulled, if a file put together partly from
+        broadcast blocks did not verify (a block that was not what it said)."""
+        try:
+            return updater.download_target(info, str(path))
+        except tuf_exc.LengthOrHashMismatchError:
+            sha = info.hashes.get("sha256", "")
+            blobs = self.fetcher.blobs
+            if blobs is None or sha not in self.fetcher.used_broadcast:
+                raise
+            log.warning("%s put together from broadcast blocks did not verify; pulling it",
+                        info.path)
+            blobs.drop(sha)
+            self.fetcher.used_broadcast.discard(sha)
+            return updater.download_target(info, str(path))
 
     @contextlib.contextmanager
     def _translated(self, *, phase: str) -> Iterator[None]:

@@ -50,15 +50,21 @@ from .messages import (
 from .signed import COMMAND_KEYS_FIELD, Signed
 from .sketch import DDSketch
 from .topics import (
+    BLOB_PREFIX,
     CTL_STATE,
     PREFIX,
     DeviceTopic,
+    blob_filter,
+    blob_topic,
     device_topic,
     device_wildcard,
+    parse_blob_topic,
     parse_device_topic,
+    valid_sha256,
 )
 
 __all__ = [
+    "BLOB_PREFIX",
     "COMMAND_KEYS_FIELD",
     "CTL_STATE",
     "MANIFEST_MAX_BYTES",
@@ -104,8 +110,12 @@ __all__ = [
     "TransportError",
     "TrustError",
     "bundle_paths",
+    "blob_filter",
+    "blob_topic",
     "device_topic",
     "device_wildcard",
+    "parse_blob_topic",
     "parse_device_topic",
     "sha256_file",
+    "valid_sha256",
 ]

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 from . import _json
 from .errors import MessageError
+from .topics import valid_sha256
 
 __all__ = [
     "Ack",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 MAX_CHUNK_BYTES = 128 * 1024
+MAX_BROADCAST_FILES = 64  # files of one bundle a desired state may name as broadcast
 _MAX_PAYLOAD = 4 * 1024 * 1024
 _INT32, _INT64 = 2**31 - 1, 2**63 - 1  # signed INTEGER / BIGINT
 _INT64_MIN = -(2**63)
@@ -235,12 +237,19 @@ class DesiredState(Message):
     shadow_sample: float = 0.0
     # the device this is for: bound into the signature, so it cannot be replayed to another
     device: str = ""
+    # sha256 of the bundle's files the controller broadcasts on their blob topics: the
+    # device may take their blocks from there (TUF still verifies every file it uses)
+    broadcast: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ("active", "shadow"):
             raise ValueError(f"unknown mode {self.mode!r}")
         if not 0.0 <= self.shadow_sample <= 1.0:
             raise ValueError("shadow_sample must be within 0..1")
+        if len(self.broadcast) > MAX_BROADCAST_FILES or not all(
+                map(valid_sha256, self.broadcast)):
+            raise ValueError(f"broadcast lists at most {MAX_BROADCAST_FILES} sha256 "
+                             "(64 lowercase hex digits)")
 
 
 @dataclasses.dataclass(frozen=True)

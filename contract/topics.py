@@ -10,16 +10,25 @@ import re
 
 __all__ = [
     "PREFIX",
+    "BLOB_PREFIX",
     "CTL_STATE",
     "DeviceTopic",
     "device_topic",
     "parse_device_topic",
     "valid_device_id",
     "device_wildcard",
+    "blob_topic",
+    "blob_filter",
+    "parse_blob_topic",
+    "valid_sha256",
 ]
 
 PREFIX = "fleet/v1"
 CTL_STATE = f"{PREFIX}/ctl/state"
+# bundle files broadcast to the devices of a wave, content-addressed:
+# fleet/v1/blob/{sha256}/{offset}, retained, one block per message
+BLOB_PREFIX = f"{PREFIX}/blob"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -73,4 +82,37 @@ def parse_device_topic(topic: str) -> tuple[str, str] | None:
     return device_id, "/".join(parts[4:])
 
 
+def valid_sha256(text: str) -> bool:
+    """Whether ``text`` is a lowercase hex sha256 (the name of a broadcast file)."""
+    return bool(_SHA256.match(text))
 
+
+def blob_topic(sha256: str, offset: int) -> str:
+    """The topic of the block of broadcast file ``sha256`` that starts at ``offset``.
+
+    Raises:
+        ValueError: not a sha256, or a negative offset.
+    """
+    if not valid_sha256(sha256) or offset < 0:
+        raise ValueError(f"invalid blob {sha256!r} at {offset}")
+    return f"{BLOB_PREFIX}/{sha256}/{offset}"
+
+
+def blob_filter(sha256: str) -> str:
+    """The subscription filter for every block of broadcast file ``sha256``.
+
+    Raises:
+        ValueError: not a sha256.
+    """
+    if not valid_sha256(sha256):
+        raise ValueError(f"invalid blob {sha256!r}")
+    return f"{BLOB_PREFIX}/{sha256}/+"
+
+
+def parse_blob_topic(topic: str) -> tuple[str, int] | None:
+    """``(sha256, offset)`` of a blob topic; ``None`` if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:3]) != BLOB_PREFIX or not valid_sha256(parts[3]) \
+            or not parts[4].isdigit() or len(parts[4]) > 18:
+        return None
+    return parts[3], int(parts[4])

@@ -168,3 +168,7 @@ class ControllerLink:
                 qos: int = 1) -> None:
         """Queue a message to one device (paho delivers it when connected)."""
         self._client.publish(device_topic(device, suffix), payload, qos=qos, retain=retain)
+
+    def publish_topic(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Queue a message on a topic that is not a device's (broadcast blocks)."""
+        self._client.publish(topic, payload, qos=1, retain=retain)

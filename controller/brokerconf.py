@@ -22,7 +22,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from edgefleet.contract import PREFIX
+from edgefleet.contract import BLOB_PREFIX, PREFIX
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.topics import valid_device_id
 
@@ -45,11 +45,15 @@ def password_line(username: str, password: str, *, salt: bytes | None = None) ->
 
 
 def render_acl(controller_user: str) -> str:
-    """The ACL: the controller reads and writes the fleet, a device only its own topics."""
+    """The ACL: the controller reads and writes the fleet, a device only its own topics
+    (and reads the broadcast bundle blocks)."""
     lines = [f"user {controller_user}", f"topic readwrite {PREFIX}/#", ""]
     lines += [f"pattern write {PREFIX}/dev/%u/{t}" for t in DEVICE_WRITES]
     lines += [f"pattern read {PREFIX}/dev/%u/{t}" for t in DEVICE_READS]
     lines.append(f"pattern read {PREFIX}/ctl/state")
+    # broadcast bundle blocks: every device may read them (a device may pull any bundle
+    # file too); only the controller writes them
+    lines.append(f"pattern read {BLOB_PREFIX}/+/+")
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ from edgefleet.contract import (
 from edgefleet.contract.topics import valid_device_id
 
 from ._alerting import AlertMonitor
+from ._broadcast import Broadcaster
 from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
 from .auth import production_targets
@@ -103,11 +104,13 @@ class FleetController:
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
         self.counters = {"summaries_stored": 0, "summaries_duplicate": 0, "chunks_served": 0,
+                         "target_bytes_served": 0, "metadata_bytes_served": 0,
                          "malformed": 0, "desired_redriven": 0, "revoked_ignored": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
         self._upkeep: threading.Thread | None = None
+        self.broadcaster: Broadcaster | None = None
         self.ingestor = Ingestor(self.store.telemetry, self._ack, clock=self.clock,
                                  counters=self.counters, queue_max=settings.telemetry_queue_max,
                                  batch_max=settings.telemetry_batch_max,
@@ -139,6 +142,12 @@ class FleetController:
                                    ca_file=str(self.settings.broker_ca_file)
                                    if self.settings.broker_ca_file else None,
                                    share_group=self.settings.share_group)
+        if self.settings.broadcast:
+            link = self.link
+            self.broadcaster = Broadcaster(
+                self.repo, lambda topic, payload, retain: link.publish_topic(
+                    topic, payload, retain=retain),
+                self.clock, ttl_s=self.settings.broadcast_ttl_s)
         self.ingestor.start()
         self.alerts.start()
         self.optimizations.start()
@@ -157,6 +166,8 @@ class FleetController:
     def stop(self) -> None:
         self._stop.set()
         self.optimizations.stop()  # jobs still waiting fail; running ones cannot be cut
+        if self.broadcaster is not None:
+            self.broadcaster.stop()
         if self._rollouts is not None:
             self._rollouts.join(5.0)
         if self._upkeep is not None:
@@ -214,6 +225,8 @@ class FleetController:
                         now, raw_retention_s=s.telemetry_raw_retention_s,
                         rollup_retention_s=s.telemetry_rollup_retention_s)
                     self.alerts.prune(now)
+                if self.broadcaster is not None:
+                    self.broadcaster.prune()
             except Exception:
                 log.exception("telemetry upkeep (alerts, retention) failed")
 
@@ -318,6 +331,9 @@ class FleetController:
             data, total = self.repo.read(req.file, req.offset, req.count)
             resp = ChunkResponse(req.req, req.file, req.offset, total, "ok", data)
             self.counters["chunks_served"] += 1
+            # bundle bytes pulled (with broadcast on: the repairs) and metadata bytes
+            self.counters["target_bytes_served" if req.file.startswith("targets/")
+                          else "metadata_bytes_served"] += len(data)
         except NotFoundError:
             resp = ChunkResponse(req.req, req.file, req.offset, -1, "not_found")
         except ValueError:
@@ -327,15 +343,29 @@ class FleetController:
     # -- operations (API workers) -------------------------------------------------------
     def _publish_desired(self, device: str, desired: DesiredState) -> None:
         """Record and send one device's desired state (retained) plus a deploy command."""
-        desired = dataclasses.replace(desired, device=device)
+        desired = dataclasses.replace(desired, device=device,
+                                      broadcast=self._broadcast(desired.manifest))
         self.store.set_desired(device, desired.to_dict())
         self._send_desired(device, desired)
         self.send_command(device, "deploy", desired=desired)
+
+    def _broadcast(self, manifest_path: str) -> list[str]:
+        """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
+        broadcasting is off (devices pull everything)."""
+        if self.broadcaster is None or not manifest_path:
+            return []
+        try:
+            return self.broadcaster.announce(manifest_path)
+        except (NotFoundError, OSError, ValueError) as exc:  # the device pulls instead
+            log.warning("cannot broadcast %s: %s", manifest_path, exc)
+            return []
 
     def _send_desired(self, device: str, desired: DesiredState) -> None:
         assert self.link is not None
         if desired.device != device:  # a stored state from before states were addressed
             desired = dataclasses.replace(desired, device=device)
+        if desired.broadcast:  # sent again (another leader, a restart): published again
+            self._broadcast(desired.manifest)
         self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(desired.encode()),
                           retain=True)
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     command_ttl_s: float = 3600.0
     trust_refresh_interval_s: float = 300.0
     rollout_tick_s: float = 0.5
+    # bundle files go out once, retained on fleet/v1/blob/{sha256}/…, for every device of
+    # a wave to take (off: each device pulls every block); cleared broadcast_ttl_s after
+    # their bundle was last sent
+    broadcast: bool = True
+    broadcast_ttl_s: float = Field(3600.0, gt=0)
     # replicas (docs/operations.md): MQTT 5 shared subscriptions in this group ("": one
     # controller); one replica at a time leads (rollouts, alerts, retention, re-signing)
     share_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")

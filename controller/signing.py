@@ -34,7 +34,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from edgefleet.contract import Clock, NotFoundError, Signed, SystemClock
+from edgefleet.contract import Clock, Manifest, NotFoundError, Signed, SystemClock
+from edgefleet.contract.bundle import model_target
 from edgefleet.contract.files import atomic_write
 
 from .keys import init_keys, load_signers
@@ -252,6 +253,29 @@ class TrustRepository:
             hashes={"sha256": hashlib.sha256(sdata).hexdigest()})
         self._sign(self.timestamp, "timestamp")
         atomic_write(self.metadata_dir / "timestamp.json", self.timestamp.to_bytes(_SERIALIZER))
+
+    def bundle_files(self, manifest_path: str) -> list[tuple[str, str, int]]:
+        """``(sha256, repository file, length)`` of a signed bundle's files: its manifest,
+        model and data files, as devices fetch them (``targets/…/{sha256}.{name}``).
+
+        Raises:
+            NotFoundError: the manifest is not a signed target.
+        """
+        targets = self.targets.signed.targets
+        if manifest_path not in targets:
+            raise NotFoundError(f"no signed bundle {manifest_path}")
+
+        def entry(path: str) -> tuple[str, str, int]:
+            info = targets[path]
+            sha = info.hashes["sha256"]
+            folder, _, base = path.rpartition("/")
+            return sha, f"targets/{folder}/{sha}.{base}", info.length
+
+        first = entry(manifest_path)
+        manifest = Manifest.decode((self.repo_dir / first[1]).read_bytes())
+        paths = [model_target(manifest_path, manifest.model_file),
+                 *(model_target(manifest_path, f.name) for f in manifest.files)]
+        return [first, *(entry(p) for p in paths if p in targets)]
 
     def read(self, file: str, offset: int, count: int) -> tuple[bytes, int]:
         """Serve ``count`` bytes of a repository file at ``offset``.

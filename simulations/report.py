@@ -108,11 +108,23 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
         "bytes_fetched": final.get("fetched_bytes", 0),
         "bytes_fetched_per_device": int(final.get("fetched_bytes", 0) / max(n, 1)),
         "chunks_served": counters.get("chunks_served", 0),
+        # what left the controller for the bundle: each file broadcast once, the blocks
+        # devices pulled (with broadcast: repairs), and TUF metadata
+        "transport": counters.get("transport", "pull"),
+        "bytes_broadcast": counters.get("broadcast_bytes", 0),
+        "bytes_repaired": counters.get("target_bytes_served", 0)
+        if counters.get("transport") == "broadcast" else 0,
+        "bytes_bundle_pulled": counters.get("target_bytes_served", 0),
+        "bytes_metadata_served": counters.get("metadata_bytes_served", 0),
+        "bytes_out_of_controller": counters.get("broadcast_bytes", 0)
+        + counters.get("target_bytes_served", 0) + counters.get("metadata_bytes_served", 0),
         "chunks_lost": final.get("chunks_lost", 0),
         "connects": final.get("connects", 0), "connect_failures": final.get("connect_failures", 0),
         "commands_rejected": dict(final.get("rejected", {})),
         "inferences": final.get("inferences", 0),
         "cpu_s_timed_part": final.get("cpu_s", {}),
+        "controller_cpu_ms_per_device": round(
+            1000.0 * final.get("cpu_s", {}).get("controller", 0.0) / max(n, 1), 2),
     })
     produced, acked = final.get("summaries_produced", 0), final.get("summaries_acked", 0)
     figures["telemetry"] = {

@@ -461,7 +461,11 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
                            events=run.events, final=final, deployment=deployment,
                            target=run.target, deployed_wall=run.deployed_wall, fanout=fanout,
                            setup=setup, settled_at=settled_at,
-                           counters=dict(run.ctl.counters), model=name,
+                           counters={**run.ctl.counters,
+                                     **(run.ctl.broadcaster.counters
+                                        if run.ctl.broadcaster is not None else {}),
+                                     "transport": "broadcast" if run.ctl.broadcaster
+                                     is not None else "pull"}, model=name,
                            bundle_bytes=len(target_bytes))
         report["elapsed_s"] = round(time.monotonic() - started, 1)
         report["workdir"] = None if own else str(root)

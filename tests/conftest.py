@@ -61,10 +61,11 @@ def db_url(tmp_path: Path, request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def controller(tmp_path: Path, mosquitto: MosquittoProcess, trust_root: Path,
-               db_url: str) -> Iterator[FleetController]:
+               db_url: str, request: pytest.FixtureRequest) -> Iterator[FleetController]:
     settings = Settings(db_url=db_url, broker_url=mosquitto.url,
                         keys_dir=trust_root.parent, data_dir=tmp_path / "ctl",
-                        admin_token=TOKEN, client_id=f"ctl-{tmp_path.name}"[:60])
+                        admin_token=TOKEN, client_id=f"ctl-{tmp_path.name}"[:60],
+                        broadcast=request.node.get_closest_marker("pull_only") is None)
     ctl = FleetController(settings)
     ctl.start()
     yield ctl

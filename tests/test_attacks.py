@@ -3,6 +3,11 @@
 Each attack is carried out against a real controller, a real Mosquitto and a real
 agent serving ``digits:1``. Each test asserts that the bundle (or command) is refused
 with the attack's reason AND that the last known good model still serves.
+
+The attacks are on the request/response path (a hostile server or link), so devices
+pull here: with broadcast on, ``digits:2``'s model (the same bytes as ``digits:1``'s)
+would arrive intact from its earlier broadcast, whatever is done to the stored copy.
+Attacks on broadcast blocks are in ``test_broadcast.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from edgefleet.contract import (
 from edgefleet.controller import TrustExpiry, TrustRepository, init_keys
 from edgefleet.controller.keys import rotate_keys
 from edgefleet.simulations.fleet import wait_until
+
+pytestmark = pytest.mark.pull_only
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from edgefleet.simulations.brokers import MosquittoProcess
 from edgefleet.simulations.fleet import Fleet
 
 CTL_USER = "edgefleet-controller"
+BLOB = "ab" * 32  # a broadcast file's name (a sha256)
 
 
 @pytest.fixture
@@ -70,9 +71,14 @@ def test_device_cannot_read_or_write_another_devices_topics(secured):
     assert rc == 0 and rc_a == 0
     try:
         ctl.subscribe("fleet/v1/dev/+/#", qos=1)
+        ctl.subscribe("fleet/v1/blob/#", qos=1)
         a.subscribe("fleet/v1/dev/pi-b/cmd", qos=1)  # B's commands
         a.subscribe("fleet/v1/dev/pi-a/cmd", qos=1)  # its own
+        a.subscribe(f"fleet/v1/blob/{BLOB}/+", qos=1)  # broadcast bundle blocks: readable
         threading.Event().wait(0.5)
+        ctl.publish(f"fleet/v1/blob/{BLOB}/0", b"block", qos=1, retain=True).wait_for_publish(5)
+        a.publish(f"fleet/v1/blob/{BLOB}/65536", b"forged", qos=1,
+                  retain=True).wait_for_publish(5)
         ctl.publish("fleet/v1/dev/pi-b/cmd", b"for-b", qos=1).wait_for_publish(5)
         ctl.publish("fleet/v1/dev/pi-a/cmd", b"for-a", qos=1).wait_for_publish(5)
         a.publish("fleet/v1/dev/pi-b/telemetry", b"forged", qos=1).wait_for_publish(5)
@@ -85,7 +91,9 @@ def test_device_cannot_read_or_write_another_devices_topics(secured):
         for c in (ctl, a):
             c.loop_stop()
             c.disconnect()
-    assert a_got == [("fleet/v1/dev/pi-a/cmd", b"for-a")]  # never B's
+    # its own commands and the broadcast, never B's; and it cannot write a block
+    assert sorted(a_got) == [("fleet/v1/blob/" + BLOB + "/0", b"block"),
+                             ("fleet/v1/dev/pi-a/cmd", b"for-a")]
     forged = [t for t, p in ctl_got if p in (b"forged", b"self-command")]
     assert forged == []  # nothing A wrote outside its lane reached anyone
     assert ("fleet/v1/dev/pi-a/telemetry", b"own") in ctl_got
@@ -140,6 +148,9 @@ def _deploy_through(broker_url, creds, ctl_pw, tmp_path, trust_root, **tls):
         dep = wait_deployment(ctl, ctl.deploy("digits", row["version"])["id"])
         assert dep["state"] == "succeeded"
         assert {a.active.version for a in fleet.agents.values()} == {row["version"]}
+        # the devices may read the broadcast blocks: no bundle byte was pulled
+        assert ctl.counters["target_bytes_served"] == 0
+        assert all(a.fetcher.bytes_from_broadcast > 0 for a in fleet.agents.values())
     finally:
         fleet.stop()
         ctl.stop()

@@ -1,0 +1,201 @@
+"""Bundle files the controller broadcasts, gathered block by block before TUF asks.
+
+When a wave starts the controller publishes each file of the bundle once, retained, as
+blocks on ``fleet/v1/blob/{sha256}/{offset}``; the desired state names the files
+(``broadcast``). The device subscribes, and ``BlobCache.put`` writes each block where it
+belongs in ``<dir>/<sha256>.part``. ``ChunkFetcher`` reads a file's blocks from here
+first and asks the controller (request/response) only for blocks that do not come.
+
+Nothing here is trusted: a file is served from the cache only once all of it is here
+and its sha256 is the one it is named by, and python-tuf then checks it against the
+signed length and hash like any download. A file whose blocks do not add up to its
+name is dropped and pulled instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+from edgefleet.contract import ChunkResponse, valid_sha256
+
+__all__ = ["BlobCache"]
+
+log = logging.getLogger(__name__)
+
+
+class _Blob:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.total: int | None = None
+        self.blocks: dict[int, int] = {}  # offset -> length
+        self.have = 0
+        self.verified = False
+        self.bad = False
+
+
+class BlobCache:
+    """Broadcast files being gathered for the current job.
+
+    Args:
+        directory: where partial and complete files are kept (emptied by ``forget``).
+        max_bytes: the largest file taken from a broadcast (larger ones are pulled).
+    """
+
+    def __init__(self, directory: Path, *, max_bytes: int = 4 << 30) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._blobs: dict[str, _Blob] = {}
+        self._cond = threading.Condition()
+        self.blocks_received = 0
+        self.bytes_received = 0
+        self.rejected = 0  # files whose blocks did not hash to their name
+
+    # -- what the job wants -------------------------------------------------------------
+    def expect(self, shas: list[str]) -> list[str]:
+        """Start gathering these files; returns the ones that are new (to subscribe to)."""
+        new = []
+        with self._cond:
+            for sha in shas:
+                if valid_sha256(sha) and sha not in self._blobs:
+                    self._blobs[sha] = _Blob(self.directory / f"{sha}.part")
+                    new.append(sha)
+        return new
+
+    def expected(self) -> list[str]:
+        with self._cond:
+            return [sha for sha, b in self._blobs.items() if not b.verified and not b.bad]
+
+    def forget(self, shas: list[str] | None = None) -> None:
+        """Stop gathering (all files, or these) and delete what was kept."""
+        with self._cond:
+            for sha in list(self._blobs) if shas is None else shas:
+                blob = self._blobs.pop(sha, None)
+                if blob is not None:
+                    blob.path.unlink(missing_ok=True)
+            self._cond.notify_all()
+
+    # -- blocks in (paho's thread) ------------------------------------------------------
+    def put(self, sha: str, offset: int, frame: bytes) -> bool:
+        """Keep one broadcast block; ``False`` when it is not wanted or does not fit."""
+        chunk = ChunkResponse.decode(frame)  # MessageError for a malformed frame
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is None or blob.verified or blob.bad:
+                return False
+            if chunk.file != sha or chunk.offset != offset or chunk.status != "ok" or \
+                    not 0 < chunk.total <= self.max_bytes or \
+                    offset + len(chunk.data) > chunk.total or \
+                    (blob.total is not None and chunk.total != blob.total):
+                log.warning("dropped a broadcast block of %s at %d that does not fit",
+                            sha[:12], offset)
+                return False
+            if offset in blob.blocks or not chunk.data:
+                return False
+            if blob.total is None:
+                blob.total = chunk.total
+                self.directory.mkdir(parents=True, exist_ok=True)
+                with open(blob.path, "wb") as fh:
+                    fh.truncate(chunk.total)
+            fd = os.open(blob.path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, chunk.data, offset)
+            finally:
+                os.close(fd)
+            blob.blocks[offset] = len(chunk.data)
+            blob.have += len(chunk.data)
+            self.blocks_received += 1
+            self.bytes_received += len(chunk.data)
+            if blob.have >= blob.total:
+                self._verify(sha, blob)
+            self._cond.notify_all()
+            return True
+
+    def _verify(self, sha: str, blob: _Blob) -> None:
+        digest = hashlib.sha256()
+        with open(blob.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() == sha and blob.have == blob.total:
+            blob.verified = True
+        else:  # overlapping or forged blocks: none of it is used
+            blob.bad = True
+            self.rejected += 1
+            blob.path.unlink(missing_ok=True)
+            log.warning("broadcast file %s did not hash to its name; pulling it instead",
+                        sha[:12])
+
+    # -- blocks out (the fetcher) -------------------------------------------------------
+    def wants(self, sha: str) -> bool:
+        with self._cond:
+            blob = self._blobs.get(sha)
+            return blob is not None and not blob.bad
+
+    def wait_complete(self, sha: str, *, wait_s: float,
+                      stop: threading.Event | None = None) -> int | None:
+        """The file's length once it is all here and hashes to its name, waiting while
+        blocks keep coming (up to ``wait_s`` without a new block of it); ``None`` when it
+        will not be complete here (the caller takes what came and pulls the rest)."""
+        with self._cond:
+            while True:
+                blob = self._blobs.get(sha)
+                if blob is None or blob.bad:
+                    return None
+                if blob.verified:
+                    return blob.total
+                have = blob.have
+                self._cond.wait(wait_s)
+                if stop is not None and stop.is_set():
+                    return None
+                blob = self._blobs.get(sha)
+                if blob is None or (blob.have == have and not blob.verified):
+                    return None  # no block came for wait_s
+
+    def read(self, sha: str, offset: int, count: int) -> bytes:
+        """Bytes of a complete, verified file."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is None or not blob.verified:
+                raise FileNotFoundError(f"broadcast file {sha[:12]} is not complete here")
+            with open(blob.path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(count)
+
+    def block(self, sha: str, offset: int) -> tuple[bytes, int] | None:
+        """The block at ``offset`` if it arrived (unverified: the caller's download is
+        checked by TUF as a whole), for a partial file being repaired."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is None or blob.bad or blob.total is None or offset not in blob.blocks:
+                return None
+            length = blob.blocks[offset]
+            with open(blob.path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length), blob.total
+
+    def next_block(self, sha: str, offset: int) -> int | None:
+        """Where the next block held after ``offset`` starts (``None``: none is)."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is None or blob.bad:
+                return None
+            return min((o for o in blob.blocks if o > offset), default=None)
+
+    def drop(self, sha: str) -> None:
+        """A file assembled partly from broadcast blocks failed verification: stop using
+        its blocks (the caller pulls it again)."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is not None and not blob.bad:
+                blob.bad = True
+                self.rejected += 1
+                blob.path.unlink(missing_ok=True)
+            self._cond.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {"blocks": self.blocks_received, "bytes": self.bytes_received,
+                    "rejected": self.rejected, "gathering": len(self._blobs)}

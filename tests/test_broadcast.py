@@ -1,0 +1,143 @@
+"""Bundle broadcast: each bundle file leaves the controller once, retained on its blob
+topics; devices take it from there, pull only the blocks that did not come, and never
+use a byte that does not verify. Real Mosquitto, real agents, real TUF."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+from _support import register_digits, wait_deployment, wait_devices_known
+
+from edgefleet.contract import ChunkResponse, blob_topic
+from edgefleet.controller import RolloutPolicy
+
+
+def _bundle_bytes(controller, dep) -> tuple[int, list[tuple[str, str, int]]]:
+    manifest = controller.store.get_desired(dep["jobs"][0]["device"])["payload"]["manifest"]
+    files = controller.repo.bundle_files(manifest)
+    return sum(length for _sha, _file, length in files), files
+
+
+def _deploy(controller, version: int) -> dict:
+    dep = controller.deploy("digits", version,
+                            policy=RolloutPolicy(health_window_s=0.5, wave_timeout_s=60))
+    return wait_deployment(controller, dep["id"], 90)
+
+
+def test_a_wave_takes_the_bundle_from_one_broadcast_and_pulls_none_of_it(controller,
+                                                                          make_fleet):
+    fleet = make_fleet(4)
+    wait_devices_known(controller, fleet.ids)
+    v = register_digits(controller)["version"]
+    dep = _deploy(controller, v)
+    assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
+    size, files = _bundle_bytes(controller, dep)
+    assert len(files) >= 3  # manifest, model, data files
+    # once for four devices, and no bundle byte pulled
+    assert controller.broadcaster.counters["broadcast_bytes"] == size
+    assert controller.broadcaster.counters["broadcast_files"] == len(files)
+    assert controller.counters["target_bytes_served"] == 0
+    for agent in fleet.agents.values():
+        assert agent.fetcher.bytes_from_broadcast == size and agent.fetcher.bytes_pulled == 0
+        assert agent.blobs.stats()["gathering"] == 0  # cache emptied after the job
+        assert not list((agent.config.state_dir / "blobs").glob("*"))
+
+
+def test_a_device_that_missed_blocks_pulls_just_those(controller, make_fleet, monkeypatch):
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    lossy = fleet.agents[fleet.ids[0]]
+    put = lossy.blobs.put
+    dropped: list[int] = []
+
+    def lose_first_blocks(sha: str, offset: int, frame: bytes) -> bool:
+        if offset == 0 and len(dropped) < 2:  # the first block of the first two files
+            dropped.append(len(ChunkResponse.decode(frame).data))
+            return False
+        return put(sha, offset, frame)
+
+    monkeypatch.setattr(lossy.blobs, "put", lose_first_blocks)
+    monkeypatch.setattr(lossy.fetcher, "_broadcast_wait", 0.5)
+    v = register_digits(controller)["version"]
+    dep = _deploy(controller, v)
+    assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
+    size, _files = _bundle_bytes(controller, dep)
+    assert len(dropped) == 2
+    # the repairs are the lost blocks only, and the controller served exactly those
+    assert lossy.fetcher.bytes_pulled == sum(dropped)
+    assert lossy.fetcher.bytes_from_broadcast == size - sum(dropped)
+    assert controller.counters["target_bytes_served"] == sum(dropped)
+    other = fleet.agents[fleet.ids[1]]
+    assert other.fetcher.bytes_pulled == 0 and other.fetcher.bytes_from_broadcast == size
+
+
+def test_a_late_device_gets_the_retained_blocks_and_a_forged_block_is_never_used(
+        controller, make_fleet, mosquitto):
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    late, forged_for = fleet.ids
+    fleet.stop_agent(late)
+    fleet.stop_agent(forged_for)
+    v = register_digits(controller)["version"]
+    dep = controller.deploy("digits", v,
+                            policy=RolloutPolicy(health_window_s=0.5, wave_timeout_s=90))
+    # the broadcast goes out while both are away
+    wait_until_sent = threading.Event()
+    for _ in range(200):
+        if controller.broadcaster.pending() == 0 and \
+                controller.broadcaster.counters["broadcast_files"] >= 3:
+            wait_until_sent.set()
+            break
+        wait_until_sent.wait(0.05)
+    assert wait_until_sent.is_set()
+    desired = controller.store.get_desired(forged_for)["payload"]
+    files = controller.repo.bundle_files(desired["manifest"])
+    model_sha, _file, model_len = files[1]
+    # someone with the broker's write access replaces a retained block of the model
+    forger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="forger")
+    forger.connect("127.0.0.1", mosquitto.port)
+    forger.loop_start()
+    # a block of the real block's size, so the file adds up and only its hash is wrong
+    forged = b"\0" * min(controller.broadcaster.block_bytes, model_len)
+    frame = ChunkResponse("", model_sha, 0, model_len, "ok", forged).encode()
+    forger.publish(blob_topic(model_sha, 0), frame, qos=1, retain=True).wait_for_publish(5)
+    forger.loop_stop()
+    forger.disconnect()
+
+    fleet.start([late, forged_for])
+    dep = wait_deployment(controller, dep["id"], 90)
+    assert dep["state"] == "succeeded", [(j["device"], j["state"], j["reason"])
+                                         for j in dep["jobs"]]
+    size = sum(length for _s, _f, length in files)
+    for device in (late, forged_for):
+        agent = fleet.agents[device]
+        assert agent.active is not None and agent.active.version == v
+        # the model's blocks did not hash to its name: dropped, and the model pulled whole
+        assert agent.blobs.stats()["rejected"] == 1
+        assert agent.fetcher.bytes_pulled == model_len
+        assert agent.fetcher.bytes_from_broadcast == size - model_len
+    assert controller.counters["target_bytes_served"] == 2 * model_len
+
+
+def test_a_tampered_file_on_the_server_is_refused_when_broadcast_too(controller, make_fleet):
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    v = register_digits(controller)["version"]
+    manifest = controller.registry.ensure_bundle("digits", v)
+    model_sha, stored, _length = controller.repo.bundle_files(manifest)[1]
+    path = controller.repo.repo_dir / stored
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # before its first broadcast: what goes out is tampered
+    path.write_bytes(bytes(data))
+
+    dep = controller.deploy("digits", v, policy=RolloutPolicy(on_breach="pause",
+                                                              wave_timeout_s=60))
+    dep = wait_deployment(controller, dep["id"], 90, states=("paused",))
+    (job,) = dep["jobs"]
+    assert job["state"] == "failed" and job["reason"] == "tampered_file", job
+    agent = fleet.agents[fleet.ids[0]]
+    # the broadcast copy did not hash to its name (dropped), the pulled one failed TUF
+    assert agent.blobs.stats()["rejected"] == 1 and agent.active is None
+    assert controller.broadcaster.counters["broadcast_files"] >= 3
+    assert model_sha in controller.store.get_desired(fleet.ids[0])["payload"]["broadcast"]
