@@ -240,15 +240,18 @@ class JobRunner:
                 agent.switch_to(local, d, reason="rollback")
                 return
         self.report(d, JobState.DOWNLOADING)
-        agent.link.subscribe_blobs(agent.blobs.expect(d.broadcast))
+        # a device capped for a metered link pulls at its own pace instead of taking
+        # broadcast blocks at the broker's
+        broadcast = d.broadcast if not agent.config.max_download_bytes_per_s else []
+        agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
         try:
             bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
                                          check=self.check_target,
                                          on_refreshed=self._on_refreshed)
         finally:  # what TUF verified is in the download folder now
-            if d.broadcast:
-                agent.link.unsubscribe_blobs(d.broadcast)
-                agent.blobs.forget(d.broadcast)
+            if broadcast:
+                agent.link.unsubscribe_blobs(broadcast)
+                agent.blobs.forget(broadcast)
         self.report(d, JobState.VERIFYING)
         m = bundle.manifest
         if (active is not None and active.name == m.name and m.version < active.version

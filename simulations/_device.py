@@ -181,4 +181,6 @@ class SimulatedAgent(Agent):
                 "on_trial": self.on_trial_now,
                 "connected": self.link.connected.is_set(),
                 "last_job": last_job, "job_state": done.get(last_job) if last_job else None,
-                "fetched": self.fetcher.bytes_received, "inferences": self.inferences}
+                "fetched": self.fetcher.bytes_received,
+                "from_broadcast": self.fetcher.bytes_from_broadcast,
+                "inferences": self.inferences}

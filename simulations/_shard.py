@@ -354,6 +354,7 @@ class Shard:
             "on_trial": sum(s["on_trial"] for s in snaps.values()),
             "fetched_bytes": sum(s["fetched"] for s in snaps.values())
             + sum(self.fetched_before.values()),
+            "from_broadcast_bytes": sum(s["from_broadcast"] for s in snaps.values()),
             "inferences": sum(s["inferences"] for s in snaps.values()),
             "chunks_lost": dropped, "rejected": dict(rejected),
             "rss_bytes": self.process.memory_info().rss, "rss_base_bytes": self.rss_base,

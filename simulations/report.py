@@ -107,6 +107,9 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
         "connected_at_end": final.get("connected", 0),
         "bytes_fetched": final.get("fetched_bytes", 0),
         "bytes_fetched_per_device": int(final.get("fetched_bytes", 0) / max(n, 1)),
+        # what devices took from the broadcast (the same bundle bytes, not pulled)
+        "bytes_from_broadcast_per_device": int(final.get("from_broadcast_bytes", 0)
+                                               / max(n, 1)),
         "chunks_served": counters.get("chunks_served", 0),
         # what left the controller for the bundle: each file broadcast once, the blocks
         # devices pulled (with broadcast: repairs), and TUF metadata

@@ -109,8 +109,14 @@ def test_rollout_reaches_every_device_and_is_compared_with_raw_fanout(tmp_path):
     assert ratio["met"] == (f["ratio_to_fanout"] <= 3.0)
     if not ratio["met"]:
         assert ratio["by"] == round(f["ratio_to_fanout"] / 3.0, 1) and "chunk" in ratio["why"]
-    # every device pulled the signed bundle itself (plus a little metadata)
-    assert f["bytes_fetched_per_device"] >= report["model"]["bundle_bytes"]
+    # every device got the signed bundle (plus a little metadata it pulled), and the
+    # controller sent the bundle's files once, broadcast: nothing of it was pulled
+    bundle = report["model"]["bundle_bytes"]
+    assert f["transport"] == "broadcast"
+    assert f["bytes_fetched_per_device"] + f["bytes_from_broadcast_per_device"] >= bundle
+    assert bundle <= f["bytes_broadcast"] < 1.1 * bundle
+    assert f["bytes_bundle_pulled"] == f["bytes_repaired"] == 0
+    assert f["bytes_out_of_controller"] == f["bytes_broadcast"] + f["bytes_metadata_served"]
     assert f["sessions_per_shard"] <= len(report["scenario"]["profiles"])  # shared, not 12
     assert 0 < f["rss_per_device_bytes"] < 64 * 1024 * 1024
     t = f["telemetry"]
