@@ -53,6 +53,7 @@ class Broadcaster:
         self.ttl_s = ttl_s
         self._lock = threading.Condition()
         self._files: dict[str, tuple[str, int, float]] = {}  # sha -> (file, length, last)
+        self._bundles: dict[str, list[tuple[str, str, int]]] = {}  # manifest path -> files
         self._queue: collections.deque[str] = collections.deque()
         self._stopping = False
         self.counters = collections.Counter[str]()
@@ -65,7 +66,9 @@ class Broadcaster:
         Raises:
             NotFoundError: no such signed bundle.
         """
-        files = self.repo.bundle_files(manifest_path)
+        files = self._bundles.get(manifest_path)
+        if files is None:  # a signed bundle's files never change: read its manifest once
+            files = self._bundles[manifest_path] = self.repo.bundle_files(manifest_path)
         now = self.clock.time()
         with self._lock:
             for sha, file, length in files:
@@ -82,6 +85,8 @@ class Broadcaster:
             stale = [(sha, f) for sha, f in self._files.items() if f[2] < cutoff]
             for sha, _f in stale:
                 del self._files[sha]
+            if stale:
+                self._bundles.clear()
         for sha, (_file, length, _last) in stale:
             for offset in range(0, length, self.block_bytes):
                 self._publish(blob_topic(sha, offset), b"", True)

@@ -42,6 +42,7 @@ ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
           "pending_approval")
 DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
 WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
+DISPLAY_EVERY_S = 5.0  # cohort figures a policy does not gate on are read this often
 Publish = Callable[[str, DesiredState], None]
 
 
@@ -68,6 +69,9 @@ class Orchestrator:
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
         self.lease = lease
+        # cohort figures shown on a deployment whose policy does not gate on them:
+        # (deployment, wave) -> (when, new, base), worked out again after DISPLAY_EVERY_S
+        self._shown: dict[tuple[str, int], tuple[float, CohortMetrics, CohortMetrics]] = {}
 
     @property
     def leading(self) -> bool:
@@ -220,6 +224,22 @@ class Orchestrator:
         self.store.add_event(dep["id"], "wave_started", "orchestrator", wave=k,
                              devices=len(devices))
 
+    def _wave_metrics(self, dep: dict[str, Any], policy: RolloutPolicy, cohort: list[str],
+                      others: list[str]) -> tuple[CohortMetrics, CohortMetrics]:
+        """The cohort's figures: every tick when the policy gates on them, else (shown on
+        the deployment only) at most every ``DISPLAY_EVERY_S``: reading a wave's
+        telemetry costs the controller more than the rest of a tick."""
+        key, now = (dep["id"], int(dep.get("wave") or 0)), self.clock.time()
+        shown = self._shown.get(key)
+        if not policy.gates_on_metrics and shown is not None and \
+                now - shown[0] < DISPLAY_EVERY_S:
+            return shown[1], shown[2]
+        new, base = self._metrics(dep, cohort, others, dep["phase_started_at"])
+        if len(self._shown) > 1000:  # deployments that ended long ago
+            self._shown.clear()
+        self._shown[key] = (now, new, base)
+        return new, base
+
     def _metrics(self, dep: dict[str, Any], cohort: list[str], others: list[str],
                  since: float) -> tuple[CohortMetrics, CohortMetrics]:
         jobs = {j["device"]: j for j in dep["jobs"]}
@@ -244,7 +264,7 @@ class Orchestrator:
         later = [d for w in waves[k + 1:] for d in w]
         now = self.clock.time()
         states = {j["device"]: j["state"] for j in dep["jobs"] if j["wave"] == k}
-        new, base = self._metrics(dep, cohort, later, dep["phase_started_at"])
+        new, base = self._wave_metrics(dep, policy, cohort, later)
         decision = evaluate_wave(states, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})

@@ -125,6 +125,11 @@ class RolloutPolicy:
                     off = " (or null to switch it off)" if name in OPTIONAL else ""
                     raise ValueError(f"{name} must be {_SAYS[op]} {limit:g}{off}")
 
+    @property
+    def gates_on_metrics(self) -> bool:
+        """Whether a wave's outcome depends on its cohort's telemetry (p95, error rate)."""
+        return self.max_p95_regression is not None or self.max_error_rate is not None
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["waves"] = list(self.waves)
@@ -253,8 +258,7 @@ def evaluate_wave(states: Mapping[str, str], *, started_at: float, now: float,
 def _metric_gates(policy: RolloutPolicy, new: CohortMetrics | None,
                   base: CohortMetrics | None) -> tuple[str, str]:
     """``(breach reason or "", detail)``; detail ``waiting`` when a gate needs more data."""
-    wants = policy.max_p95_regression is not None or policy.max_error_rate is not None
-    if not wants:
+    if not policy.gates_on_metrics:
         return "", ""
     if new is None or new.count < policy.min_samples:
         return "", "waiting"

@@ -141,3 +141,43 @@ def test_a_tampered_file_on_the_server_is_refused_when_broadcast_too(controller,
     assert agent.blobs.stats()["rejected"] == 1 and agent.active is None
     assert controller.broadcaster.counters["broadcast_files"] >= 3
     assert model_sha in controller.store.get_desired(fleet.ids[0])["payload"]["broadcast"]
+
+
+def test_broadcast_blocks_go_out_once_and_are_cleared_after_their_ttl(controller):
+    from edgefleet.contract import ManualClock, parse_blob_topic
+    from edgefleet.controller._broadcast import Broadcaster
+
+    v = register_digits(controller)["version"]
+    manifest = controller.registry.ensure_bundle("digits", v)
+    sent: list[tuple[str, bytes, bool]] = []
+    done = threading.Event()
+    files = controller.repo.bundle_files(manifest)
+
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        sent.append((topic, payload, retain))
+        if sum(len(ChunkResponse.decode(p).data) for _t, p, _r in sent if p) == \
+                sum(length for _s, _f, length in files):
+            done.set()
+
+    clock = ManualClock(1000.0)
+    caster = Broadcaster(controller.repo, publish, clock, block_bytes=64 * 1024, ttl_s=60)
+    try:
+        shas = caster.announce(manifest)
+        assert shas == [sha for sha, _f, _l in files]
+        assert done.wait(10)
+        assert caster.announce(manifest) == shas  # announced again: nothing sent again
+        clock.advance(30)
+        caster.announce(manifest)  # still wanted: the ttl counts from here
+        clock.advance(59)
+        assert caster.prune() == 0
+        blocks = [(t, p) for t, p, retain in sent if retain and p]
+        assert caster.pending() == 0 and len(blocks) == len(sent)
+        assert len({t for t, _p in blocks}) == len(blocks)  # each block went out once
+        clock.advance(2)
+        assert caster.prune() == len(files)
+        cleared = [t for t, p, retain in sent[len(blocks):] if retain and not p]
+        # every block published is cleared with an empty retained message, once
+        assert sorted(cleared) == sorted(t for t, _p in blocks)
+        assert {parse_blob_topic(t)[0] for t in cleared} == set(shas)
+    finally:
+        caster.stop()
