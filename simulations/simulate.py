@@ -34,7 +34,7 @@ from ._shards import ShardProcess
 from ._workspace import default_workdir, factory_image, filesystem_of
 from .brokers import MosquittoProcess
 from .fleet import wait_until
-from .report import FANOUT_WHY, MAX_RATIO_TO_FANOUT, summarize, write_report
+from .report import MAX_RATIO_TO_FANOUT, fanout_why, summarize, write_report
 from .scenario import Action, Plan, Scenario, load_scenario, plan
 
 __all__ = ["run_scenario", "run_simulation"]
@@ -496,8 +496,7 @@ def run_scenario(devices: int, *, quick: bool = False,
         scenario = dataclasses.replace(scenario, inference_hz=0.0, settle_s=0.0)
     report = run_simulation(scenario, devices, progress=progress)
     f = report["figures"]
-    cpu = f.get("cpu_s_timed_part", {})
     return {"rollout_s": f.get("time_to_all_healthy_s"),
             "raw_fanout_s": f.get("fanout_baseline_s"), "target_ratio": MAX_RATIO_TO_FANOUT,
             "figures": f, "outcomes": report["outcomes"],
-            "why": f"{FANOUT_WHY}. CPU in the rollout: {cpu}"}
+            "why": fanout_why(f, f.get("devices", devices))}
