@@ -17,7 +17,8 @@ PUBLIC = {
         "ModelError", "ModelLoadError", "ModelRef", "NotFoundError", "OptimizationError",
         "RegistryError", "RollbackError", "SignatureError", "Signed", "SmokeTestError", "Summary",
         "SystemClock", "TargetTrust", "TensorSpec", "TransportError", "TrustError", "bundle_paths",
-        "device_topic", "device_wildcard", "parse_device_topic", "sha256_file"},
+        "device_topic", "device_wildcard", "parse_device_topic", "sha256_file",
+        "BLOB_PREFIX", "blob_filter", "blob_topic", "parse_blob_topic", "valid_sha256"},
     "edgefleet.agent": {
         "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",
         "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime", "Prediction",
@@ -30,7 +31,8 @@ PUBLIC = {
         "onnx_to_tflite", "quantize_tflite", "run_tflite", "time_tflite", "Candidate",
         "ClassChoice", "ClassPlan", "choose_for_class", "optimize_for_classes", "Samples",
         "TASKS", "TfliteRunner", "detect_task", "external_data_files", "inline_external_data",
-        "input_kind", "load_samples", "profile_model", "optimize_samples", "optimize_tflite"},
+        "input_kind", "load_samples", "profile_model", "optimize_samples", "optimize_tflite",
+        "refuse_quantized"},
     "edgefleet.simulations.zoo": {"ZOO_NAMES", "ZooModel", "build_zoo"},
     "edgefleet.controller": {
         "FleetController", "RolloutPolicy", "Settings", "Store", "TrustExpiry",
