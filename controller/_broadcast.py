@@ -78,6 +78,15 @@ class Broadcaster:
                 self._files[sha] = (file, length, now)
         return [sha for sha, _file, _length in files]
 
+    def republish(self) -> int:
+        """Queue every file still wanted again (the broker lost what it retained)."""
+        with self._lock:
+            again = [sha for sha in self._files if sha not in self._queue]
+            self._queue.extend(again)
+            self._lock.notify_all()
+        self.counters["broadcast_republished"] += len(again)
+        return len(again)
+
     def prune(self) -> int:
         """Clear the blocks of files not announced for ``ttl_s``; how many files."""
         cutoff = self.clock.time() - self.ttl_s

@@ -40,12 +40,17 @@ class ControllerLink:
         handler: called for every device message from paho's network thread.
         share_group: replicas: MQTT 5 shared subscriptions in this group (``""``: MQTT
             3.1.1, plain subscriptions, one controller).
+        on_broker_lost_state: called (on paho's thread) on a reconnect to a broker that
+            no longer holds the controller's session.
     """
 
     def __init__(self, broker_url: str, client_id: str, handler: Handler, *,
                  username: str | None = None, password: str | None = None,
-                 ca_file: str | None = None, share_group: str = "") -> None:
+                 ca_file: str | None = None, share_group: str = "",
+                 on_broker_lost_state: Callable[[], None] | None = None) -> None:
         parsed = urlparse(broker_url)
+        self._on_lost_state = on_broker_lost_state
+        self._connects = 0
         self._share = share_group
         tls = parsed.scheme == "mqtts"
         self._host = parsed.hostname or "127.0.0.1"
@@ -107,11 +112,17 @@ class ControllerLink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object,
+    def _on_connect(self, client: mqtt.Client, _ud: object, flags: object,
                     reason: mqtt.ReasonCode, _props: object = None) -> None:
         if reason.is_failure:
             log.warning("broker refused the controller: %s", reason)
             return
+        self._connects += 1
+        if self._connects > 1 and not getattr(flags, "session_present", True) and \
+                self._on_lost_state is not None:
+            # back, and the broker does not know our session: it restarted without its
+            # state, and what we had retained there (broadcast blocks) is gone with it
+            self._on_lost_state()
         if self._share:
             client.subscribe([(f"$share/{self._share}/{device_wildcard(s)}",
                                SubscribeOptions(qos=1)) for s in SUBSCRIPTIONS])

@@ -141,7 +141,8 @@ class FleetController:
                                    password=self.settings.mqtt_password,
                                    ca_file=str(self.settings.broker_ca_file)
                                    if self.settings.broker_ca_file else None,
-                                   share_group=self.settings.share_group)
+                                   share_group=self.settings.share_group,
+                                   on_broker_lost_state=self._broker_lost_state)
         if self.settings.broadcast:
             link = self.link
             self.broadcaster = Broadcaster(
@@ -162,6 +163,13 @@ class FleetController:
             target=self.orchestrator.run, args=(self._stop, self.settings.rollout_tick_s,
                                                 self._take_over), name="rollouts", daemon=True)
         self._rollouts.start()
+
+    def _broker_lost_state(self) -> None:
+        """The broker restarted without its state: the broadcast blocks it held are gone,
+        so the files still wanted are published again (devices would pull them all)."""
+        if self.broadcaster is not None:
+            log.warning("the broker lost its state; broadcasting %d files again",
+                        self.broadcaster.republish())
 
     def stop(self) -> None:
         self._stop.set()

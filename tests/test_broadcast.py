@@ -181,3 +181,28 @@ def test_broadcast_blocks_go_out_once_and_are_cleared_after_their_ttl(controller
         assert {parse_blob_topic(t)[0] for t in cleared} == set(shas)
     finally:
         caster.stop()
+
+
+def test_after_a_broker_restart_the_wanted_files_are_broadcast_again(controller, make_fleet,
+                                                                      mosquitto):
+    from edgefleet.simulations.fleet import wait_until
+
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    (device,) = fleet.ids
+    v = register_digits(controller)["version"]
+    dep = _deploy(controller, v)
+    assert dep["state"] == "succeeded"
+    sent = controller.broadcaster.counters["broadcast_bytes"]
+    # the test broker keeps no state: a restart loses every retained block
+    mosquitto.restart()
+    wait_until(lambda: controller.broadcaster.counters["broadcast_republished"] > 0, 30)
+    wait_until(lambda: controller.broadcaster.counters["broadcast_bytes"] == 2 * sent
+               and controller.broadcaster.pending() == 0, 30)
+    # a device that was away gets them from the broker again, not by pulling
+    fleet.restart_agent(device)
+    v2 = register_digits(controller)["version"]  # the same files: already broadcast
+    dep = _deploy(controller, v2)
+    assert dep["state"] == "succeeded"
+    assert fleet.agents[device].fetcher.bytes_pulled == 0
+    assert controller.counters["target_bytes_served"] == 0
