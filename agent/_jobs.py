@@ -242,7 +242,10 @@ class JobRunner:
         self.report(d, JobState.DOWNLOADING)
         # a device capped for a metered link pulls at its own pace instead of taking
         # broadcast blocks at the broker's
-        broadcast = d.broadcast if not agent.config.max_download_bytes_per_s else []
+        # (and files it holds already are copied, not taken from anywhere)
+        broadcast = [] if agent.config.max_download_bytes_per_s else [
+            sha for sha in d.broadcast
+            if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
         agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
         try:
             bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,

@@ -128,7 +128,9 @@ class Agent:
                                     max_bytes_per_s=config.max_download_bytes_per_s,
                                     progress=self.jobs.on_progress, stop=self._stop,
                                     blobs=self.blobs,
-                                    broadcast_wait_s=config.broadcast_wait_s)
+                                    broadcast_wait_s=config.broadcast_wait_s,
+                                    local=self.store.file_with
+                                    if config.reuse_local_files else None)
         self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher)
         self._active: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded for an instant rollback

@@ -77,6 +77,9 @@ class AgentConfig:
     # a broadcast file's blocks are waited for while they keep coming: after this long
     # without one, the rest is pulled
     broadcast_wait_s: float = 5.0
+    # a bundle file with the content of one already installed here (the same model in
+    # a new version) is copied from it instead of downloaded; TUF checks the copy
+    reuse_local_files: bool = True
     # telemetry buffer (docs/telemetry.md): records waiting for the writer (a full
     # queue drops and counts), how often the writer commits, the store's cap on disk
     # (database + WAL) and an optional row limit on raw records (0: the byte cap only)

@@ -237,6 +237,23 @@ class ModelStore:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def file_with(self, sha256: str) -> Path | None:
+        """An installed file (model or data file of any model here) whose manifest says
+        it has this sha256; a new bundle's file with the same content is copied from it
+        instead of downloaded (TUF still checks the copy)."""
+        for manifest_path in self.root.glob("*/*/manifest.json"):
+            try:
+                manifest = Manifest.decode(manifest_path.read_bytes())
+            except (OSError, ValueError, MessageError):
+                continue
+            entries = [(manifest.model_file, manifest.model_sha256),
+                       *((f.name, f.sha256) for f in manifest.files)]
+            for name, sha in entries:
+                path = manifest_path.parent / name
+                if sha == sha256 and path.is_file():
+                    return path
+        return None
+
     def find(self, name: str, version: int) -> InstalledModel | None:
         """Any complete install of ``name:version`` on this device."""
         for d in sorted((self.root / name).glob(f"{version}-*")):

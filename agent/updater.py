@@ -84,8 +84,13 @@ class ChunkFetcher(FetcherInterface):
                  progress: Callable[[str, int, int], None] | None = None,
                  sleep: Callable[[float], None] | None = None,
                  stop: threading.Event | None = None, blobs: BlobCache | None = None,
-                 broadcast_wait_s: float = 5.0) -> None:
+                 broadcast_wait_s: float = 5.0,
+                 local: Callable[[str], Path | None] | None = None) -> None:
         self._source = source
+        self._local = local
+        self.bytes_local = 0  # target bytes copied from files already on the device
+        self.used_local: set[str] = set()
+        self.bad_local: set[str] = set()  # local copies that failed verification
         self.blobs = blobs
         self._broadcast_wait = broadcast_wait_s
         self.bytes_from_broadcast = 0
@@ -123,6 +128,19 @@ class ChunkFetcher(FetcherInterface):
         started = time.monotonic()
         backoff = 0.2
         sha = _blob_name(file)
+        held = self._local(sha) if sha is not None and self._local is not None and \
+            sha not in self.bad_local else None
+        if held is not None:  # the same content is installed here already: no download
+            self.used_local.add(sha)  # type: ignore[arg-type]
+            with open(held, "rb") as fh:
+                while offset < limit:  # never past the signed length + 1, as when pulling
+                    data = fh.read(min(1 << 20, limit - offset))
+                    if not data:
+                        break
+                    offset += len(data)
+                    self.bytes_local += len(data)
+                    yield data
+            return
         if sha is not None and self.blobs is not None and self.blobs.wants(sha):
             # a broadcast file: from the cache once all of it is here and hashes to its
             # name; else the blocks that came, and the gaps asked for
@@ -315,12 +333,17 @@ class BundleUpdater:
         raise AssertionError("unreachable")  # pragma: no cover (the context re-raises)
 
     def _download(self, updater: Updater, info: TargetFile, path: Path) -> str:
-        """``download_target``; once more, all pulled, if a file put together partly from
-        broadcast blocks did not verify (a block that was not what it said)."""
+        """``download_target``; once more, all fetched, if a file copied from an installed
+        one or put together partly from broadcast blocks did not verify."""
         try:
             return updater.download_target(info, str(path))
         except tuf_exc.LengthOrHashMismatchError:
             sha = info.hashes.get("sha256", "")
+            if sha in self.fetcher.used_local:  # the installed copy changed on disk
+                log.warning("the local copy of %s did not verify; downloading it", info.path)
+                self.fetcher.used_local.discard(sha)
+                self.fetcher.bad_local.add(sha)
+                return updater.download_target(info, str(path))
             blobs = self.fetcher.blobs
             if blobs is None or sha not in self.fetcher.used_broadcast:
                 raise

@@ -42,8 +42,10 @@ pytestmark = pytest.mark.pull_only
 
 @pytest.fixture
 def serving(controller, make_fleet):
-    """One agent already serving digits:1; digits:2 registered, not yet deployed."""
-    fleet = make_fleet(1)
+    """One agent already serving digits:1; digits:2 registered, not yet deployed. The
+    same model in both: the agent must download v2's files, not copy v1's, for the
+    server's copy to be what is attacked."""
+    fleet = make_fleet(1, reuse_local_files=False)
     wait_devices_known(controller, fleet.ids)
     v1 = register_digits(controller)
     dep = wait_deployment(controller, controller.deploy("digits", v1["version"])["id"])

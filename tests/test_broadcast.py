@@ -189,7 +189,6 @@ def test_after_a_broker_restart_the_wanted_files_are_broadcast_again(controller,
 
     fleet = make_fleet(1)
     wait_devices_known(controller, fleet.ids)
-    (device,) = fleet.ids
     v = register_digits(controller)["version"]
     dep = _deploy(controller, v)
     assert dep["state"] == "succeeded"
@@ -199,10 +198,34 @@ def test_after_a_broker_restart_the_wanted_files_are_broadcast_again(controller,
     wait_until(lambda: controller.broadcaster.counters["broadcast_republished"] > 0, 30)
     wait_until(lambda: controller.broadcaster.counters["broadcast_bytes"] == 2 * sent
                and controller.broadcaster.pending() == 0, 30)
-    # a device that was away gets them from the broker again, not by pulling
-    fleet.restart_agent(device)
-    v2 = register_digits(controller)["version"]  # the same files: already broadcast
-    dep = _deploy(controller, v2)
-    assert dep["state"] == "succeeded"
-    assert fleet.agents[device].fetcher.bytes_pulled == 0
+    # a device that joins now gets them from the broker again, not by pulling
+    newcomer = make_fleet(1)
+    wait_devices_known(controller, newcomer.ids)
+    dep = controller.deploy("digits", v, devices=newcomer.ids,
+                            policy=RolloutPolicy(health_window_s=0.5, wave_timeout_s=60))
+    assert wait_deployment(controller, dep["id"], 90)["state"] == "succeeded"
+    agent = newcomer.agents[newcomer.ids[0]]
+    size, _files = _bundle_bytes(controller, dep)
+    assert agent.fetcher.bytes_from_broadcast == size and agent.fetcher.bytes_pulled == 0
     assert controller.counters["target_bytes_served"] == 0
+
+
+def test_a_file_the_device_holds_already_is_copied_not_downloaded(controller, make_fleet):
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    agent = fleet.agents[fleet.ids[0]]
+    v1 = register_digits(controller)["version"]
+    assert _deploy(controller, v1)["state"] == "succeeded"
+    before = controller.broadcaster.counters["broadcast_bytes"]
+    took = agent.fetcher.bytes_from_broadcast
+    # v2 is the same model (and data) in a new version: only its manifest is new
+    v2 = register_digits(controller)["version"]
+    dep = _deploy(controller, v2)
+    assert dep["state"] == "succeeded" and agent.active.version == v2
+    size, files = _bundle_bytes(controller, dep)
+    manifest_len = files[0][2]
+    assert agent.fetcher.bytes_local == size - manifest_len  # model and data files copied
+    assert agent.fetcher.bytes_from_broadcast - took == manifest_len
+    assert agent.fetcher.bytes_pulled == 0
+    # the controller announced them again, but had sent them already
+    assert controller.broadcaster.counters["broadcast_bytes"] - before == manifest_len

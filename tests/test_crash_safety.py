@@ -38,7 +38,8 @@ def test_agent_killed_mid_install_restarts_into_a_valid_model(controller, mosqui
     config = tmp_path / "agent.toml"
     config.write_text(f'device_id = "pi-kill"\nbroker_url = "{mosquitto.url}"\n'
                       f'state_dir = "{state}"\ntrust_root = "{trust_root}"\napi_port = {port}\n'
-                      "chunk_bytes = 16384\nmax_download_bytes_per_s = 400000\n")
+                      "chunk_bytes = 16384\nmax_download_bytes_per_s = 400000\n"
+                      "reuse_local_files = false\n")  # v2 is v1's model: download it
     url = f"http://127.0.0.1:{port}"
     proc = _spawn_agent(config, tmp_path / "agent.log")
     try:
