@@ -107,8 +107,11 @@ class ControllerLink:
         self._stopping = True
         info = self._client.publish(CTL_STATE, json.dumps({"online": False, "ts": time.time()}),
                                     qos=1, retain=True)
-        if self.connected.is_set():
-            info.wait_for_publish(2.0)
+        if self.connected.is_set() and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            try:
+                info.wait_for_publish(2.0)
+            except (ValueError, RuntimeError) as exc:  # not sent: the will says offline
+                log.warning("could not say offline before stopping: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
 
