@@ -354,7 +354,7 @@ class FleetController:
         desired = dataclasses.replace(desired, device=device,
                                       broadcast=self._broadcast(desired.manifest))
         self.store.set_desired(device, desired.to_dict())
-        self._send_desired(device, desired)
+        self._post_desired(device, desired)
         self.send_command(device, "deploy", desired=desired)
 
     def _broadcast(self, manifest_path: str) -> list[str]:
@@ -369,11 +369,17 @@ class FleetController:
             return []
 
     def _send_desired(self, device: str, desired: DesiredState) -> None:
-        assert self.link is not None
+        """Send a stored desired state again (another leader, a device that reports
+        something else); its broadcast files go out again if this controller has not
+        sent them."""
         if desired.device != device:  # a stored state from before states were addressed
             desired = dataclasses.replace(desired, device=device)
-        if desired.broadcast:  # sent again (another leader, a restart): published again
+        if desired.broadcast:
             self._broadcast(desired.manifest)
+        self._post_desired(device, desired)
+
+    def _post_desired(self, device: str, desired: DesiredState) -> None:
+        assert self.link is not None
         self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(desired.encode()),
                           retain=True)
 
