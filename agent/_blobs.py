@@ -84,8 +84,8 @@ class BlobCache:
         chunk = ChunkResponse.decode(frame)  # MessageError for a malformed frame
         with self._cond:
             blob = self._blobs.get(sha)
-            if blob is None or blob.verified or blob.bad:
-                return False
+            if blob is None or blob.bad or (blob.total is not None and blob.have >= blob.total):
+                return False  # not wanted, or all of it is here (checked by the reader)
             if chunk.file != sha or chunk.offset != offset or chunk.status != "ok" or \
                     not 0 < chunk.total <= self.max_bytes or \
                     offset + len(chunk.data) > chunk.total or \
@@ -109,24 +109,8 @@ class BlobCache:
             blob.have += len(chunk.data)
             self.blocks_received += 1
             self.bytes_received += len(chunk.data)
-            if blob.have >= blob.total:
-                self._verify(sha, blob)
             self._cond.notify_all()
             return True
-
-    def _verify(self, sha: str, blob: _Blob) -> None:
-        digest = hashlib.sha256()
-        with open(blob.path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() == sha and blob.have == blob.total:
-            blob.verified = True
-        else:  # overlapping or forged blocks: none of it is used
-            blob.bad = True
-            self.rejected += 1
-            blob.path.unlink(missing_ok=True)
-            log.warning("broadcast file %s did not hash to its name; pulling it instead",
-                        sha[:12])
 
     # -- blocks out (the fetcher) -------------------------------------------------------
     def wants(self, sha: str) -> bool:
@@ -146,13 +130,31 @@ class BlobCache:
                     return None
                 if blob.verified:
                     return blob.total
+                if blob.total is not None and blob.have >= blob.total:
+                    break  # all here: hashed below, on this thread, not paho's
                 have = blob.have
                 self._cond.wait(wait_s)
                 if stop is not None and stop.is_set():
                     return None
                 blob = self._blobs.get(sha)
-                if blob is None or (blob.have == have and not blob.verified):
+                if blob is None or blob.have == have:
                     return None  # no block came for wait_s
+        digest = hashlib.sha256()
+        with open(blob.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        with self._cond:
+            if self._blobs.get(sha) is not blob:
+                return None  # forgotten meanwhile
+            if digest.hexdigest() == sha and blob.have == blob.total:
+                blob.verified = True
+                return blob.total
+            # overlapping or forged blocks: none of it is used
+            blob.bad = True
+            self.rejected += 1
+            blob.path.unlink(missing_ok=True)
+        log.warning("broadcast file %s did not hash to its name; pulling it instead", sha[:12])
+        return None
 
     def read(self, sha: str, offset: int, count: int) -> bytes:
         """Bytes of a complete, verified file."""
