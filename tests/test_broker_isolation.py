@@ -20,7 +20,7 @@ from edgefleet.controller.brokerconf import (
     write_broker_config,
 )
 from edgefleet.simulations.brokers import MosquittoProcess
-from edgefleet.simulations.fleet import Fleet
+from edgefleet.simulations.fleet import Fleet, wait_until
 
 CTL_USER = "edgefleet-controller"
 BLOB = "ab" * 32  # a broadcast file's name (a sha256)
@@ -86,7 +86,10 @@ def test_device_cannot_read_or_write_another_devices_topics(secured):
         a.publish("fleet/v1/dev/pi-a/cmd", b"self-command", qos=1).wait_for_publish(5)
         a.publish("fleet/v1/ctl/state", b"forged", qos=1).wait_for_publish(5)
         a.publish("fleet/v1/dev/pi-a/telemetry", b"own", qos=1).wait_for_publish(5)
-        threading.Event().wait(1.0)
+        # the last of each sender's messages arrived: whatever the broker let through
+        # before them (B's command, A's forgeries) has arrived too, in order
+        wait_until(lambda: ("fleet/v1/dev/pi-a/telemetry", b"own") in ctl_got
+                   and any(t.startswith("fleet/v1/blob/") for t, _p in a_got), 10)
     finally:
         for c in (ctl, a):
             c.loop_stop()
