@@ -29,6 +29,7 @@ from edgefleet.contract import (
     TrustError,
 )
 
+from ._pacing import StatusPacer
 from ._smoke import smoke_test
 from .runtime import available_runtimes
 
@@ -58,6 +59,8 @@ class JobRunner:
         self._newest = max((float(v.get("issued_at", 0)) for v in finished.values()),
                            default=0.0)
         self._last_status: dict[str, bytes] = {}
+        self.announce_due = False  # a change (trust) to say in a birth when the job ends
+        self.pacer = StatusPacer(self._publish_status, agent.config.status_interval_s)
         # whether trust metadata could last be refreshed; "expired" means the device keeps
         # serving what it has but installs nothing new until fresh metadata arrives
         self.trust: dict[str, Any] = {"state": "unknown", "reason": "", "checked_at": 0.0}
@@ -127,7 +130,9 @@ class JobRunner:
         if changed and exc is not None:
             log.warning("trust metadata %s (%s): serving the installed model, installing "
                         "nothing new", state, exc.reason)
-        if changed:
+        if changed and self.current is not None:
+            self.announce_due = True  # said once, with the job's outcome, when it ends
+        elif changed:
             self.agent.announce()
 
     # -- reporting ----------------------------------------------------------------------
@@ -143,7 +148,10 @@ class JobRunner:
             self.done[d.job] = state
             self._newest = max(self._newest, d.issued_at)
             self.agent.store.record_job(d.job, state, d.issued_at)
-        self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=d.job)
+        self.pacer.send(d.job, payload, final=state in JobState.TERMINAL)
+
+    def _publish_status(self, job: str, payload: bytes) -> None:
+        self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
 
     def republish(self) -> None:
         """After a reconnect: the latest status of recent jobs, in case they were lost."""
@@ -208,6 +216,8 @@ class JobRunner:
             finally:
                 with self._lock:
                     self.current = None
+                if self.announce_due:  # nothing the job did announced it
+                    self.agent.announce()
             with self._lock:
                 if self._wanted is not None and self._wanted.job == desired.job:
                     self._wanted = None

@@ -178,6 +178,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.jobs.wake()
+        self.jobs.pacer.close()  # a step status still waiting goes out before the link ends
         self.link.stop()
         if self.server is not None:
             self.server.stop()
@@ -501,6 +502,7 @@ class Agent:
 
     def announce(self) -> None:
         """Publish a fresh birth (state changed: model, trust)."""
+        self.jobs.announce_due = False
         self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
 
     def _on_connected(self) -> None:

@@ -80,6 +80,8 @@ class AgentConfig:
     # a bundle file with the content of one already installed here (the same model in
     # a new version) is copied from it instead of downloaded; TUF checks the copy
     reuse_local_files: bool = True
+    # a job's step statuses at most this often (its first and its end at once; 0: all)
+    status_interval_s: float = 1.0
     # telemetry buffer (docs/telemetry.md): records waiting for the writer (a full
     # queue drops and counts), how often the writer commits, the store's cap on disk
     # (database + WAL) and an optional row limit on raw records (0: the byte cap only)
@@ -109,6 +111,8 @@ class AgentConfig:
             raise ValueError("summary_window_s and fetch_timeout_s must be > 0")
         if self.broadcast_wait_s < 0:
             raise ValueError("broadcast_wait_s must be >= 0")
+        if self.status_interval_s < 0:
+            raise ValueError("status_interval_s must be >= 0")
         if not 1024 <= self.chunk_bytes <= 128 * 1024:
             raise ValueError("chunk_bytes must be between 1 KiB and 128 KiB")
         if not 0 <= self.api_port <= 65535:

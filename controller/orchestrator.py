@@ -43,7 +43,10 @@ ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
 DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
 WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
 DISPLAY_EVERY_S = 5.0  # cohort figures a policy does not gate on are read this often
-Publish = Callable[[str, DesiredState], None]
+# sends each (device, desired state) of a batch
+Publish = Callable[[list[tuple[str, DesiredState]]], None]
+# (model, version, devices) -> each device's bundle (its manifest path)
+ManifestsFor = Callable[[str, int, list[str]], dict[str, str]]
 
 
 class Orchestrator:
@@ -61,11 +64,11 @@ class Orchestrator:
     """
 
     def __init__(self, store: Store, publish: Publish,
-                 manifest_for: Callable[[str, int, str], str], *,
+                 manifests_for: ManifestsFor, *,
                  clock: Clock | None = None, lease: Lease | None = None) -> None:
         self.store = store
         self._publish = publish
-        self._manifest_for = manifest_for
+        self._manifests_for = manifests_for
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
         self.lease = lease
@@ -139,14 +142,15 @@ class Orchestrator:
         current = {j["device"]: j for j in dep["jobs"]}
         # every device's bundle first (signed on first use): a bundle that cannot be made
         # fails before anything is sent
-        manifests = {device: self._manifest_for(model, version, device) for device in devices}
-        for device in devices:
-            fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
-            if not downgrade:  # a rollback keeps the reason the device failed with
-                fields.update(reason="", detail="")
-            if (current.get(device) or {}).get("job") != job:  # a re-send keeps what we know
-                self.store.update_job(dep["id"], device, **fields)
-            self._publish(device, dataclasses.replace(desired, manifest=manifests[device]))
+        manifests = self._manifests_for(model, version, devices)
+        fields: dict[str, Any] = {"job": job, "state": state, "progress": {}}
+        if not downgrade:  # a rollback keeps the reason the device failed with
+            fields.update(reason="", detail="")
+        # a re-send keeps what we know
+        self.store.update_jobs(dep["id"], [d for d in devices
+                                           if (current.get(d) or {}).get("job") != job], **fields)
+        self._publish([(d, dataclasses.replace(desired, manifest=manifests[d]))
+                       for d in devices])
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
@@ -193,7 +197,7 @@ class Orchestrator:
                 log.exception("rollout step for %s failed", dep["id"])
 
     def tick_one(self, dep_id: str) -> None:
-        dep = self.store.get_deployment(dep_id)
+        dep = self.store.get_deployment(dep_id, brief_jobs=True)
         policy = RolloutPolicy.from_dict(dep["policy"] or {})
         state = dep["state"]
         if state == "running":

@@ -26,7 +26,6 @@ from edgefleet.contract import (
     DesiredState,
     DeviceTopic,
     FetchRequest,
-    JobState,
     JobStatus,
     MessageError,
     NotFoundError,
@@ -39,6 +38,7 @@ from ._alerting import AlertMonitor
 from ._broadcast import Broadcaster
 from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
+from ._statuses import StatusWriter, fold
 from .auth import production_targets
 from .ingest import encode_ack
 from .lease import Lease
@@ -98,14 +98,15 @@ class FleetController:
         # replicas (share_group set): one leads rollouts and the periodic work at a time
         self.lease = Lease(self.store.engine) if settings.share_group else None
         self.orchestrator = Orchestrator(self.store, self._publish_desired,
-                                         self._manifest_for, clock=self.clock,
+                                         self._manifests_for, clock=self.clock,
                                          lease=self.lease)
         self.broker: Any = None
         self.link: ControllerLink | None = None
         self.broker_url = settings.broker_url
         self.counters = {"summaries_stored": 0, "summaries_duplicate": 0, "chunks_served": 0,
                          "target_bytes_served": 0, "metadata_bytes_served": 0,
-                         "malformed": 0, "desired_redriven": 0, "revoked_ignored": 0}
+                         "malformed": 0, "desired_redriven": 0, "revoked_ignored": 0,
+                         "births_announced": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
@@ -118,6 +119,7 @@ class FleetController:
                                  gap_timeout_s=settings.telemetry_gap_timeout_s,
                                  shared=bool(settings.share_group))
         self.alerts = AlertMonitor(self.store, settings, self.clock)
+        self.statuses = StatusWriter(self._store_statuses, counters=self.counters)
         self.optimizations = OptimizationJobs(
             self.registry, clock=self.clock.time, workers=settings.optimize_workers,
             queue_max=settings.optimize_queue_max, history_max=settings.optimize_history_max,
@@ -150,6 +152,7 @@ class FleetController:
                     topic, payload, retain=retain),
                 self.clock, ttl_s=self.settings.broadcast_ttl_s)
         self.ingestor.start()
+        self.statuses.start()
         self.alerts.start()
         self.optimizations.start()
         self.link.start()
@@ -181,6 +184,7 @@ class FleetController:
         if self._upkeep is not None:
             self._upkeep.join(5.0)
         self.ingestor.stop()  # stores and acks what is queued while the link is up
+        self.statuses.stop()
         self.alerts.stop()
         if self.link is not None:
             self.link.stop()
@@ -254,7 +258,7 @@ class FleetController:
         elif suffix == DeviceTopic.DEATH:
             self.store.mark_offline(device, Death.decode(payload).bd_seq)
         elif suffix.startswith("job/") and suffix.endswith("/status"):
-            self._on_status(device, JobStatus.decode(payload))
+            self.statuses.submit(device, JobStatus.decode(payload))
         else:
             raise MessageError(f"unexpected topic suffix {suffix!r}")
 
@@ -264,11 +268,17 @@ class FleetController:
         hw["runtimes"] = list(birth.runtimes)  # a .tflite variant only where LiteRT runs
         if birth.trust:
             hw["trust"] = dict(birth.trust)  # e.g. expired metadata: installs nothing new
-        self.store.upsert_device(
-            device, online=True, bd_seq=birth.bd_seq, last_seen=time.time(),
-            agent_version=birth.agent_version, hw=hw, tags=tags, api_url=birth.api_url,
-            active=birth.active.to_dict() if birth.active else None,
-            last_good=birth.last_good.to_dict() if birth.last_good else None)
+        values = dict(online=True, last_seen=time.time(), agent_version=birth.agent_version,
+                      hw=hw, tags=tags, api_url=birth.api_url,
+                      active=birth.active.to_dict() if birth.active else None,
+                      last_good=birth.last_good.to_dict() if birth.last_good else None)
+        if self.store.update_session(device, birth.bd_seq, **values):
+            # the same session announcing a change (a model it activated, its trust): it
+            # holds its desired state and reports its job itself; only a new session may
+            # have missed something
+            self.counters["births_announced"] += 1
+            return
+        self.store.upsert_device(device, bd_seq=birth.bd_seq, **values)
         self._reconcile(device, birth)
 
     def _reconcile(self, device: str, birth: Birth) -> None:
@@ -291,38 +301,17 @@ class FleetController:
             self.counters["desired_redriven"] += 1
 
     def _on_status(self, device: str, status: JobStatus) -> None:
-        """Record where a device's job stands (the job's steps and how it ended)."""
-        state = status.state
-        if status.job.endswith(".rb"):  # a rollback job: where the device ends up
-            state = {"healthy": "reverted", "failed": "revert_failed",
-                     "rolled_back": "reverted"}.get(state, "reverting")
-        elif status.job.endswith(".s"):
-            state = {"healthy": "shadow_stopped"}.get(state, "stopping_shadow")
-            if status.state == JobState.FAILED:
-                state = "shadow_stop_failed"
-        elif status.job.endswith(".a"):
-            state = {"healthy": "held", "failed": "hold_failed"}.get(state, "holding")
-        fields: dict[str, Any] = {"state": state}
-        if not status.job.endswith((".rb", ".a")):  # these keep the reason they were needed
-            fields.update(reason=status.reason, detail=status.detail)
-        elif status.state == JobState.FAILED:  # ...and say why going back failed
-            fields.update(detail=f"{status.reason}: {status.detail}"[:500])
-        if status.progress:
-            fields["progress"] = status.progress
+        """Record where a device's job stands, at once (``handle`` queues statuses to
+        ``statuses``, which stores them in batches)."""
+        self._store_statuses([(device, status)])
+
+    def _store_statuses(self, items: list[tuple[str, JobStatus]]) -> None:
         # statuses arrive out of order (a broker's redelivery, two replicas at once, a
         # device republishing its last ones): a job that ended stays ended, and a step
-        # never overwrites an end (one UPDATE, so it holds between replicas too)
-        if self.store.update_job(status.deployment, device, only_job=status.job,
-                                 unless_states=JOB_SETTLED, **fields):
-            return
-        current = self.store.get_job(status.deployment, device)
-        if (current or {}).get("job") != status.job and status.state in (
-                JobState.FAILED, JobState.ROLLED_BACK) and status.reason:
-            # the controller moved on (e.g. a rollback) before this failure arrived:
-            # keep why the device failed, without changing where it is now
-            self.store.update_job(status.deployment, device, only_reason="",
-                                  reason=status.reason, detail=status.detail)
-        log.info("status %s for job %s on %s is not current", status.state, status.job, device)
+        # never overwrites an end (each UPDATE says so, so it holds between replicas too)
+        for u in self.store.apply_statuses(fold(items, JOB_SETTLED), JOB_SETTLED):
+            log.info("status %s for job %s on %s is not current", u.fields["state"], u.job,
+                     u.device)
 
     def latency_by_model(self, since: float) -> dict[tuple[str, int], dict[str, Any]]:
         """p50/p95/p99 from merged sketches, inferences and errors per model version over
@@ -349,13 +338,19 @@ class FleetController:
         self.link.publish(device, DeviceTopic.FETCH_RESP, resp.encode())
 
     # -- operations (API workers) -------------------------------------------------------
-    def _publish_desired(self, device: str, desired: DesiredState) -> None:
-        """Record and send one device's desired state (retained) plus a deploy command."""
-        desired = dataclasses.replace(desired, device=device,
-                                      broadcast=self._broadcast(desired.manifest))
-        self.store.set_desired(device, desired.to_dict())
-        self._post_desired(device, desired)
-        self.send_command(device, "deploy", desired=desired)
+    def _publish_desired(self, items: list[tuple[str, DesiredState]]) -> None:
+        """Record and send devices' desired states (retained), each with a deploy
+        command; the states are stored in one transaction before any is sent."""
+        files: dict[str, list[str]] = {}
+        for _, d in items:
+            if d.manifest not in files:
+                files[d.manifest] = self._broadcast(d.manifest)
+        items = [(device, dataclasses.replace(d, device=device, broadcast=files[d.manifest]))
+                 for device, d in items]
+        self.store.set_desired_many([(device, d.to_dict()) for device, d in items])
+        for device, d in items:
+            self._post_desired(device, d)
+            self.send_command(device, "deploy", desired=d)
 
     def _broadcast(self, manifest_path: str) -> list[str]:
         """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
@@ -394,17 +389,24 @@ class FleetController:
         self.link.publish(device, DeviceTopic.CMD, self.repo.sign_command(cmd.encode()))
         return cmd
 
-    def _manifest_for(self, model: str, version: int, device: str) -> str:
-        """The bundle this device gets: its hardware class's variant, else the default."""
-        try:
-            hw = self.store.get_device(device)["hw"]
-        except NotFoundError:  # targeted before it ever connected: the default bundle
-            hw = {}
-        runtimes = hw.get("runtimes")  # unknown (None) for agents that did not report them
-        # reported as "runtime:detail" ("onnxruntime:CPU", "litert:ai-edge-litert")
-        known = sorted({str(r).split(":")[0] for r in runtimes}) \
-            if isinstance(runtimes, list) and runtimes else None
-        return self.registry.manifest_for(model, version, str(hw.get("class", "")), known)
+    def _manifests_for(self, model: str, version: int, devices: list[str]) -> dict[str, str]:
+        """The bundle each device gets: its hardware class's variant, else the default
+        (chosen once per kind of device)."""
+        hws = self.store.devices_hw(devices)  # one never connected: the default bundle
+        chosen: dict[tuple[str, tuple[str, ...] | None], str] = {}
+        out = {}
+        for device in devices:
+            hw = hws.get(device) or {}
+            runtimes = hw.get("runtimes")  # unknown (None) for agents that did not say
+            # reported as "runtime:detail" ("onnxruntime:CPU", "litert:ai-edge-litert")
+            known = tuple(sorted({str(r).split(":")[0] for r in runtimes})) \
+                if isinstance(runtimes, list) and runtimes else None
+            key = (str(hw.get("class", "")), known)
+            if key not in chosen:
+                chosen[key] = self.registry.manifest_for(
+                    model, version, key[0], list(known) if known is not None else None)
+            out[device] = chosen[key]
+        return out
 
     def provision(self, *, claim_token: str, public_key: str, proof: str, ts: float,
                   device_id: str | None = None) -> dict[str, Any]:

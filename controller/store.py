@@ -28,6 +28,7 @@ from edgefleet.contract._json import dumps
 
 from ._alert_store import AlertStore
 from ._audit_store import AuditStore
+from ._statuses import StatusUpdate
 from ._tables import deployments, desired, devices, events, jobs, models
 from ._telemetry_store import TelemetryStore
 from ._token_store import TokenStore
@@ -165,6 +166,8 @@ class Store:
         self.tokens = TokenStore(self.engine)
         self.telemetry = TelemetryStore(self.engine)
         self.alerts = AlertStore(self.engine)
+        self._status_statements: dict[Any, Any] = {}
+        self._session_statements: dict[Any, Any] = {}
 
     # -- models -----------------------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
@@ -211,6 +214,18 @@ class Store:
                 c.execute(devices.insert().values(id=device_id, **{
                     "hw": {}, "tags": {}, **values}))
 
+    def update_session(self, device_id: str, bd_seq: int, **values: Any) -> bool:
+        """Update a device's record if ``bd_seq`` is its current session (a birth that
+        announces a change, not a new connection); returns whether it was."""
+        key = frozenset(values)
+        stmt = self._session_statements.get(key)
+        if stmt is None:
+            stmt = self._session_statements[key] = devices.update().where(
+                devices.c.id == sa.bindparam("_id"), devices.c.bd_seq == sa.bindparam("_bd")
+            ).values({k: sa.bindparam(k, type_=devices.c[k].type) for k in values})
+        with self.engine.begin() as c:
+            return bool(c.execute(stmt, {"_id": device_id, "_bd": bd_seq, **values}).rowcount)
+
     def mark_offline(self, device_id: str, bd_seq: int) -> bool:
         """Offline only if the death matches the current session; returns whether it did."""
         with self.engine.begin() as c:
@@ -226,6 +241,12 @@ class Store:
         if row is None:
             raise NotFoundError(f"no device {device_id}")
         return row
+
+    def devices_hw(self, device_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The hardware each known device reported, by id."""
+        with self.engine.connect() as c:
+            return {r.id: r.hw for r in c.execute(sa.select(devices.c.id, devices.c.hw)
+                                                   .where(devices.c.id.in_(device_ids)))}
 
     def list_devices(self) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
@@ -248,14 +269,21 @@ class Store:
                     {"deployment": dep_id, "state": "pending", "reason": "", "detail": "",
                      "progress": {}, "updated_at": now, "job": None, **t} for t in targets])
 
-    def get_deployment(self, dep_id: str, *, with_events: bool = False) -> dict[str, Any]:
-        """Raises: NotFoundError."""
+    def get_deployment(self, dep_id: str, *, with_events: bool = False,
+                       brief_jobs: bool = False) -> dict[str, Any]:
+        """A deployment with its jobs (``brief_jobs``: without their progress, detail and
+        reason, which a rollout step does not read and a large fleet's rows spend most
+        of their reading time on).
+
+        Raises: NotFoundError."""
+        columns = [c for c in jobs.c if c.name not in ("progress", "detail", "reason")] \
+            if brief_jobs else [jobs]
         with self.engine.connect() as c:
             row = _row(c.execute(sa.select(deployments).where(deployments.c.id == dep_id)).first())
             if row is None:
                 raise NotFoundError(f"no deployment {dep_id}")
             row["jobs"] = _rows(c.execute(
-                sa.select(jobs).where(jobs.c.deployment == dep_id).order_by(jobs.c.device)))
+                sa.select(*columns).where(jobs.c.deployment == dep_id).order_by(jobs.c.device)))
             if with_events:
                 row["events"] = _rows(c.execute(sa.select(events).where(
                     events.c.deployment == dep_id).order_by(events.c.id)))
@@ -306,6 +334,52 @@ class Store:
         with self.engine.begin() as c:
             return bool(c.execute(q.values(updated_at=time.time(), **values)).rowcount)
 
+    def update_jobs(self, dep_id: str, devices: list[str], **values: Any) -> None:
+        """Set the same fields on several devices' job rows, in one transaction."""
+        if not devices:
+            return
+        stmt = jobs.update().where(jobs.c.deployment == dep_id,
+                                   jobs.c.device == sa.bindparam("v")).values(
+            updated_at=time.time(), **values)
+        with self.engine.begin() as c:
+            c.execute(stmt, [{"v": d} for d in devices])
+
+    def apply_statuses(self, updates: Iterable[StatusUpdate],
+                       settled: Iterable[str]) -> list[StatusUpdate]:
+        """Store devices' job statuses (``_statuses.fold``) in one transaction; returns
+        the ones whose job is no longer the row's (or already settled).
+
+        Each update's fields apply while its job is the row's job and the row's state is
+        not one of ``settled``. When the row has moved on to another job, a failure's
+        reason is kept on it if it has none (why the device failed, without changing
+        where it is now)."""
+        settled = tuple(sorted(settled))
+        stale, now = [], time.time()
+        with self.engine.begin() as c:
+            for u in updates:
+                key = (frozenset(u.fields), settled)
+                stmt = self._status_statements.get(key)
+                if stmt is None:
+                    stmt = jobs.update().where(
+                        jobs.c.deployment == sa.bindparam("d"),
+                        jobs.c.device == sa.bindparam("v"), jobs.c.job == sa.bindparam("j"),
+                        jobs.c.state.not_in(settled)).values(
+                        {"updated_at": sa.bindparam("now"),
+                         **{k: sa.bindparam(f"f_{k}", type_=jobs.c[k].type)
+                            for k in u.fields}})
+                    self._status_statements[key] = stmt
+                params = {"d": u.deployment, "v": u.device, "j": u.job, "now": now,
+                          **{f"f_{k}": v for k, v in u.fields.items()}}
+                if c.execute(stmt, params).rowcount:
+                    continue
+                stale.append(u)
+                if u.failure is not None:
+                    c.execute(jobs.update().where(
+                        jobs.c.deployment == u.deployment, jobs.c.device == u.device,
+                        jobs.c.job != u.job, jobs.c.reason == "").values(
+                        reason=u.failure[0], detail=u.failure[1], updated_at=now))
+        return stale
+
     def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
         """Record a deployment event, and in the same transaction its audit entry."""
         with self.audit.transaction() as tx:
@@ -321,14 +395,27 @@ class Store:
 
     # -- desired state ----------------------------------------------------------------
     def set_desired(self, device: str, payload: dict[str, Any]) -> None:
-        values = {"deployment": payload["deployment"], "job": payload["job"],
-                  "model": payload["model"], "version": payload["version"],
-                  "mode": payload.get("mode", "active"), "payload": payload,
-                  "updated_at": time.time()}
+        self.set_desired_many([(device, payload)])
+
+    def set_desired_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record devices' desired states (device, payload), in one transaction."""
+        now = time.time()
+        rows = [{"device": device, "deployment": p["deployment"], "job": p["job"],
+                 "model": p["model"], "version": p["version"], "mode": p.get("mode", "active"),
+                 "payload": p, "updated_at": now} for device, p in items]
+        if not rows:
+            return
         with self.engine.begin() as c:
-            if c.execute(desired.update().where(desired.c.device == device)
-                         .values(**values)).rowcount == 0:
-                c.execute(desired.insert().values(device=device, **values))
+            have = {r[0] for r in c.execute(sa.select(desired.c.device).where(
+                desired.c.device.in_([r["device"] for r in rows])))}
+            update = desired.update().where(desired.c.device == sa.bindparam("key"))
+            old = [{"key": r["device"], **{k: v for k, v in r.items() if k != "device"}}
+                   for r in rows if r["device"] in have]
+            new = [r for r in rows if r["device"] not in have]
+            if old:
+                c.execute(update, old)
+            if new:
+                c.execute(desired.insert(), new)
 
     def get_desired(self, device: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:

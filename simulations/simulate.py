@@ -41,6 +41,7 @@ __all__ = ["run_scenario", "run_simulation"]
 
 Progress = Callable[[str], None]
 _FANOUT_TOPIC = "sim/fanout"
+_OWN_THREADS = ("shard-", "broker-restart", "sim-")
 
 
 class _Run:
@@ -68,6 +69,7 @@ class _Run:
         self.target: int | None = None
         self.t0 = 0.0
         self._threads: list[threading.Thread] = []
+        self.deploy_cpu_s = 0.0
 
     # -- setup --------------------------------------------------------------------------
     def start_services(self) -> None:
@@ -176,11 +178,14 @@ class _Run:
             raise TimeoutError(f"not within {timeout_s:.0f}s: {what}") from None
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time so far of the controller (this process), the broker and the shards."""
-        me = psutil.Process()
+        """CPU time so far of the controller, the broker and the shards.
+
+        The controller shares this process with the simulation's own bookkeeping (reading
+        the shards, sampling), so its figure is the sum over the controller's threads
+        plus the deployments it was asked for on this thread."""
         broker = self.broker.pid
         shards = self.status_all()["shards"]
-        return {"controller": sum(me.cpu_times()[:2]),
+        return {"controller": sum(controller_threads_cpu().values()) + self.deploy_cpu_s,
                 "broker": sum(psutil.Process(broker).cpu_times()[:2]) if broker else 0.0,
                 "shards": sum(s["cpu_s"] for s in shards)}
 
@@ -231,7 +236,9 @@ class _Run:
 
     def deploy(self, name: str, version: int, policy: RolloutPolicy) -> str:
         assert self.ctl is not None
+        began = time.thread_time()
         dep = self.ctl.deploy(name, version, devices=self.ids, policy=policy)
+        self.deploy_cpu_s += time.thread_time() - began  # the API call's work, on this thread
         return str(dep["id"])
 
     def initial_rollout(self, name: str, version: int) -> float:
@@ -361,7 +368,8 @@ class _Run:
     def stop(self) -> None:
         for t in self._threads:
             t.join(20.0)
-        stops = [threading.Thread(target=shard.stop, daemon=True) for shard in self.shards]
+        stops = [threading.Thread(target=shard.stop, daemon=True, name="sim-stop")
+                 for shard in self.shards]
         for t in stops:  # all at once: each shard stops its devices in parallel
             t.start()
         for t in stops:
@@ -428,7 +436,7 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
             say(f"raw fan-out of {len(target_bytes) / 1e6:.2f} MB to {len(run.ids)} clients: "
                 f"{fanout['seconds']:.2f}s")
         actions = list(the_plan.actions)
-        cpu_before = run.cpu_seconds()
+        cpu_before, threads_before = run.cpu_seconds(), controller_threads_cpu()
         run.t0 = time.monotonic()
         settled_at: float | None = None
         n = 0
@@ -449,7 +457,7 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
             time.sleep(max(0.0, next_t - run.now()))
         with contextlib.suppress(TimeoutError):  # let summaries closed just now be acked
             run.wait(run.telemetry_delivered, 2 * scenario.tick_s + 3.0, "acks")
-        cpu_after = run.cpu_seconds()
+        cpu_after, threads_after = run.cpu_seconds(), controller_threads_cpu()
         final = run.status_all(target=run.target, telemetry=True, detail=True)
         final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 1) for k in cpu_after}
         final["rss_self"] = psutil.Process().memory_info().rss
@@ -467,6 +475,10 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
                                      "transport": "broadcast" if run.ctl.broadcaster
                                      is not None else "pull"}, model=name,
                            bundle_bytes=len(target_bytes))
+        report["figures"]["controller_cpu_by_thread_s"] = {
+            name: round(cpu - threads_before.get(name, 0.0), 2)
+            for name, cpu in sorted(threads_after.items())
+            if cpu - threads_before.get(name, 0.0) >= 0.005}
         report["elapsed_s"] = round(time.monotonic() - started, 1)
         report["workdir"] = None if own else str(root)
         report["setup"]["state_on"] = filesystem_of(root)
@@ -480,6 +492,20 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
         finally:
             if own:
                 shutil.rmtree(root, ignore_errors=True)
+
+
+def controller_threads_cpu() -> dict[str, float]:
+    """CPU seconds so far of each live thread of this process but the simulation's own
+    (the main thread, shard readers and helpers), by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main = threading.main_thread().native_id
+    cpu: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "?")
+        if t.id == main or name.startswith(_OWN_THREADS):
+            continue
+        cpu[name] = cpu.get(name, 0.0) + t.user_time + t.system_time
+    return cpu
 
 
 def run_scenario(devices: int, *, quick: bool = False,

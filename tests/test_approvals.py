@@ -42,7 +42,7 @@ def rollout(tmp_path):
         store.upsert_device(d, online=True, tags={"env": "production"},
                             active={"name": "digits", "version": 1})
     sent: list[tuple[str, DesiredState]] = []
-    orch = Orchestrator(store, lambda d, s: sent.append((d, s)), lambda m, v, d: f"{m}/{v}.json",
+    orch = Orchestrator(store, sent.extend, lambda m, v, ds: {d: f"{m}/{v}.json" for d in ds},
                         clock=clock)
     return orch, store, clock, sent
 

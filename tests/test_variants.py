@@ -57,9 +57,9 @@ def test_a_mixed_fleet_gets_its_class_variant_and_refuses_another_class(controll
     finally:
         api.stop()
     offered = controller.registry.manifest_for("digits", v2["version"], "rpi5")
-    controller._publish_desired(victim.config.device_id, DesiredState(
+    controller._publish_desired([(victim.config.device_id, DesiredState(
         deployment="dep-forged", job=job, model="digits", version=v2["version"],
-        manifest=offered, issued_at=time.time()))
+        manifest=offered, issued_at=time.time()))])
     wait_until(lambda: victim.jobs.done.get(job) == "failed", 20)
     assert JobStatus.decode(victim.jobs._last_status[job]).reason == "wrong_hardware"
     assert victim.active.version == base["version"]
