@@ -180,8 +180,10 @@ class JobRunner:
             self._wake.wait(min(idle_s, due_in) if due_in > 0 else idle_s)
             self._wake.clear()
             interval = self.agent.config.trust_check_interval_s
+            # idle only: a job waiting to run refreshes the metadata itself
             if (interval > 0 and time.monotonic() - self._last_refresh > interval
-                    and self.current is None and self.agent.link.connected.is_set()):
+                    and self.current is None and self._wanted is None
+                    and self.agent.link.connected.is_set()):
                 self.after_trust_refresh(lambda: None)
             if self._after_refresh:
                 self._refresh_trust()

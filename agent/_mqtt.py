@@ -34,6 +34,7 @@ from edgefleet.contract import (
     device_topic,
     parse_blob_topic,
 )
+from edgefleet.contract._sockets import no_delay
 
 from ._blobs import BlobCache
 from .config import AgentConfig, parse_broker_url
@@ -109,6 +110,7 @@ class AgentLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_socket_open = lambda client, userdata, sock: no_delay(sock)
         self._set_will()
 
     def topic(self, suffix: str, **fields: str) -> str:

@@ -20,6 +20,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.contract import CTL_STATE, EdgefleetError, TransportError, device_wildcard
+from edgefleet.contract._sockets import no_delay
 from edgefleet.contract.topics import DeviceTopic, device_topic, parse_device_topic
 
 __all__ = ["ControllerLink"]
@@ -76,6 +77,7 @@ class ControllerLink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_socket_open = lambda client, userdata, sock: no_delay(sock)
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect and wait until the session is up.

@@ -83,6 +83,7 @@ def render_conf(directory: Path, *, port: int, host: str = "0.0.0.0",
         f"persistence_location {directory}/",
         "max_queued_messages 10000",
         "max_packet_size 1048576",
+        "set_tcp_nodelay true",  # fetches and statuses are small: send them at once
         f"# {'every interface' if host in ('0.0.0.0', '::') else host}: where devices "
         "connect from; narrow it with --host",
         f"listener {port} {host}",

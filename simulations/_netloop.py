@@ -41,6 +41,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.contract._sockets import no_delay
+
 __all__ = ["LinkShape", "SharedLoop"]
 
 log = logging.getLogger(__name__)
@@ -252,6 +254,7 @@ class SharedLoop:
 
     # -- paho callbacks -----------------------------------------------------------------
     def _on_socket_open(self, client: mqtt.Client, entry: _Entry, sock: Any) -> None:
+        no_delay(sock)  # as the agent's own link sets it
         entry.sock = sock
 
         def register() -> None:

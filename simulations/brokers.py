@@ -188,6 +188,7 @@ class MosquittoProcess:
             "persistence false",
             "max_queued_messages 10000",
             f"max_packet_size {_MAX_PACKET_BYTES}",
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
