@@ -255,15 +255,20 @@ class JobRunner:
         # a device capped for a metered link pulls at its own pace instead of taking
         # broadcast blocks at the broker's
         # (and files it holds already are copied, not taken from anywhere)
-        broadcast = [] if agent.config.max_download_bytes_per_s else [
+        metered = bool(agent.config.max_download_bytes_per_s)
+        broadcast = [] if metered else [
             sha for sha in d.broadcast
             if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
+        named = {} if metered or not d.broadcast else dict(d.metadata)
+        broadcast += [sha for sha in named.values() if sha not in broadcast]
         agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
+        agent.fetcher.named = named
         try:
             bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
                                          check=self.check_target,
                                          on_refreshed=self._on_refreshed)
         finally:  # what TUF verified is in the download folder now
+            agent.fetcher.named = {}
             if broadcast:
                 agent.link.unsubscribe_blobs(broadcast)
                 agent.blobs.forget(broadcast)

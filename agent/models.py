@@ -83,6 +83,7 @@ class ModelStore:
         self.root = state_dir / "models"
         self.state_path = state_dir / "state.json"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._by_sha: dict[str, Path] | None = None  # file_with's index
         for leftover in self.root.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -153,6 +154,7 @@ class ModelStore:
             fsync_path(final.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            self._by_sha = None
         return InstalledModel(manifest, final)
 
     @staticmethod
@@ -240,19 +242,31 @@ class ModelStore:
     def file_with(self, sha256: str) -> Path | None:
         """An installed file (model or data file of any model here) whose manifest says
         it has this sha256; a new bundle's file with the same content is copied from it
-        instead of downloaded (TUF still checks the copy)."""
-        for manifest_path in self.root.glob("*/*/manifest.json"):
+        instead of downloaded (TUF still checks the copy).
+
+        The installs' manifests are read once and kept until an install or a prune (an
+        update asks for each of its files twice)."""
+        if self._by_sha is None:
+            self._by_sha = self._index_files()
+        path = self._by_sha.get(sha256)
+        if path is not None and not path.is_file():  # removed under us: look again
+            self._by_sha = self._index_files()
+            path = self._by_sha.get(sha256)
+        return path
+
+    def _index_files(self) -> dict[str, Path]:
+        index: dict[str, Path] = {}
+        for manifest_path in sorted(self.root.glob("*/*/manifest.json")):
             try:
                 manifest = Manifest.decode(manifest_path.read_bytes())
             except (OSError, ValueError, MessageError):
                 continue
-            entries = [(manifest.model_file, manifest.model_sha256),
-                       *((f.name, f.sha256) for f in manifest.files)]
-            for name, sha in entries:
+            for name, sha in [(manifest.model_file, manifest.model_sha256),
+                              *((f.name, f.sha256) for f in manifest.files)]:
                 path = manifest_path.parent / name
-                if sha == sha256 and path.is_file():
-                    return path
-        return None
+                if sha not in index and path.is_file():
+                    index[sha] = path
+        return index
 
     def find(self, name: str, version: int) -> InstalledModel | None:
         """Any complete install of ``name:version`` on this device."""
@@ -279,6 +293,7 @@ class ModelStore:
         """Delete installed models not in ``keep``; returns how many were removed."""
         keep_dirs = {self._dir_for(r) for r in keep}
         removed = 0
+        self._by_sha = None
         for name_dir in self.root.iterdir():
             if name_dir.name.startswith(".") or not name_dir.is_dir():
                 continue

@@ -93,9 +93,13 @@ class ChunkFetcher(FetcherInterface):
         self.bad_local: set[str] = set()  # local copies that failed verification
         self.blobs = blobs
         self._broadcast_wait = broadcast_wait_s
-        self.bytes_from_broadcast = 0
+        self.bytes_from_broadcast = 0  # target bytes taken from broadcast blocks
+        self.metadata_from_broadcast = 0  # metadata bytes likewise
         self.bytes_pulled = 0  # target bytes asked of the controller (repairs included)
         self.used_broadcast: set[str] = set()  # files partly taken from broadcast blocks
+        # versioned metadata files the job's desired state names as broadcast: name ->
+        # sha256 (a target's sha256 is in its own name)
+        self.named: dict[str, str] = {}
         self._stop = stop or threading.Event()
         if sleep is None:  # waits that end early when the agent stops
             def sleep(seconds: float) -> None:
@@ -127,7 +131,7 @@ class ChunkFetcher(FetcherInterface):
         offset, total = 0, None
         started = time.monotonic()
         backoff = 0.2
-        sha = _blob_name(file)
+        sha = _blob_name(file) or self.named.get(file)
         held = self._local(sha) if sha is not None and self._local is not None and \
             sha not in self.bad_local else None
         if held is not None:  # the same content is installed here already: no download
@@ -150,16 +154,19 @@ class ChunkFetcher(FetcherInterface):
                 while offset < min(total, limit):
                     data = self.blobs.read(sha, offset, min(1 << 20, limit - offset))
                     offset += len(data)
-                    self.bytes_from_broadcast += len(data)
+                    if file.startswith("targets/"):
+                        self.bytes_from_broadcast += len(data)
+                    else:
+                        self.metadata_from_broadcast += len(data)
                     if self._progress is not None:
                         self._progress(file, offset, total)
                     yield data
                 return
         while offset < limit and (total is None or offset < total):
             count = min(self._chunk, limit - offset)
-            held = self.blobs.block(sha, offset) if sha is not None and self.blobs else None
-            if held is not None:
-                data, total = held
+            block = self.blobs.block(sha, offset) if sha is not None and self.blobs else None
+            if block is not None:
+                data, total = block
                 data = data[:limit - offset]
                 self.used_broadcast.add(sha)  # type: ignore[arg-type]
                 self.bytes_from_broadcast += len(data)
@@ -284,10 +291,9 @@ class BundleUpdater:
         step = on_step or (lambda _s: None)
         report = on_refreshed or (lambda _e: None)
         with self._translated(phase="targets"):
-            updater = self._updater()
             try:
                 with self._translated(phase="metadata"):
-                    updater.refresh()
+                    updater = self._refreshed()
             except TrustError as exc:
                 report(exc)
                 raise
@@ -331,6 +337,21 @@ class BundleUpdater:
                     for name, i in data_infos}
             return VerifiedBundle(manifest, manifest_bytes, Path(local_model), trust, data)
         raise AssertionError("unreachable")  # pragma: no cover (the context re-raises)
+
+    def _refreshed(self) -> Updater:
+        """A refreshed updater; once more, all pulled, if metadata taken from the
+        broadcast did not verify (the repository's own copy decides)."""
+        updater = self._updater()
+        try:
+            updater.refresh()
+        except (tuf_exc.RepositoryError, tuf_exc.DownloadError):  # too long, bad hash...
+            if not self.fetcher.named:
+                raise
+            log.warning("trust metadata taken from the broadcast did not verify; pulling it")
+            self.fetcher.named = {}
+            updater = self._updater()
+            updater.refresh()
+        return updater
 
     def _download(self, updater: Updater, info: TargetFile, path: Path) -> str:
         """``download_target``; once more, all fetched, if a file copied from an installed

@@ -69,11 +69,27 @@ class Broadcaster:
         files = self._bundles.get(manifest_path)
         if files is None:  # a signed bundle's files never change: read its manifest once
             files = self._bundles[manifest_path] = self.repo.bundle_files(manifest_path)
+        return self.announce_files(files)
+
+    def announce_metadata(self) -> dict[str, str]:
+        """The published snapshot and targets metadata, queued for broadcast the first
+        time (ahead of bundle files: a device needs them first); name -> sha256."""
+        files = self.repo.metadata_files()
+        self.announce_files(files, first=True)
+        return {file: sha for sha, file, _length in files}
+
+    def announce_files(self, files: list[tuple[str, str, int]], *,
+                       first: bool = False) -> list[str]:
+        """Queue repository files ``(sha256, file, length)`` not broadcast yet; mark
+        them all as wanted now. Returns their sha256."""
         now = self.clock.time()
         with self._lock:
             for sha, file, length in files:
                 if sha not in self._files:
-                    self._queue.append(sha)
+                    if first:
+                        self._queue.appendleft(sha)
+                    else:
+                        self._queue.append(sha)
                     self._lock.notify_all()
                 self._files[sha] = (file, length, now)
         return [sha for sha, _file, _length in files]

@@ -345,7 +345,9 @@ class FleetController:
         for _, d in items:
             if d.manifest not in files:
                 files[d.manifest] = self._broadcast(d.manifest)
-        items = [(device, dataclasses.replace(d, device=device, broadcast=files[d.manifest]))
+        metadata = self._broadcast_metadata() if any(files.values()) else {}
+        items = [(device, dataclasses.replace(d, device=device, broadcast=files[d.manifest],
+                                              metadata=metadata if files[d.manifest] else {}))
                  for device, d in items]
         self.store.set_desired_many([(device, d.to_dict()) for device, d in items])
         for device, d in items:
@@ -363,14 +365,26 @@ class FleetController:
             log.warning("cannot broadcast %s: %s", manifest_path, exc)
             return []
 
+    def _broadcast_metadata(self) -> dict[str, str]:
+        """The snapshot and targets metadata a device will ask for after the timestamp,
+        broadcast with the bundle (by versioned name, which never changes content)."""
+        if self.broadcaster is None:
+            return {}
+        try:
+            return self.broadcaster.announce_metadata()
+        except (OSError, ValueError, KeyError) as exc:  # the device pulls them instead
+            log.warning("cannot broadcast trust metadata: %s", exc)
+            return {}
+
     def _send_desired(self, device: str, desired: DesiredState) -> None:
         """Send a stored desired state again (another leader, a device that reports
         something else); its broadcast files go out again if this controller has not
         sent them."""
         if desired.device != device:  # a stored state from before states were addressed
             desired = dataclasses.replace(desired, device=device)
-        if desired.broadcast:
-            self._broadcast(desired.manifest)
+        if desired.broadcast:  # again, with the metadata published now
+            desired = dataclasses.replace(desired, broadcast=self._broadcast(desired.manifest),
+                                          metadata=self._broadcast_metadata())
         self._post_desired(device, desired)
 
     def _post_desired(self, device: str, desired: DesiredState) -> None:

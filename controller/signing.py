@@ -277,6 +277,16 @@ class TrustRepository:
                  *(model_target(manifest_path, f.name) for f in manifest.files)]
         return [first, *(entry(p) for p in paths if p in targets)]
 
+    def metadata_files(self) -> list[tuple[str, str, int]]:
+        """``(sha256, repository file, length)`` of the published snapshot and targets
+        metadata, by their versioned names (immutable: consistent snapshots), as the
+        timestamp and snapshot list them."""
+        with self._lock:
+            snap = self.timestamp.signed.snapshot_meta
+            tgt = self.snapshot.signed.meta["targets.json"]
+        return [(str((m.hashes or {}).get("sha256", "")), f"metadata/{m.version}.{role}.json",
+                 int(m.length or 0)) for m, role in ((snap, "snapshot"), (tgt, "targets"))]
+
     def read(self, file: str, offset: int, count: int) -> tuple[bytes, int]:
         """Serve ``count`` bytes of a repository file at ``offset``.
 

@@ -5,12 +5,14 @@ use a byte that does not verify. Real Mosquitto, real agents, real TUF."""
 from __future__ import annotations
 
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 from _support import register_digits, wait_deployment, wait_devices_known
 
-from edgefleet.contract import ChunkResponse, blob_topic
+from edgefleet.contract import ChunkResponse, DesiredState, JobState, JobStatus, blob_topic
 from edgefleet.controller import RolloutPolicy
+from edgefleet.simulations.fleet import wait_until
 
 
 def _bundle_bytes(controller, dep) -> tuple[int, list[tuple[str, str, int]]]:
@@ -34,12 +36,16 @@ def test_a_wave_takes_the_bundle_from_one_broadcast_and_pulls_none_of_it(control
     assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
     size, files = _bundle_bytes(controller, dep)
     assert len(files) >= 3  # manifest, model, data files
-    # once for four devices, and no bundle byte pulled
-    assert controller.broadcaster.counters["broadcast_bytes"] == size
-    assert controller.broadcaster.counters["broadcast_files"] == len(files)
+    # once for four devices, with the snapshot and targets metadata they need first,
+    # and no byte of either pulled (only the timestamp and the next root's probe are)
+    metadata = controller.repo.metadata_files()
+    meta_size = sum(length for _sha, _file, length in metadata)
+    assert controller.broadcaster.counters["broadcast_bytes"] == size + meta_size
+    assert controller.broadcaster.counters["broadcast_files"] == len(files) + len(metadata)
     assert controller.counters["target_bytes_served"] == 0
     for agent in fleet.agents.values():
         assert agent.fetcher.bytes_from_broadcast == size and agent.fetcher.bytes_pulled == 0
+        assert agent.fetcher.metadata_from_broadcast == meta_size
         assert agent.blobs.stats()["gathering"] == 0  # cache emptied after the job
         assert not list((agent.config.state_dir / "blobs").glob("*"))
 
@@ -227,5 +233,35 @@ def test_a_file_the_device_holds_already_is_copied_not_downloaded(controller, ma
     assert agent.fetcher.bytes_local == size - manifest_len  # model and data files copied
     assert agent.fetcher.bytes_from_broadcast - took == manifest_len
     assert agent.fetcher.bytes_pulled == 0
-    # the controller announced them again, but had sent them already
-    assert controller.broadcaster.counters["broadcast_bytes"] - before == manifest_len
+    # the controller announced them again, but had sent them already: what went out is
+    # the new manifest and the new snapshot and targets metadata
+    meta_size = sum(length for _sha, _file, length in controller.repo.metadata_files())
+    assert controller.broadcaster.counters["broadcast_bytes"] - before == \
+        manifest_len + meta_size
+
+
+def test_metadata_named_wrongly_in_a_desired_state_is_pulled_instead(controller, make_fleet):
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    (device,) = fleet.ids
+    agent = fleet.agents[device]
+    v = register_digits(controller)["version"]
+    manifest = controller.registry.manifest_for("digits", v, "")
+    files = controller._broadcast(manifest)
+    names = controller._broadcast_metadata()
+    (snapshot,) = [n for n in names if n.endswith(".snapshot.json")]
+    (targets,) = [n for n in names if n.endswith(".targets.json")]
+    # the snapshot's name mapped to the targets file's content: broadcast, whole, hashing
+    # to its sha256, and not the snapshot the timestamp signs
+    forged = {snapshot: names[targets], targets: names[targets]}
+    job = "dep-forged-metadata"
+    desired = DesiredState(deployment=job, job=job, model="digits", version=v,
+                           manifest=manifest, issued_at=time.time(), device=device,
+                           broadcast=files, metadata=forged)
+    controller._post_desired(device, desired)
+    controller.send_command(device, "deploy", desired=desired)
+    wait_until(lambda: agent.jobs.done.get(job) in JobState.TERMINAL, 60)
+    assert agent.jobs.done[job] == JobState.HEALTHY, JobStatus.decode(
+        agent.jobs._last_status[job])
+    assert agent.active.version == v
+    assert agent.fetcher.named == {}  # the job's names were dropped with it
