@@ -156,5 +156,7 @@ class Broadcaster:
             offset += len(data)
             self.counters["broadcast_blocks"] += 1
             self.counters["broadcast_bytes"] += len(data)
+            if file.startswith("metadata/"):
+                self.counters["broadcast_metadata_bytes"] += len(data)
         self.counters["broadcast_files"] += 1
         log.info("broadcast %s (%d bytes)", file, offset)

@@ -115,6 +115,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
         # devices pulled (with broadcast: repairs), and TUF metadata
         "transport": counters.get("transport", "pull"),
         "bytes_broadcast": counters.get("broadcast_bytes", 0),
+        "bytes_broadcast_metadata": counters.get("broadcast_metadata_bytes", 0),
         "bytes_repaired": counters.get("target_bytes_served", 0)
         if counters.get("transport") == "broadcast" else 0,
         "bytes_bundle_pulled": counters.get("target_bytes_served", 0),
@@ -126,6 +127,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
         "commands_rejected": dict(final.get("rejected", {})),
         "inferences": final.get("inferences", 0),
         "cpu_s_timed_part": final.get("cpu_s", {}),
+        "controller_cpu_by_thread_s": final.get("controller_threads_cpu_s", {}),
         "controller_cpu_ms_per_device": round(
             1000.0 * final.get("cpu_s", {}).get("controller", 0.0) / max(n, 1), 2),
     })
@@ -140,6 +142,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
     dep = None
     if deployment is not None:
         dep = {"id": deployment["id"], "state": deployment["state"],
+               "waves": len((deployment.get("plan") or {}).get("waves") or ()) or 1,
                "jobs": dict(Counter(j["state"] for j in deployment.get("jobs", [])))}
     return {
         "scenario": {"name": scenario.name, "description": scenario.description,
@@ -181,9 +184,28 @@ def fanout_why(figures: dict[str, Any], devices: int) -> str:
             f"{_fmt_bytes(figures.get('bytes_metadata_served', 0))}); CPU in the rollout: "
             f"devices {1000 * cpu.get('shards', 0.0) / n:.1f} ms per update (TUF refresh and "
             f"verification, install, model load, smoke test, statuses), controller "
-            f"{1000 * cpu.get('controller', 0.0) / n:.1f} ms per device (statuses, births, "
-            f"desired states, metadata requests), broker {cpu.get('broker', 0.0):.1f} s, "
-            f"while the raw fan-out is one publish the broker copies to every subscriber")
+            f"{1000 * cpu.get('controller', 0.0) / n:.1f} ms per device ({_by_thread(figures, n)})"
+            f", broker {cpu.get('broker', 0.0):.1f} s, while the raw fan-out is one publish "
+            f"the broker copies to every subscriber")
+
+
+def _by_thread(figures: dict[str, Any], n: int) -> str:
+    """The controller's CPU per device by thread, largest first."""
+    threads = figures.get("controller_cpu_by_thread_s") or {}
+    parts = sorted(threads.items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{_THREADS.get(_thread_kind(k), k)} {1000 * v / n:.1f}"
+                      for k, v in parts if 1000 * v / n >= 0.05)
+    return named or "statuses, births, desired states, metadata requests"
+
+
+def _thread_kind(name: str) -> str:
+    return "mqtt" if name.startswith("paho-mqtt-client-") else name
+
+
+# what each of the controller's threads does in a rollout
+_THREADS = {"mqtt": "MQTT: births, fetches, sending", "job-statuses": "statuses",
+            "rollouts": "rollout steps", "ingest": "telemetry", "broadcast": "broadcast",
+            "telemetry-upkeep": "upkeep"}
 
 
 def targets(figures: dict[str, Any], devices: int) -> list[dict[str, Any]]:

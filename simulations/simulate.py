@@ -460,6 +460,10 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
         cpu_after, threads_after = run.cpu_seconds(), controller_threads_cpu()
         final = run.status_all(target=run.target, telemetry=True, detail=True)
         final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 1) for k in cpu_after}
+        final["controller_threads_cpu_s"] = {
+            name: round(cpu - threads_before.get(name, 0.0), 2)
+            for name, cpu in sorted(threads_after.items())
+            if cpu - threads_before.get(name, 0.0) >= 0.005}
         final["rss_self"] = psutil.Process().memory_info().rss
         broker = run.broker.pid
         final["rss_broker"] = psutil.Process(broker).memory_info().rss if broker else 0
@@ -475,10 +479,6 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
                                      "transport": "broadcast" if run.ctl.broadcaster
                                      is not None else "pull"}, model=name,
                            bundle_bytes=len(target_bytes))
-        report["figures"]["controller_cpu_by_thread_s"] = {
-            name: round(cpu - threads_before.get(name, 0.0), 2)
-            for name, cpu in sorted(threads_after.items())
-            if cpu - threads_before.get(name, 0.0) >= 0.005}
         report["elapsed_s"] = round(time.monotonic() - started, 1)
         report["workdir"] = None if own else str(root)
         report["setup"]["state_on"] = filesystem_of(root)
@@ -524,5 +524,5 @@ def run_scenario(devices: int, *, quick: bool = False,
     f = report["figures"]
     return {"rollout_s": f.get("time_to_all_healthy_s"),
             "raw_fanout_s": f.get("fanout_baseline_s"), "target_ratio": MAX_RATIO_TO_FANOUT,
-            "figures": f, "outcomes": report["outcomes"],
+            "figures": f, "outcomes": report["outcomes"], "deployment": report["deployment"],
             "why": fanout_why(f, f.get("devices", devices))}

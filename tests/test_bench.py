@@ -91,7 +91,15 @@ def test_the_rollout_row_comes_from_edgefleet_simulate(quick):
     row = quick["rollout"]
     assert row["unit"] == "s" and row["devices"] == 10
     assert row["figure"] > row["baseline"] > 0  # a rollout does more than a raw fan-out
-    assert row["passed"] in (True, False) and row["target_of"] == "ratio"
+    assert row["passed"] == (row["figure"] <= 10.0 and row["ratio"] <= row["ratio_target"])
+    cpu = quick["rollout.controller_cpu"]
+    assert cpu["unit"] == "ms/device" and cpu["figure"] > 0 and cpu["baseline"] > 0
+    assert cpu["passed"] == (cpu["figure"] <= 1.0) and cpu["by_thread_s"]
+    out = quick["rollout.bytes_out"]
+    assert out["transport"] == "broadcast" and out["waves"] == 1
+    # the bundle once, plus each device's timestamp and root probe
+    assert out["baseline"] > 0 and out["figure"] > out["baseline"]
+    assert out["passed"] == (out["ratio"] <= 1.2)
 
 
 def test_a_missed_target_says_by_how_much_and_why():
