@@ -241,9 +241,10 @@ class JobRunner:
                 return
         self.report(d, JobState.DOWNLOADING)
         # a device capped for a metered link pulls at its own pace instead of taking
-        # broadcast blocks at the broker's
+        # broadcast blocks at the broker's; one fetching over HTTP(S) takes none either
         # (and files it holds already are copied, not taken from anywhere)
-        broadcast = [] if agent.config.max_download_bytes_per_s else [
+        pulls_only = agent.config.max_download_bytes_per_s or agent.config.repository_url
+        broadcast = [] if pulls_only else [
             sha for sha in d.broadcast
             if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
         agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
