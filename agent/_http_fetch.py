@@ -4,8 +4,9 @@
 from the controller's own route, nginx or a CDN. The host is untrusted like any TUF
 mirror: python-tuf verifies every file exactly as it does over MQTT. Around the stock
 fetcher it adds what the MQTT path has: the device's own copy of a file first (no
-download twice), a socket timeout on connecting and between bytes, a deadline per file,
-an optional bandwidth cap, progress reports, and a prompt stop.
+download twice), a socket timeout on connecting and between bytes, a deadline per file
+that also cuts off a host trickling bytes (a watchdog shuts the answer's socket), an
+optional bandwidth cap, progress reports, and a prompt stop.
 
 This module is where urllib3's errors become edgefleet's: a refused connection, a
 timeout or a broken stream is a ``FetchError`` naming the URL (the job worker retries
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from tuf.api import exceptions as tuf_exc
@@ -52,6 +54,42 @@ def _with_ca(fetcher: Urllib3Fetcher, ca_file: Path) -> None:
     kw["cert_reqs"] = "CERT_REQUIRED"
 
 
+class _CuttableFetcher(Urllib3Fetcher):
+    """The stock fetcher, holding on to the answer it reads so a deadline can cut it:
+    urllib3 hands over a block only once all of it has come, so a host that trickles
+    bytes never trips the timeout between reads."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lock = threading.Lock()
+        self._reading: urllib3.BaseHTTPResponse | None = None
+        self.cut_off = False
+
+    def _chunks(self, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        with self._lock:
+            self._reading = response
+            cut = self.cut_off
+        if cut:
+            response.shutdown()
+        try:
+            yield from super()._chunks(response)
+        finally:
+            with self._lock:
+                self._reading = None
+
+    def arm(self) -> None:
+        with self._lock:
+            self.cut_off = False
+
+    def cut(self) -> None:
+        """Stop the answer being read (from another thread): its next read ends."""
+        with self._lock:
+            self.cut_off = True
+            reading = self._reading
+        if reading is not None:
+            reading.shutdown()
+
+
 class HttpFetcher(LocalFetcher):
     """ngclient fetcher for an HTTP(S) repository.
 
@@ -77,9 +115,8 @@ class HttpFetcher(LocalFetcher):
             raise ValueError(f"base_url must end with '/', got {base_url!r}")
         self.base_url = base_url
         # the stock fetcher takes whole seconds in its annotation; urllib3 takes floats
-        self._http = Urllib3Fetcher(socket_timeout=timeout_s,  # type: ignore[arg-type]
-                                    chunk_size=_BLOCK_BYTES,
-                                    app_user_agent=f"edgefleet-agent/{__version__}")
+        self._http = _CuttableFetcher(socket_timeout=timeout_s, chunk_size=_BLOCK_BYTES,
+                                      app_user_agent=f"edgefleet-agent/{__version__}")
         if ca_file is not None:
             _with_ca(self._http, ca_file)
         self._timeout = timeout_s
@@ -96,21 +133,31 @@ class HttpFetcher(LocalFetcher):
             return copy
         if self._stop.is_set():
             raise FetchError(f"{url}: the agent is stopping")
+        self._http.arm()
+        watchdog = threading.Timer(self._deadline, self._http.cut)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             chunks = self._http.fetch(url)
         except tuf_exc.DownloadHTTPError as exc:
+            watchdog.cancel()
             raise tuf_exc.DownloadHTTPError(f"GET {url}: HTTP {exc.status_code}",
                                             exc.status_code) from exc
         except tuf_exc.DownloadError as exc:  # refused, timed out, TLS…
+            watchdog.cancel()
             raise FetchError(f"GET {url}: {self._why(exc)}") from exc
-        return self._stream(url, file, chunks)
+        return self._stream(url, file, chunks, watchdog)
 
-    def _stream(self, url: str, file: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def _stream(self, url: str, file: str, chunks: Iterator[bytes],
+                watchdog: threading.Timer) -> Iterator[bytes]:
         started = time.monotonic()
         received = 0
         total = self.limit - 1
+        late = f"GET {url}: gave up after {self._deadline:g}s"
         try:
             for data in chunks:
+                if self._http.cut_off:
+                    raise FetchError(f"{late} at byte {received}")
                 received += len(data)
                 self.bytes_received += len(data)
                 if self._progress is not None and file.startswith("targets/"):
@@ -119,18 +166,21 @@ class HttpFetcher(LocalFetcher):
                 if self._stop.is_set():
                     raise FetchError(f"{url}: the agent is stopping")
                 elapsed = time.monotonic() - started
-                if elapsed > self._deadline:
-                    raise FetchError(f"GET {url}: gave up after {self._deadline:g}s at "
-                                     f"byte {received}")
                 if self._rate and received / self._rate > elapsed:
-                    self._stop.wait(received / self._rate - elapsed)
+                    self._stop.wait(min(received / self._rate - elapsed,
+                                        max(0.0, self._deadline - elapsed)))
         except (tuf_exc.DownloadError, urllib3.exceptions.HTTPError, OSError) as exc:
+            if self._http.cut_off:
+                raise FetchError(f"{late} at byte {received}") from exc
             raise FetchError(f"GET {url}: broke off at byte {received}: "
                              f"{self._why(exc)}") from exc
         finally:
+            watchdog.cancel()
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
+        if self._http.cut_off:  # cut as it ended: what came may be short
+            raise FetchError(f"{late} at byte {received}")
 
     def _why(self, exc: BaseException) -> str:
         """What went wrong under a failed request, briefly (``connection refused``)."""

@@ -8,6 +8,9 @@ config's errors, and a repository that cannot be reached.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from email.message import Message
@@ -19,8 +22,7 @@ from _support import TOKEN, job_of, register_digits, wait_deployment, wait_devic
 from fastapi.testclient import TestClient
 from tuf.api import exceptions as tuf_exc
 
-from edgefleet.agent import AgentConfig, load_config
-from edgefleet.agent._http_fetch import HttpFetcher
+from edgefleet.agent import AgentConfig, HttpFetcher, load_config
 from edgefleet.contract import FetchError, bundle_paths
 from edgefleet.controller.api import create_app
 from edgefleet.controller.http import ApiServer
@@ -187,3 +189,71 @@ def test_repository_ca_is_read_relative_to_agent_toml(tmp_path, trust_root):
     config = load_config(toml)
     assert config.repository_ca == tmp_path / "ca.pem"
     assert config.repository_url == "https://cdn.example/edgefleet/"
+
+
+class _SlowHost:
+    """A hostile repository host: it takes connections, then says nothing at all
+    (``silent``) or sends a valid answer one byte at a time (``trickle``): TUF's slow
+    retrieval attack."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/"
+        self.done = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.1)
+        while not self.done.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.recv(65536)
+        if self.mode == "trickle":  # for 8 s at most: a fetcher that waits it out fails
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            ends = time.monotonic() + 8.0
+            while not self.done.wait(0.05) and time.monotonic() < ends:
+                try:
+                    conn.sendall(b"{")
+                except OSError:
+                    return
+            conn.close()
+            return
+        self.done.wait()
+
+    def close(self) -> None:
+        self.done.set()
+        for conn in self.conns:
+            conn.close()
+        self.server.close()
+
+
+@pytest.mark.parametrize("mode,why", [("silent", "no data for 0.5s"),
+                                      ("trickle", "gave up after 1.5s")])
+def test_a_host_that_stalls_or_trickles_is_cut_off_in_bounded_time(mode, why):
+    host = _SlowHost(mode)
+    fetcher = HttpFetcher(host.url, timeout_s=0.5, deadline_s=1.5)
+    started = time.monotonic()
+    try:
+        # before the answer: python-tuf wraps the error; during it, it passes through
+        with pytest.raises((tuf_exc.DownloadError, FetchError)) as cut:
+            fetcher.download_bytes(f"{host.url}targets/big.bin", 100_000)
+    finally:
+        host.close()
+    took = time.monotonic() - started
+    error = cut.value if isinstance(cut.value, FetchError) else cut.value.__cause__
+    assert isinstance(error, FetchError)
+    assert why in str(error)
+    # a stall is retried three times by urllib3 (4 × 0.5 s); a trickle ends at the deadline
+    assert took < 4.0, took
+    if mode == "trickle":
+        assert took >= 1.5 and fetcher.bytes_received < 100
