@@ -8,9 +8,10 @@ last good block after a timeout or a disconnect, and gives up at a deadline, so 
 download can fail but never hang.
 
 ``BundleUpdater.fetch`` refreshes TUF metadata, downloads a bundle's manifest, model
-and data files (smoke test, drift profile) and returns them verified. This module is
-the one place python-tuf's errors are translated into edgefleet's ``TrustError`` tree
-with a reason code.
+and data files (smoke test, drift profile) and returns them verified, whichever the
+fetcher. This module is the one place python-tuf's errors are translated into
+edgefleet's ``TrustError`` tree with a reason code (a fetcher turns its own transport's
+errors into ``FetchError`` first: ``_http_fetch`` those of urllib3).
 """
 
 from __future__ import annotations
