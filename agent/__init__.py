@@ -7,6 +7,7 @@ buffers telemetry in SQLite until the controller has it. It imports the shared
 contract and its runtime libraries only.
 """
 
+from ._http_fetch import HttpFetcher
 from .agent import Agent, Prediction
 from .config import AgentConfig, load_config
 from .models import InstalledModel, ModelStore
@@ -21,6 +22,7 @@ __all__ = [
     "BundleUpdater",
     "ChunkFetcher",
     "ChunkSource",
+    "HttpFetcher",
     "InferenceServer",
     "InstalledModel",
     "ModelStore",

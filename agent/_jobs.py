@@ -253,13 +253,13 @@ class JobRunner:
                 return
         self.report(d, JobState.DOWNLOADING)
         # a device capped for a metered link pulls at its own pace instead of taking
-        # broadcast blocks at the broker's
+        # broadcast blocks at the broker's; one fetching over HTTP(S) takes none either
         # (and files it holds already are copied, not taken from anywhere)
-        metered = bool(agent.config.max_download_bytes_per_s)
-        broadcast = [] if metered else [
+        pulls_only = bool(agent.config.max_download_bytes_per_s or agent.config.repository_url)
+        broadcast = [] if pulls_only else [
             sha for sha in d.broadcast
             if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
-        named = {} if metered or not d.broadcast else dict(d.metadata)
+        named = {} if pulls_only or not d.broadcast else dict(d.metadata)
         broadcast += [sha for sha in named.values() if sha not in broadcast]
         agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
         agent.fetcher.named = named

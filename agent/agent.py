@@ -36,6 +36,7 @@ from edgefleet.contract import (
 from edgefleet.contract.hardware import detect
 
 from ._blobs import BlobCache
+from ._http_fetch import HttpFetcher
 from ._jobs import JobRunner
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
@@ -44,7 +45,7 @@ from ._mqtt import AgentLink, NetworkLoop
 from ._signature import v2_shape
 from ._system import SystemMetrics
 from .commands import CommandGuard, ControlInbox
-from .config import AgentConfig
+from .config import AgentConfig, repository_base
 from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
 from .runtime import Runtime, available_runtimes, load_runtime
@@ -122,16 +123,27 @@ class Agent:
                               handlers={DeviceTopic.CMD: self.inbox.on_cmd,
                                         DeviceTopic.DESIRED: self.inbox.on_desired,
                                         DeviceTopic.TELEMETRY_ACK: self._on_ack})
-        self.fetcher = ChunkFetcher(self.link.request_chunk, chunk_bytes=config.chunk_bytes,
-                                    timeout_s=config.fetch_timeout_s,
-                                    deadline_s=config.download_deadline_s,
-                                    max_bytes_per_s=config.max_download_bytes_per_s,
-                                    progress=self.jobs.on_progress, stop=self._stop,
-                                    blobs=self.blobs,
-                                    broadcast_wait_s=config.broadcast_wait_s,
-                                    local=self.store.file_with
-                                    if config.reuse_local_files else None)
-        self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher)
+        local = self.store.file_with if config.reuse_local_files else None
+        self.fetcher: ChunkFetcher | HttpFetcher
+        if config.repository_url:  # bundles over HTTP(S); no broadcast
+            repository = repository_base(config.repository_url)
+            self.fetcher = HttpFetcher(repository, ca_file=config.repository_ca,
+                                       timeout_s=config.fetch_timeout_s,
+                                       deadline_s=config.download_deadline_s,
+                                       max_bytes_per_s=config.max_download_bytes_per_s,
+                                       progress=self.jobs.on_progress, stop=self._stop,
+                                       local=local)
+        else:
+            repository = "mqtt:/"
+            self.fetcher = ChunkFetcher(self.link.request_chunk, chunk_bytes=config.chunk_bytes,
+                                        timeout_s=config.fetch_timeout_s,
+                                        deadline_s=config.download_deadline_s,
+                                        max_bytes_per_s=config.max_download_bytes_per_s,
+                                        progress=self.jobs.on_progress, stop=self._stop,
+                                        blobs=self.blobs,
+                                        broadcast_wait_s=config.broadcast_wait_s, local=local)
+        self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher,
+                                     repository_url=repository)
         self._active: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded for an instant rollback
         self._trial: _Trial | None = None

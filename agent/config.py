@@ -8,6 +8,8 @@ Example ``agent.toml``::
     trust_root = "/etc/edgefleet/root.json"
     api_port = 8470
     grpc_port = 8471          # optional: the v2 gRPC service (the grpc extra)
+    # optional: bundles over HTTP(S) from the controller, nginx or a CDN, not MQTT
+    # repository_url = "https://cdn.example/edgefleet/"
     [tags]
     site = "lab"
 
@@ -34,7 +36,7 @@ from edgefleet.contract.topics import valid_device_id
 
 from ._retention import MIN_BUFFER_BYTES
 
-__all__ = ["AgentConfig", "load_config", "parse_broker_url"]
+__all__ = ["AgentConfig", "load_config", "parse_broker_url", "repository_base"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,12 @@ class AgentConfig:
     reuse_local_files: bool = True
     # a job's step statuses at most this often (its first and its end at once; 0: all)
     status_interval_s: float = 1.0
+    # fetch the TUF repository over HTTP(S) from here (metadata/ and targets/ below it:
+    # the controller's /v1/repository/, nginx or a CDN) instead of over MQTT ("": MQTT);
+    # fetch_timeout_s bounds connecting and each wait for bytes, download_deadline_s a file
+    repository_url: str = ""
+    # https:// repositories: the CA bundle to verify the host with (none: the system's)
+    repository_ca: Path | None = None
     # telemetry buffer (docs/telemetry.md): records waiting for the writer (a full
     # queue drops and counts), how often the writer commits, the store's cap on disk
     # (database + WAL) and an optional row limit on raw records (0: the byte cap only)
@@ -131,6 +139,7 @@ class AgentConfig:
             raise ValueError("telemetry_queue_max must be ≥ 1 and max_raw_rows ≥ 0")
         if self.telemetry_flush_interval_s <= 0:
             raise ValueError("telemetry_flush_interval_s must be > 0")
+        _check_repository(self.repository_url, self.repository_ca)
 
     def __repr__(self) -> str:  # never print the MQTT password
         shown = dataclasses.replace(self, mqtt_password="***" if self.mqtt_password else None)
@@ -151,6 +160,30 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     return parsed.hostname, parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
 
 
+def _check_repository(url: str, ca: Path | None) -> None:
+    """Raises: ValueError naming ``repository_url`` or ``repository_ca`` when unusable."""
+    if url:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"repository_url must be an http:// or https:// URL with a "
+                             f"host, like https://cdn.example/edgefleet/; got {url!r}")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"repository_url must not carry a query or fragment; got "
+                             f"{url!r}")
+    if ca is not None:
+        if not url.startswith("https://"):
+            raise ValueError("repository_ca is set but repository_url is not an https:// "
+                             "URL: the CA bundle only verifies an https:// host")
+        if not ca.is_file():
+            raise ValueError(f"repository_ca {str(ca)!r} is not a readable file (expected "
+                             f"a PEM CA bundle)")
+
+
+def repository_base(url: str) -> str:
+    """A ``repository_url`` as the base of the URLs fetched: it ends with one ``/``."""
+    return url.rstrip("/") + "/"
+
+
 def load_config(path: Path, **overrides: Any) -> AgentConfig:
     """Read an ``agent.toml``; relative paths are relative to the file.
 
@@ -168,7 +201,7 @@ def load_config(path: Path, **overrides: Any) -> AgentConfig:
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     for key in ("state_dir", "trust_root", "claim_token_file", "provision_ca_file",
-                "broker_ca_file"):
+                "broker_ca_file", "repository_ca"):
         if key not in data:
             if key in ("state_dir", "trust_root"):
                 raise ValueError(f"{path}: missing {key}")

@@ -1,4 +1,5 @@
-"""Verified downloads: python-tuf's ngclient over chunked MQTT request/response.
+"""Verified downloads: python-tuf's ngclient over chunked MQTT request/response (or
+over HTTP(S), with ``_http_fetch.HttpFetcher``).
 
 ``ChunkFetcher`` implements ngclient's ``FetcherInterface`` on top of any
 ``ChunkSource`` (the agent's MQTT link in production). It asks for blocks of at most
@@ -7,9 +8,10 @@ last good block after a timeout or a disconnect, and gives up at a deadline, so 
 download can fail but never hang.
 
 ``BundleUpdater.fetch`` refreshes TUF metadata, downloads a bundle's manifest, model
-and data files (smoke test, drift profile) and returns them verified. This module is
-the one place python-tuf's errors are translated into edgefleet's ``TrustError`` tree
-with a reason code.
+and data files (smoke test, drift profile) and returns them verified, whichever the
+fetcher. This module is the one place python-tuf's errors are translated into
+edgefleet's ``TrustError`` tree with a reason code (a fetcher turns its own transport's
+errors into ``FetchError`` first: ``_http_fetch`` those of urllib3).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import TargetFile
-from tuf.ngclient import FetcherInterface, Updater
+from tuf.ngclient import Updater
 
 from edgefleet.contract import (
     MANIFEST_MAX_BYTES,
@@ -41,31 +43,22 @@ from edgefleet.contract import (
     TargetTrust,
     TrustError,
     bundle_paths,
-    valid_sha256,
 )
 from edgefleet.contract.bundle import manifest_path_ok, model_target
 
 from ._blobs import BlobCache
+from ._local_copy import LocalFetcher, target_sha256
 
 __all__ = ["BundleUpdater", "ChunkFetcher", "ChunkSource", "VerifiedBundle"]
 
 log = logging.getLogger(__name__)
 
 
-def _blob_name(file: str) -> str | None:
-    """The sha256 a target is stored under (consistent snapshots name each target file
-    ``<sha256>.<name>``), which is also its broadcast name; ``None`` for metadata."""
-    if not file.startswith("targets/"):
-        return None
-    head = file.rsplit("/", 1)[-1].split(".", 1)[0]
-    return head if valid_sha256(head) else None
-
-
 class ChunkSource(Protocol):
     def __call__(self, file: str, offset: int, count: int, timeout_s: float) -> ChunkResponse: ...
 
 
-class ChunkFetcher(FetcherInterface):
+class ChunkFetcher(LocalFetcher):
     """ngclient fetcher pulling ``mqtt:/<file>`` URLs block by block.
 
     Args:
@@ -77,6 +70,8 @@ class ChunkFetcher(FetcherInterface):
         progress: called with ``(file, bytes_so_far, total)``.
         sleep: how to wait between retries and for the bandwidth cap (tests pass a no-op).
         stop: when set (the agent is stopping), the download gives up at once.
+        blobs: where a broadcast's blocks arrive (``None``: every block is pulled).
+        local: finds an installed file by sha256 (``None``: always download).
     """
 
     def __init__(self, source: ChunkSource, *, chunk_bytes: int = 64 * 1024,
@@ -86,20 +81,14 @@ class ChunkFetcher(FetcherInterface):
                  stop: threading.Event | None = None, blobs: BlobCache | None = None,
                  broadcast_wait_s: float = 5.0,
                  local: Callable[[str], Path | None] | None = None) -> None:
+        super().__init__(local)
         self._source = source
-        self._local = local
-        self.bytes_local = 0  # target bytes copied from files already on the device
-        self.used_local: set[str] = set()
-        self.bad_local: set[str] = set()  # local copies that failed verification
         self.blobs = blobs
         self._broadcast_wait = broadcast_wait_s
         self.bytes_from_broadcast = 0  # target bytes taken from broadcast blocks
         self.metadata_from_broadcast = 0  # metadata bytes likewise
         self.bytes_pulled = 0  # target bytes asked of the controller (repairs included)
         self.used_broadcast: set[str] = set()  # files partly taken from broadcast blocks
-        # versioned metadata files the job's desired state names as broadcast: name ->
-        # sha256 (a target's sha256 is in its own name)
-        self.named: dict[str, str] = {}
         self._stop = stop or threading.Event()
         if sleep is None:  # waits that end early when the agent stops
             def sleep(seconds: float) -> None:
@@ -110,41 +99,20 @@ class ChunkFetcher(FetcherInterface):
         self._rate = max_bytes_per_s
         self._progress = progress
         self._sleep: Callable[[float], None] = sleep
-        self._limit: int | None = None
         self.retries = 0
         self.bytes_received = 0
 
-    @contextlib.contextmanager
-    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
-        # Remember the signed length so _fetch never asks for more than length + 1
-        # (the extra byte lets ngclient see a file longer than signed).
-        self._limit = max_length
-        try:
-            with super().download_file(url, max_length) as fh:
-                yield fh
-        finally:
-            self._limit = None
-
     def _fetch(self, url: str) -> Iterator[bytes]:
         file = url.split(":", 1)[1].lstrip("/")
-        limit = (self._limit if self._limit is not None else 1 << 31) + 1
+        limit = self.limit
         offset, total = 0, None
         started = time.monotonic()
         backoff = 0.2
-        sha = _blob_name(file) or self.named.get(file)
-        held = self._local(sha) if sha is not None and self._local is not None and \
-            sha not in self.bad_local else None
-        if held is not None:  # the same content is installed here already: no download
-            self.used_local.add(sha)  # type: ignore[arg-type]
-            with open(held, "rb") as fh:
-                while offset < limit:  # never past the signed length + 1, as when pulling
-                    data = fh.read(min(1 << 20, limit - offset))
-                    if not data:
-                        break
-                    offset += len(data)
-                    self.bytes_local += len(data)
-                    yield data
+        copy = self.local_copy(file)
+        if copy is not None:  # the same content is installed here already: no download
+            yield from copy
             return
+        sha = target_sha256(file) or self.named.get(file)
         if sha is not None and self.blobs is not None and self.blobs.wants(sha):
             # a broadcast file: from the cache once all of it is here and hashes to its
             # name; else the blocks that came, and the gaps asked for
@@ -248,13 +216,17 @@ class BundleUpdater:
     Args:
         metadata_dir: trusted metadata cache (must hold ``root.json``).
         download_dir: scratch space for downloads.
-        fetcher: the ``ChunkFetcher`` to use.
+        fetcher: the transport: a ``ChunkFetcher`` (MQTT) or an ``HttpFetcher``.
+        repository_url: where ``metadata/`` and ``targets/`` are for that fetcher
+            (``mqtt:/``: the controller, over MQTT).
     """
 
-    def __init__(self, metadata_dir: Path, download_dir: Path, fetcher: ChunkFetcher) -> None:
+    def __init__(self, metadata_dir: Path, download_dir: Path, fetcher: LocalFetcher, *,
+                 repository_url: str = "mqtt:/") -> None:
         self.metadata_dir = metadata_dir
         self.download_dir = download_dir
         self.fetcher = fetcher
+        self.repository_url = repository_url
 
     def refresh(self) -> None:
         """Refresh trust metadata only (a newer root, for instance).
@@ -266,8 +238,9 @@ class BundleUpdater:
             self._updater().refresh()
 
     def _updater(self) -> Updater:
-        return Updater(str(self.metadata_dir), "mqtt:/metadata/", str(self.download_dir),
-                       "mqtt:/targets/", fetcher=self.fetcher, bootstrap=None)
+        base = self.repository_url
+        return Updater(str(self.metadata_dir), f"{base}metadata/", str(self.download_dir),
+                       f"{base}targets/", fetcher=self.fetcher, bootstrap=None)
 
     def fetch(self, name: str, version: int, *,
               manifest_path: str = "",
@@ -360,18 +333,18 @@ class BundleUpdater:
             return updater.download_target(info, str(path))
         except tuf_exc.LengthOrHashMismatchError:
             sha = info.hashes.get("sha256", "")
-            if sha in self.fetcher.used_local:  # the installed copy changed on disk
+            if self.fetcher.local.distrust(sha):  # the installed copy changed on disk
                 log.warning("the local copy of %s did not verify; downloading it", info.path)
-                self.fetcher.used_local.discard(sha)
-                self.fetcher.bad_local.add(sha)
                 return updater.download_target(info, str(path))
-            blobs = self.fetcher.blobs
-            if blobs is None or sha not in self.fetcher.used_broadcast:
+            fetcher = self.fetcher
+            if (not isinstance(fetcher, ChunkFetcher) or fetcher.blobs is None
+                    or sha not in fetcher.used_broadcast):
                 raise
+            blobs = fetcher.blobs
             log.warning("%s put together from broadcast blocks did not verify; pulling it",
                         info.path)
             blobs.drop(sha)
-            self.fetcher.used_broadcast.discard(sha)
+            fetcher.used_broadcast.discard(sha)
             return updater.download_target(info, str(path))
 
     @contextlib.contextmanager

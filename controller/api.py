@@ -1,8 +1,9 @@
 """The controller's HTTP API (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
 
-Every route except ``/healthz`` needs ``Authorization: Bearer <token>`` with the role
-``auth.ROUTES`` declares for it (``_api_security`` checks it before the route runs, and
-audits every mutating call). Bad input gets a 4xx with a reason, never a 500.
+Every route except ``/healthz`` and ``/v1/repository/…`` (signed files for devices, off
+by default) needs ``Authorization: Bearer <token>`` with the role ``auth.ROUTES``
+declares for it (``_api_security`` checks it before the route runs, and audits every
+mutating call). Bad input gets a 4xx with a reason, never a 500.
 """
 
 # FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
@@ -35,6 +36,7 @@ from edgefleet.optimizer import OptimizeTarget
 
 from ._api_devices import add_device_routes
 from ._api_metrics import add_metrics_route
+from ._api_repository import add_repository_route
 from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
@@ -399,6 +401,7 @@ def create_app(ctl: FleetController) -> FastAPI:
     add_device_routes(app, ctl)
     add_telemetry_routes(app, ctl)
     add_metrics_route(app, ctl)
+    add_repository_route(app, ctl)
     check_routes(app)
     _declare_open_routes(app)
     return app

@@ -13,7 +13,7 @@ a route that does not exist), and ``tests/test_rbac.py`` calls every route with 
 role. A new route is declared here in one line, with one of:
 
 * a role (``VIEWER``, ``OPERATOR``, ``ADMIN``): a bearer token with at least that role;
-* ``PUBLIC``: no token (``/healthz``);
+* ``PUBLIC``: no token (``/healthz``; ``/v1/repository/…``, whose files are signed);
 * ``DEVICE``: no bearer role is checked: the route authenticates the caller itself
   (e.g. ``POST /v1/provision`` with a device claim token) and is responsible for it.
 
@@ -95,6 +95,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/v1/telemetry/query"): VIEWER,
     ("GET", "/v1/alerts"): VIEWER,
     ("GET", "/metrics"): VIEWER,  # Prometheus scrapes with a viewer bearer token
+    # signed TUF files for devices, which hold no token (off unless serve_repository)
+    ("GET", "/v1/repository/{file}"): PUBLIC,
 }
 
 # Actor names that are not tokens: the bootstrap admin token and the controller itself.

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # their bundle was last sent
     broadcast: bool = True
     broadcast_ttl_s: float = Field(3600.0, gt=0)
+    # GET /v1/repository/{file}: the TUF repository read-only over HTTP, without a token,
+    # for devices with a repository_url (docs/security.md says why that is safe); off:
+    # the route answers 404
+    serve_repository: bool = False
     # replicas (docs/operations.md): MQTT 5 shared subscriptions in this group ("": one
     # controller); one replica at a time leads (rollouts, alerts, retention, re-signing)
     share_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")

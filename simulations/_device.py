@@ -182,5 +182,5 @@ class SimulatedAgent(Agent):
                 "connected": self.link.connected.is_set(),
                 "last_job": last_job, "job_state": done.get(last_job) if last_job else None,
                 "fetched": self.fetcher.bytes_received,
-                "from_broadcast": self.fetcher.bytes_from_broadcast,
+                "from_broadcast": getattr(self.fetcher, "bytes_from_broadcast", 0),  # HTTP: 0
                 "inferences": self.inferences}

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _nginx import NginxProcess
 from _postgres import fresh_database, unavailable
 from _support import ASSETS, TOKEN
 
@@ -65,7 +66,9 @@ def controller(tmp_path: Path, mosquitto: MosquittoProcess, trust_root: Path,
     settings = Settings(db_url=db_url, broker_url=mosquitto.url,
                         keys_dir=trust_root.parent, data_dir=tmp_path / "ctl",
                         admin_token=TOKEN, client_id=f"ctl-{tmp_path.name}"[:60],
-                        broadcast=request.node.get_closest_marker("pull_only") is None)
+                        broadcast=request.node.get_closest_marker("pull_only") is None,
+                        serve_repository=request.node.get_closest_marker(
+                            "serve_repository") is not None)
     ctl = FleetController(settings)
     ctl.start()
     yield ctl
@@ -88,3 +91,26 @@ def make_fleet(tmp_path: Path, mosquitto: MosquittoProcess,
     yield make
     for fleet in fleets:
         fleet.stop()
+
+
+@pytest.fixture
+def transport() -> str:
+    """How agents fetch bundles: ``mqtt`` (the default) or ``http`` (from nginx in front of
+    the controller's repository); a test parametrizes it to run on both."""
+    return "mqtt"
+
+
+@pytest.fixture
+def repository_nginx(tmp_path: Path, controller: FleetController) -> Iterator[NginxProcess]:
+    """A real nginx serving the controller's TUF repository folder over HTTP."""
+    with NginxProcess(controller.repo.repo_dir, tmp_path / "nginx") as nginx:
+        yield nginx
+
+
+@pytest.fixture
+def agent_transport(transport: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``AgentConfig`` fields that make agents use ``transport``."""
+    if transport == "mqtt":
+        return {}
+    nginx: NginxProcess = request.getfixturevalue("repository_nginx")
+    return {"repository_url": nginx.url}

@@ -4,9 +4,12 @@ Each attack is carried out against a real controller, a real Mosquitto and a rea
 agent serving ``digits:1``. Each test asserts that the bundle (or command) is refused
 with the attack's reason AND that the last known good model still serves.
 
-The attacks are on the request/response path (a hostile server or link), so devices
-pull here: with broadcast on, ``digits:2``'s model (the same bytes as ``digits:1``'s)
-would arrive intact from its earlier broadcast, whatever is done to the stored copy.
+The attacks on the files a server holds run on both transports (``BOTH_TRANSPORTS``):
+over MQTT request/response and over HTTP from nginx, with the same refusal.
+
+The attacks are on the pull path (a hostile server or link), so devices pull here:
+with broadcast on, ``digits:2``'s model (the same bytes as ``digits:1``'s) would arrive
+intact from its earlier broadcast, whatever is done to the stored copy.
 Attacks on broadcast blocks are in ``test_broadcast.py``.
 """
 
@@ -40,16 +43,24 @@ from edgefleet.simulations.fleet import wait_until
 pytestmark = pytest.mark.pull_only
 
 
+# the attacks on what the server holds, run on each transport: the same refusal over
+# MQTT and over HTTP (nginx serving the controller's repository folder)
+BOTH_TRANSPORTS = pytest.mark.parametrize("transport", ["mqtt", "http"])
+
+
 @pytest.fixture
-def serving(controller, make_fleet):
+def serving(controller, make_fleet, agent_transport, request):
     """One agent already serving digits:1; digits:2 registered, not yet deployed. The
     same model in both: the agent must download v2's files, not copy v1's, for the
     server's copy to be what is attacked."""
-    fleet = make_fleet(1, reuse_local_files=False)
+    fleet = make_fleet(1, reuse_local_files=False, **agent_transport)
     wait_devices_known(controller, fleet.ids)
     v1 = register_digits(controller)
     dep = wait_deployment(controller, controller.deploy("digits", v1["version"])["id"])
     assert dep["state"] == "succeeded"
+    if agent_transport:  # v1's files came from nginx, not over MQTT
+        assert "GET /targets/bundles/digits/1/" in request.getfixturevalue(
+            "repository_nginx").access_log
     v2 = register_digits(controller)
     return fleet, fleet.agents[fleet.ids[0]], v2
 
@@ -149,6 +160,7 @@ def test_rollback_to_a_lower_version_is_rejected(controller, serving, evalset):
     assert agent.predict(evalset["x"][:1]).model.version == v2["version"]
 
 
+@BOTH_TRANSPORTS
 def test_rollback_of_trust_metadata_across_a_restart_is_rejected(controller, serving, evalset):
     fleet, agent, v2 = serving
     old_timestamp = (controller.repo.metadata_dir / "timestamp.json").read_bytes()
@@ -189,6 +201,7 @@ def test_release_counter_rollback_is_refused_even_when_the_controller_orders_it(
     assert agent.predict(evalset["x"][:1]).model.version == fixed["version"]
 
 
+@BOTH_TRANSPORTS
 def test_indefinite_freeze_with_a_replayed_expired_timestamp_is_rejected(controller, serving,
                                                                           evalset):
     _fleet, agent, v2 = serving
@@ -253,6 +266,7 @@ def test_mix_and_match_of_metadata_from_two_releases_is_rejected(controller, ser
     _rejected(controller, agent, v2["version"], "metadata_mismatch", evalset)
 
 
+@BOTH_TRANSPORTS
 @pytest.mark.parametrize("file", ["model", "timestamp"])
 def test_endless_data_is_rejected(controller, serving, evalset, file):
     _fleet, agent, v2 = serving
@@ -267,6 +281,7 @@ def test_endless_data_is_rejected(controller, serving, evalset, file):
     _rejected(controller, agent, v2["version"], "length_exceeded", evalset)
 
 
+@BOTH_TRANSPORTS
 def test_tampered_model_file_on_the_server_is_rejected(controller, serving, evalset):
     _fleet, agent, v2 = serving
     controller.registry.ensure_bundle("digits", v2["version"])
@@ -278,6 +293,7 @@ def test_tampered_model_file_on_the_server_is_rejected(controller, serving, eval
     _rejected(controller, agent, v2["version"], "tampered_file", evalset)
 
 
+@BOTH_TRANSPORTS
 @pytest.mark.parametrize("file", ["smoke.npz", "profile.json"])
 def test_tampered_data_file_on_the_server_is_rejected(controller, serving, evalset, file):
     _fleet, agent, v2 = serving

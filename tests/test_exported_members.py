@@ -21,9 +21,9 @@ PUBLIC = {
         "BLOB_PREFIX", "blob_filter", "blob_topic", "parse_blob_topic", "valid_sha256"},
     "edgefleet.agent": {
         "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",
-        "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime", "Prediction",
-        "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes", "load_config",
-        "summarize"},
+        "HttpFetcher", "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime",
+        "Prediction", "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes",
+        "load_config", "summarize"},
     "edgefleet.optimizer": {
         "Evaluation", "GateDecision", "MethodChoice", "OptimizationResult", "OptimizeTarget",
         "PruneStats", "choose_method", "decide_gates", "evaluate", "inspect_model", "optimize",
