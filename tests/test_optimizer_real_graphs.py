@@ -52,7 +52,10 @@ def test_a_detector_at_opset_11_is_converted_quantized_and_judged_by_fidelity(
 
 
 def test_constant_held_weights_are_folded_so_they_quantize(zoo, tmp_path):
-    report = _run(zoo["crnn-recognizer"], tmp_path).report
+    # without the fallback: whether the int8 MatMul then meets the fidelity gate depends
+    # on the CPU measuring it (x86 without VNNI saturates full-range int8 weights, and
+    # the fallback keeps it in float there); what is held here is that it can quantize
+    report = _run(zoo["crnn-recognizer"], tmp_path, fallback=False).report
     assert any("Constant node(s) folded" in p for p in report["plan"])
     assert report["quantization"]["quantized_ops"].get("MatMul", 0) >= 1
     assert report["metric"] == "fidelity"
