@@ -1,15 +1,18 @@
-"""Devices' job statuses, stored in batches off paho's thread.
+"""Devices' births, deaths and job statuses, stored off paho's thread.
 
-A rollout brings every device's statuses at once (downloading, verifying, installing,
-activated, healthy): written one transaction each on paho's thread, they cost the
-controller more than everything else it does for a device, and births and acks wait
-behind them. ``StatusWriter`` queues what paho decoded; one worker takes what has
-queued (waiting ``batch_wait_s`` for more once it has one) and hands it to ``apply``,
-which folds the batch (``fold``) and stores it in one transaction.
+A rollout brings every device's statuses at once (downloading, installing, activated,
+healthy), and a fleet that reconnects brings every device's birth: written one
+transaction each on paho's thread, they kept that thread from reading the socket (its
+keep-alive lapsed with 10,000 devices connecting) and fetch answers waited behind them.
+``RecordWriter`` queues what paho decoded, in the order it came; one worker takes what
+has queued (waiting ``batch_wait_s`` for more once it has one) and hands it to
+``apply``, which stores a run of statuses folded (``fold``) in one transaction and
+births and deaths in order between them.
 
-A status is acknowledged to the broker when it is queued, so one queued when the
-controller dies is lost; that is the same as one lost in flight: a job that has not
-ended is sent again by the next leader, and the device answers with where it stands.
+A message is acknowledged to the broker when it is queued, so one queued when the
+controller dies is lost, as one lost in flight: a job that has not ended is sent again
+by the next leader and the device answers with where it stands; a device's next
+reconnect brings its birth again.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Any
 
 from edgefleet.contract import JobState, JobStatus
 
-__all__ = ["StatusUpdate", "StatusWriter", "fold", "status_fields"]
+__all__ = ["RecordWriter", "StatusUpdate", "fold", "status_fields"]
 
 log = logging.getLogger(__name__)
 Item = tuple[str, JobStatus]
+Record = tuple[str, Any]  # (device, a decoded Birth, Death or JobStatus)
 
 
 @dataclasses.dataclass
@@ -95,42 +99,43 @@ def fold(items: Iterable[Item], settled: frozenset[str]) -> list[StatusUpdate]:
     return list(out.values())
 
 
-class StatusWriter:
-    """A queue of decoded statuses and the worker that stores them in batches.
+class RecordWriter:
+    """A queue of decoded device records and the worker that stores them in batches.
 
     Args:
-        apply: stores one batch (in one transaction).
-        counters: the controller's counters (``status_batches``, ``statuses_queue_full``).
-        queue_max: statuses waiting at most (a full queue drops the status: the job's
-            next status, or a re-sent desired state, brings where it stands).
-        batch_max: statuses per batch at most.
-        batch_wait_s: how long a batch waits to fill once it has a status.
+        apply: stores one batch, in order.
+        counters: the controller's counters (``record_batches``, ``records_queue_full``).
+        queue_max: records waiting at most (a full queue drops the record: the job's
+            next status or a re-sent desired state brings where it stands, the device's
+            next connection its birth).
+        batch_max: records per batch at most.
+        batch_wait_s: how long a batch waits to fill once it has a record.
     """
 
-    def __init__(self, apply: Callable[[list[Item]], None], *, counters: dict[str, int],
+    def __init__(self, apply: Callable[[list[Record]], None], *, counters: dict[str, int],
                  queue_max: int = 100_000, batch_max: int = 2000,
                  batch_wait_s: float = 0.02) -> None:
         self._apply = apply
         self.counters = counters
-        for name in ("status_batches", "statuses_queue_full"):
+        for name in ("record_batches", "records_queue_full"):
             counters.setdefault(name, 0)
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
-        self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_max)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def submit(self, device: str, status: JobStatus) -> None:
-        """Queue one status (paho's thread); applied at once when no worker runs."""
+    def submit(self, device: str, record: Any) -> None:
+        """Queue one record (paho's thread); applied at once when no worker runs."""
         if self._thread is None:
-            self._apply([(device, status)])
+            self._apply([(device, record)])
             return
         try:
-            self._queue.put_nowait((device, status))
+            self._queue.put_nowait((device, record))
         except queue.Full:
-            self.counters["statuses_queue_full"] += 1
+            self.counters["records_queue_full"] += 1
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="job-statuses", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="device-records", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -140,7 +145,7 @@ class StatusWriter:
             self._thread.join(timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued status is stored (False on timeout)."""
+        """Wait until every queued record is stored (False on timeout)."""
         deadline = time.monotonic() + timeout_s
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline or self._thread is None \
@@ -166,9 +171,9 @@ class StatusWriter:
                     break
             try:
                 self._apply(batch)
-                self.counters["status_batches"] += 1
-            except Exception:  # the database is down: the next statuses bring it back
-                log.exception("storing %d job statuses failed", len(batch))
+                self.counters["record_batches"] += 1
+            except Exception:  # the database is down: the next records bring it back
+                log.exception("storing %d device records failed", len(batch))
             finally:
                 for _ in batch:
                     self._queue.task_done()

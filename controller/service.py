@@ -38,7 +38,7 @@ from ._alerting import AlertMonitor
 from ._broadcast import Broadcaster
 from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
-from ._statuses import StatusWriter, fold
+from ._statuses import RecordWriter, fold
 from .auth import production_targets
 from .ingest import encode_ack
 from .lease import Lease
@@ -119,7 +119,7 @@ class FleetController:
                                  gap_timeout_s=settings.telemetry_gap_timeout_s,
                                  shared=bool(settings.share_group))
         self.alerts = AlertMonitor(self.store, settings, self.clock)
-        self.statuses = StatusWriter(self._store_statuses, counters=self.counters)
+        self.records = RecordWriter(self._store_records, counters=self.counters)
         self.optimizations = OptimizationJobs(
             self.registry, clock=self.clock.time, workers=settings.optimize_workers,
             queue_max=settings.optimize_queue_max, history_max=settings.optimize_history_max,
@@ -152,7 +152,7 @@ class FleetController:
                     topic, payload, retain=retain),
                 self.clock, ttl_s=self.settings.broadcast_ttl_s)
         self.ingestor.start()
-        self.statuses.start()
+        self.records.start()
         self.alerts.start()
         self.optimizations.start()
         self.link.start()
@@ -184,7 +184,7 @@ class FleetController:
         if self._upkeep is not None:
             self._upkeep.join(5.0)
         self.ingestor.stop()  # stores and acks what is queued while the link is up
-        self.statuses.stop()
+        self.records.stop()
         self.alerts.stop()
         if self.link is not None:
             self.link.stop()
@@ -253,12 +253,12 @@ class FleetController:
         elif suffix == DeviceTopic.TELEMETRY:
             # queued as received: the ingest worker decodes, stores, then acks (_ingestor)
             self.ingestor.submit(device, payload, self.clock.time())
-        elif suffix == DeviceTopic.BIRTH:
-            self._on_birth(device, Birth.decode(payload))
+        elif suffix == DeviceTopic.BIRTH:  # stored in order with deaths and statuses
+            self.records.submit(device, Birth.decode(payload))
         elif suffix == DeviceTopic.DEATH:
-            self.store.mark_offline(device, Death.decode(payload).bd_seq)
+            self.records.submit(device, Death.decode(payload))
         elif suffix.startswith("job/") and suffix.endswith("/status"):
-            self.statuses.submit(device, JobStatus.decode(payload))
+            self.records.submit(device, JobStatus.decode(payload))
         else:
             raise MessageError(f"unexpected topic suffix {suffix!r}")
 
@@ -302,8 +302,26 @@ class FleetController:
 
     def _on_status(self, device: str, status: JobStatus) -> None:
         """Record where a device's job stands, at once (``handle`` queues statuses to
-        ``statuses``, which stores them in batches)."""
+        ``records``, which stores them in batches)."""
         self._store_statuses([(device, status)])
+
+    def _store_records(self, records: list[tuple[str, Any]]) -> None:
+        """Store devices' births, deaths and statuses in the order they came (a run of
+        statuses in one transaction)."""
+        run: list[tuple[str, JobStatus]] = []
+        for device, record in records:
+            if isinstance(record, JobStatus):
+                run.append((device, record))
+                continue
+            if run:
+                self._store_statuses(run)
+                run = []
+            if isinstance(record, Birth):
+                self._on_birth(device, record)
+            elif isinstance(record, Death):
+                self.store.mark_offline(device, record.bd_seq)
+        if run:
+            self._store_statuses(run)
 
     def _store_statuses(self, items: list[tuple[str, JobStatus]]) -> None:
         # statuses arrive out of order (a broker's redelivery, two replicas at once, a

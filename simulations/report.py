@@ -203,7 +203,7 @@ def _thread_kind(name: str) -> str:
 
 
 # what each of the controller's threads does in a rollout
-_THREADS = {"mqtt": "MQTT: births, fetches, sending", "job-statuses": "statuses",
+_THREADS = {"mqtt": "MQTT: fetches, sending", "device-records": "births and statuses",
             "rollouts": "rollout steps", "ingest": "telemetry", "broadcast": "broadcast",
             "telemetry-upkeep": "upkeep"}
 

@@ -121,8 +121,10 @@ def test_a_birth_of_the_same_session_updates_the_device_without_sending_again(
     controller.store.update_job(dep["id"], agent.config.device_id, state="activated")
     controller.handle(agent.config.device_id, DeviceTopic.BIRTH,
                       agent._birth(agent.link.bd_seq))
+    assert controller.records.flush()
     assert controller.counters["births_announced"] == announced + 1
     assert controller.counters["desired_redriven"] == redriven
     controller.handle(agent.config.device_id, DeviceTopic.BIRTH,
                       agent._birth(agent.link.bd_seq + 1))
+    assert controller.records.flush()
     assert controller.counters["desired_redriven"] == redriven + 1
