@@ -223,3 +223,50 @@ def test_on_postgresql_the_publishing_lock_is_an_advisory_lock_across_engines(pg
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_directory_controller_moves_its_files_into_the_database_without_a_rollback(
+        tmp_path, trust_root):
+    from _support import ASSETS
+    from typer.testing import CliRunner
+
+    from edgefleet.cli import app
+    from edgefleet.controller.registry import Registry
+    from edgefleet.controller.signing import TrustRepository
+
+    data, url = tmp_path / "ctl", f"sqlite:///{tmp_path / 'ctl.db'}"
+    store = Store(url)
+    repo = TrustRepository(data / "repo", trust_root.parent)
+    registry = Registry(store, repo, data / "models")
+    row = registry.register("digits", (ASSETS / "digits.onnx").read_bytes(),
+                            eval_npz=(ASSETS / "eval.npz").read_bytes())
+    manifest = registry.ensure_bundle("digits", row["version"])
+    assert Path(store.get_model("digits", 1)["file"]).is_absolute()  # a folder's path
+    before = (repo.timestamp.signed.version, repo.bundle_files(manifest))
+    store.engine.dispose()
+
+    result = CliRunner().invoke(app, ["db", "import-files", "--data", str(data),
+                                      "--db", url, "--json"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.output)
+    assert first["copied"] >= 8 and first["rows_repointed"] == 1 and not first["rows_missing"]
+    again = json.loads(CliRunner().invoke(app, ["db", "import-files", "--data", str(data),
+                                                "--db", url, "--json"]).output)
+    assert again["unchanged"] > 0 and again["rows_repointed"] == 0  # rows name keys now
+
+    store = Store(url)
+    try:
+        files = DatabaseFiles(store.engine, cache_dir=tmp_path / "cache")
+        moved = TrustRepository(None, trust_root.parent, files=files.sub("repo"))
+        assert (moved.timestamp.signed.version, moved.bundle_files(manifest)) == before
+        registry = Registry(store, moved, files.sub("models"), work_dir=tmp_path / "work")
+        assert store.get_model("digits", 1)["file"] == "digits/1/model.onnx"
+        assert registry.dataset("digits", 1, "eval") is not None
+        assert registry.ensure_bundle("digits", 1) == manifest  # signed already: kept
+        sha, file, length = moved.bundle_files(manifest)[1]
+        assert moved.read(file, 0, length + 10)[0] == (ASSETS / "digits.onnx").read_bytes()
+    finally:
+        store.engine.dispose()
+    missing = CliRunner().invoke(app, ["db", "import-files", "--data", str(tmp_path / "x"),
+                                       "--db", url])
+    assert missing.exit_code != 0 and "expected repo/ or models/ in it" in missing.output
