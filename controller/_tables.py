@@ -243,6 +243,7 @@ stored_files = sa.Table(  # the database file store (controller/_db_files.py): o
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("chunk_bytes", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,  # ids never reused: a replaced file's id is never its old one
 )
 stored_file_chunks = sa.Table(  # its content, in chunks of the file's chunk_bytes
     "stored_file_chunks", meta,

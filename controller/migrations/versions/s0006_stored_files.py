@@ -30,7 +30,8 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("chunk_bytes", sa.Integer, nullable=False),
-        sa.Column("updated_at", sa.Float, nullable=False))
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sqlite_autoincrement=True)  # ids never reused (see _tables)
     op.create_table(
         "stored_file_chunks",
         sa.Column("file_id", _ID, primary_key=True, autoincrement=False),
