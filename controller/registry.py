@@ -243,21 +243,25 @@ class Registry:
              report: dict[str, Any] | None, hardware_classes: list[str] | None,
              release_counter: int, runtime: str = "onnxruntime",
              data: dict[str, bytes] | None = None) -> dict[str, Any]:
-        """Store a staged model file (and its data files) as the next version of ``name``."""
+        """Store a staged model file (and its data files) as the next version of ``name``.
+
+        Under a lock on ``name`` held across replicas: two registrations at once must not
+        both write the same version's files."""
         from edgefleet.contract import sha256_file
 
-        version = self.store.next_version(name)
-        for file_name, content in (data or {}).items():
-            self.files.put(f"{name}/{version}/{file_name}", content)
-        key = f"{name}/{version}/{path.name}"
-        self.files.put_file(key, path)
         digest, size = sha256_file(str(path))
-        self.store.add_model(name=name, version=version, parent=parent, variant=variant,
-                             runtime=runtime, file=self._ref(key), sha256=digest,
-                             size_bytes=size, signature=signature, labels=labels,
-                             metrics=metrics, report=report,
-                             hardware_classes=list(hardware_classes or []),
-                             release_counter=release_counter)
+        with self.files.lock(f"model:{name}"):
+            version = self.store.next_version(name)
+            for file_name, content in (data or {}).items():
+                self.files.put(f"{name}/{version}/{file_name}", content)
+            key = f"{name}/{version}/{path.name}"
+            self.files.put_file(key, path)
+            self.store.add_model(name=name, version=version, parent=parent, variant=variant,
+                                 runtime=runtime, file=self._ref(key), sha256=digest,
+                                 size_bytes=size, signature=signature, labels=labels,
+                                 metrics=metrics, report=report,
+                                 hardware_classes=list(hardware_classes or []),
+                                 release_counter=release_counter)
         return self.store.get_model(name, version)
 
     def dataset(self, name: str, version: int, kind: str,

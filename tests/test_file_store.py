@@ -270,3 +270,48 @@ def test_a_directory_controller_moves_its_files_into_the_database_without_a_roll
     missing = CliRunner().invoke(app, ["db", "import-files", "--data", str(tmp_path / "x"),
                                        "--db", url])
     assert missing.exit_code != 0 and "expected repo/ or models/ in it" in missing.output
+
+
+def test_two_replicas_registering_one_model_at_once_get_a_version_each(db, tmp_path,
+                                                                       trust_root):
+    from _support import ASSETS
+
+    from edgefleet.controller.registry import Registry
+    from edgefleet.controller.signing import TrustRepository
+
+    registries = []
+    for i in range(2):  # two controllers on one database, nothing shared on disk
+        engine = sa.create_engine(db.engine.url)
+        files = DatabaseFiles(engine, cache_dir=tmp_path / f"cache{i}")
+        repo = TrustRepository(None, trust_root.parent, shared=True, files=files.sub("repo"))
+        registries.append(Registry(Store(str(db.engine.url)), repo, files.sub("models"),
+                                   work_dir=tmp_path / f"work{i}"))
+    model = (ASSETS / "digits.onnx").read_bytes()
+    kinds = {0: "eval", 1: "calibration"}
+    made: dict[int, dict] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def register(i: int) -> None:
+        try:
+            start.wait(10)
+            made[i] = registries[i].register(
+                "digits", model, **{f"{kinds[i]}_npz": (ASSETS / f"{kinds[i]}.npz").read_bytes()})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(m["version"] for m in made.values()) == [1, 2]
+    reader = registries[0]
+    for i, row in made.items():  # each version has its own data, not the other's
+        stored = reader.files.list(f"digits/{row['version']}")
+        assert stored == sorted([f"digits/{row['version']}/{kinds[i]}.npz",
+                                 f"digits/{row['version']}/model.onnx"]), stored
+    for r in registries:
+        r.store.engine.dispose()
+        r.repo.files.engine.dispose()  # type: ignore[attr-defined]
