@@ -140,6 +140,10 @@ def controller_serve(
              "leader at a time (needs a broker; PostgreSQL across hosts).")] = None,
     client_id: Annotated[str | None, typer.Option(
         help="MQTT client id; each replica needs its own.")] = None,
+    file_store: Annotated[str | None, typer.Option(
+        help="Where model files and the signed repository live: 'directory' (under "
+             "--data; the default) or 'database' (in --db, so replicas share no "
+             "filesystem). Env EDGEFLEET_FILE_STORE.")] = None,
     db_upgrade: Annotated[bool | None, typer.Option(
         "--db-upgrade/--no-db-upgrade",
         help="Upgrade the store's schema at start (default: yes; env "
@@ -159,7 +163,8 @@ def controller_serve(
         fail(f"no keys in {keys}; run `edgefleet keys init --dir {keys}` first")
     try:
         extra = {k: v for k, v in (("share_group", share_group), ("client_id", client_id),
-                                   ("db_auto_upgrade", db_upgrade)) if v is not None}
+                                   ("db_auto_upgrade", db_upgrade),
+                                   ("file_store", file_store)) if v is not None}
         if extra.get("share_group") and broker is None:
             fail("replicas (--share-group) need a shared broker: give --broker")
         settings = Settings(db_url=db, broker_url=broker, keys_dir=keys, data_dir=data,

@@ -6,6 +6,7 @@ controller also upgrades its store by itself when it starts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -81,3 +82,38 @@ def db_upgrade(db: DbOpt = _DEFAULT_DB, as_json: JsonOpt = False) -> None:
         was = status["from"] or (f"schema {status['from_legacy_version']} from before Alembic"
                                  if status["from_legacy_version"] is not None else "empty")
         console.print(f"upgraded from {was} to revision {status['current']}")
+
+
+@db_app.command("import-files")
+def db_import_files(
+    data: Annotated[Path, typer.Option("--data", help="The controller's data directory.")],
+    db: DbOpt = _DEFAULT_DB,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a data directory's signed repository and model files into the database, for
+    `controller serve --file-store database`. Stop the controller first; safe to repeat."""
+    import sqlalchemy as sa
+
+    from edgefleet.contract import EdgefleetError
+    from edgefleet.controller._db_files import DatabaseFiles
+    from edgefleet.controller._file_import import import_directory
+    from edgefleet.controller.store import create_engine, upgrade_schema
+
+    try:
+        engine = create_engine(db)
+        try:
+            upgrade_schema(engine)
+            result = import_directory(data, DatabaseFiles(engine, cache_dir=data / "cache"),
+                                      engine)
+        finally:
+            engine.dispose()
+    except (EdgefleetError, ValueError) as exc:
+        fail(str(exc))
+    except (sa.exc.SQLAlchemyError, ImportError) as exc:
+        fail(f"database: {str(exc).strip().splitlines()[0]}")
+    if not emit(result, as_json):
+        console.print(f"copied {result['copied']} file(s) ({result['unchanged']} already "
+                      f"there); {result['rows_repointed']} model row(s) now name their copy")
+        if result["rows_missing"]:
+            console.print(f"[yellow]no file in {data} for: "
+                          f"{', '.join(result['rows_missing'])}[/yellow]")

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 __all__ = ["alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens", "deployments",
            "desired", "device_credentials", "devices", "events", "jobs", "meta", "models",
-           "rollups", "streams", "telemetry", "variants"]
+           "rollups", "stored_file_chunks", "stored_files", "streams", "telemetry",
+           "variants"]
 
 meta = sa.MetaData()
 
@@ -232,4 +233,22 @@ variants = sa.Table(  # per-class variants of a model version (another file, sam
     sa.Column("report", sa.JSON, nullable=True),
     sa.Column("bundled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+stored_files = sa.Table(  # the database file store (controller/_db_files.py): one row a file
+    "stored_files", meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("path", sa.String(1024), nullable=False, unique=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("chunk_bytes", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sqlite_autoincrement=True,  # ids never reused: a replaced file's id is never its old one
+)
+stored_file_chunks = sa.Table(  # its content, in chunks of the file's chunk_bytes
+    "stored_file_chunks", meta,
+    sa.Column("file_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              primary_key=True, autoincrement=False),
+    sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
 )

@@ -210,7 +210,8 @@ class OptimizationJobs:
                                     reason="unsupported")
         if row["runtime"] == "onnxruntime":  # the graph only, not its weights
             try:
-                refuse_quantized(onnx.load(row["file"], load_external_data=False),
+                refuse_quantized(onnx.load(self._registry.local_file(row["file"]),
+                                           load_external_data=False),
                                  f"{name}:{version}")
             except OptimizationError as exc:  # what the version is, not the request: 409
                 raise RegistryError(str(exc), reason=exc.reason) from exc

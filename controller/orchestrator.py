@@ -182,8 +182,7 @@ class Orchestrator:
             if key in detail:
                 result[key] = detail[key]
         values["result"] = result
-        self.store.update_deployment(dep["id"], **values)
-        self.store.add_event(dep["id"], event, actor, state=state, **detail)
+        self.store.update_with_event(dep["id"], values, event, actor, state=state, **detail)
         dep.update(values)
 
     # -- ticking ------------------------------------------------------------------------
@@ -223,10 +222,9 @@ class Orchestrator:
             self._set(dep, "failed", "orchestrator", "bundle_failed", phase="done", wave=k,
                       reason=f"the bundle for wave {k} cannot be made: {exc}", final="failed")
             return
-        self.store.update_deployment(dep["id"], wave=k, phase="waves",
-                                     phase_started_at=self.clock.time())
-        self.store.add_event(dep["id"], "wave_started", "orchestrator", wave=k,
-                             devices=len(devices))
+        self.store.update_with_event(
+            dep["id"], {"wave": k, "phase": "waves", "phase_started_at": self.clock.time()},
+            "wave_started", "orchestrator", wave=k, devices=len(devices))
 
     def _wave_metrics(self, dep: dict[str, Any], policy: RolloutPolicy, cohort: list[str],
                       others: list[str]) -> tuple[CohortMetrics, CohortMetrics]:

@@ -1,9 +1,10 @@
 """The model registry: versions with lineage, optimization, and signed bundles.
 
-Files live under ``data_dir/models/{name}/{version}/`` (model, eval and calibration
-sets); rows in the store carry signature, labels, metrics and the optimization
-report. A version becomes a bundle (manifest + model, TUF-signed) the first time it
-is deployed.
+Files live in a file store (``_files``: the data directory's ``models/`` or the
+controller's database) under ``{name}/{version}/`` (model, eval and calibration sets;
+``variants/{variant}/`` for per-class files); rows in the store carry signature,
+labels, metrics and the optimization report. A version becomes a bundle (manifest +
+model, TUF-signed) the first time it is deployed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import functools
 import logging
 import re
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,7 @@ from edgefleet.optimizer import (
 )
 
 from ._bundle_data import Runner, bundle_data, runner
+from ._files import DirectoryFiles, FileStore
 from ._tables import variants
 from .signing import TrustRepository
 from .store import Store
@@ -132,15 +136,54 @@ def _describe(signature: dict[str, Any], task: str | None,
 
 
 class Registry:
-    """Model versions, their files, optimization and bundling."""
+    """Model versions, their files, optimization and bundling.
 
-    def __init__(self, store: Store, repo: TrustRepository, models_dir: Path) -> None:
+    Args:
+        store: the controller's store.
+        repo: the TUF repository bundles are signed into.
+        models: the folder of the model files, or a file store keeping them.
+        work_dir: a local folder for scratch files (staged uploads, optimizer outputs);
+            default: inside ``models`` when it is a folder, else the system's temp dir.
+
+    A version's ``file`` (in the store's rows) is the file's path when the files are in
+    a folder, else its key in the file store; ``local_file`` gives a path either way.
+    """
+
+    def __init__(self, store: Store, repo: TrustRepository, models: Path | FileStore, *,
+                 work_dir: Path | None = None) -> None:
         self.store = store
         self.repo = repo
-        self.models_dir = models_dir
+        self.files: FileStore = DirectoryFiles(models) if isinstance(models, Path) else models
+        self.models_dir = models if isinstance(models, Path) else None
+        if work_dir is None and self.models_dir is not None:
+            work_dir = self.models_dir / ".work"
+        self.work_dir = work_dir
+        if work_dir is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
 
-    def _dir(self, name: str, version: int) -> Path:
-        return self.models_dir / name / str(version)
+    @contextmanager
+    def _scratch(self, prefix: str) -> Iterator[Path]:
+        """A local folder for the block, removed after it."""
+        work = Path(tempfile.mkdtemp(dir=self.work_dir, prefix=prefix))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _ref(self, key: str) -> str:
+        """What a row keeps for the file at ``key`` (see the class docstring)."""
+        return str(self.files.local_path(key)) if self.files.local else key
+
+    def local_file(self, ref: str) -> Path:
+        """A file on this machine with the content of a row's ``file``.
+
+        Raises:
+            NotFoundError: the file store has no such file.
+        """
+        path = Path(ref)
+        if self.files.local or path.is_absolute():  # (a folder's path, as rows kept it)
+            return path
+        return self.files.local_path(ref)
 
     def register(self, name: str, model: bytes, *, labels: list[str] | None = None,
                  eval_npz: bytes | None = None, calibration_npz: bytes | None = None,
@@ -174,25 +217,21 @@ class Registry:
         for hw in hardware_classes or []:
             if not _NAME.match(hw):
                 raise ValueError(f"hardware class {hw!r}: letters, digits, '.', '_', '-'")
-        directory = self._dir(name, self.store.next_version(name))
-        directory.mkdir(parents=True, exist_ok=True)
-        path, signature, tflite = _write_model(directory, model)
-        runtime = "litert" if tflite else "onnxruntime"
-        try:
+        with self._scratch(f"register-{name}-") as stage:
+            path, signature, tflite = _write_model(stage, model)
+            runtime = "litert" if tflite else "onnxruntime"
             signature.update(_describe(signature, task, input_kinds))
             opened = functools.cache(lambda: runner(path, runtime))  # one session for both
+            data: dict[str, bytes] = {}
             for kind, raw in (("eval", eval_npz), ("calibration", calibration_npz)):
                 if raw is None:
                     continue
                 _check_runs(opened, load_datasets(raw, signature, kind=kind), kind)
-                atomic_write(directory / f"{kind}.npz", raw)
-        except ValueError:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-        counter = self._counter(name) + int(security_release)
-        return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
-                         variant="fp32", report=None, hardware_classes=hardware_classes,
-                         release_counter=max(counter, 1), runtime=runtime)
+                data[f"{kind}.npz"] = raw
+            counter = self._counter(name) + int(security_release)
+            return self._add(name, path, signature, labels or [], metrics or {}, parent=None,
+                             variant="fp32", report=None, hardware_classes=hardware_classes,
+                             release_counter=max(counter, 1), runtime=runtime, data=data)
 
     def _counter(self, name: str) -> int:
         """The highest release counter of ``name`` so far (0: a new model)."""
@@ -202,21 +241,27 @@ class Registry:
     def _add(self, name: str, path: Path, signature: dict[str, Any], labels: list[str],
              metrics: dict[str, Any], *, parent: int | None, variant: str,
              report: dict[str, Any] | None, hardware_classes: list[str] | None,
-             release_counter: int, runtime: str = "onnxruntime") -> dict[str, Any]:
+             release_counter: int, runtime: str = "onnxruntime",
+             data: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Store a staged model file (and its data files) as the next version of ``name``.
+
+        Under a lock on ``name`` held across replicas: two registrations at once must not
+        both write the same version's files."""
         from edgefleet.contract import sha256_file
 
-        version = self.store.next_version(name)
-        final = self._dir(name, version) / path.name
-        if path != final:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), final)
-        digest, size = sha256_file(str(final))
-        self.store.add_model(name=name, version=version, parent=parent, variant=variant,
-                             runtime=runtime, file=str(final), sha256=digest,
-                             size_bytes=size, signature=signature, labels=labels,
-                             metrics=metrics, report=report,
-                             hardware_classes=list(hardware_classes or []),
-                             release_counter=release_counter)
+        digest, size = sha256_file(str(path))
+        with self.files.lock(f"model:{name}"):
+            version = self.store.next_version(name)
+            for file_name, content in (data or {}).items():
+                self.files.put(f"{name}/{version}/{file_name}", content)
+            key = f"{name}/{version}/{path.name}"
+            self.files.put_file(key, path)
+            self.store.add_model(name=name, version=version, parent=parent, variant=variant,
+                                 runtime=runtime, file=self._ref(key), sha256=digest,
+                                 size_bytes=size, signature=signature, labels=labels,
+                                 metrics=metrics, report=report,
+                                 hardware_classes=list(hardware_classes or []),
+                                 release_counter=release_counter)
         return self.store.get_model(name, version)
 
     def dataset(self, name: str, version: int, kind: str,
@@ -230,9 +275,9 @@ class Registry:
         row: dict[str, Any] | None = self.store.get_model(name, version)
         signature = signature or (row or {}).get("signature") or {}
         while row is not None:
-            path = self._dir(name, row["version"]) / f"{kind}.npz"
-            if path.exists():
-                return load_datasets(path.read_bytes(), signature, kind=kind, stored=True)
+            key = f"{name}/{row['version']}/{kind}.npz"
+            if self.files.exists(key):
+                return load_datasets(self.files.get(key), signature, kind=kind, stored=True)
             row = self.store.get_model(name, row["parent"]) if row["parent"] else None
         return None
 
@@ -267,10 +312,7 @@ class Registry:
                                 reason="missing_eval_set")
         target = dataclasses.replace(target,
                                      task=target.task or row["signature"].get("task", ""))
-        work = self.models_dir / name / f".optimize-{version}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        try:
+        with self._scratch(f"optimize-{name}-{version}-") as work:
             if hardware_classes:
                 eval_x = evalset.single_input()
                 calib_x = calib.single_input() if calib is not None else eval_x
@@ -282,19 +324,17 @@ class Registry:
                 return self._optimize_for_classes(
                     name, row, calib_x, {"x": eval_x, "y": evalset.labels}, work, target,
                     progress, hardware_classes)
+            source = self.local_file(row["file"])
             if row["runtime"] == "litert":
-                result = optimize_tflite(Path(row["file"]), evalset, work, target,
-                                         progress=progress)
+                result = optimize_tflite(source, evalset, work, target, progress=progress)
             else:
-                result = optimize_samples(Path(row["file"]), calib or evalset, evalset, work,
+                result = optimize_samples(source, calib or evalset, evalset, work,
                                           target, progress=progress)
             report = dict(result.report)
             variant = "int8" if result.shipped == "int8" else "fp32"
             return self._add_child(name, row, Path(result.shipped_path), work, variant=variant,
                                    accuracy=(report.get(variant) or {}).get("accuracy"),
                                    report=report)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def _add_child(self, name: str, row: dict[str, Any], source: Path, work: Path, *,
                    variant: str, accuracy: float | None,
@@ -316,8 +356,8 @@ class Registry:
                               evalset: dict[str, np.ndarray], work: Path,
                               target: OptimizeTarget, progress: Callable[[str], None] | None,
                               classes: list[str]) -> dict[str, Any]:
-        plan = optimize_for_classes(Path(row["file"]), calib_x, evalset["x"], evalset["y"],
-                                    work, classes, target, progress)
+        plan = optimize_for_classes(self.local_file(row["file"]), calib_x, evalset["x"],
+                                    evalset["y"], work, classes, target, progress)
         child = self._add_child(name, row, work / plan.optimization.report["files"]["fp32"],
                                 work, variant="fp32",
                                 accuracy=plan.report["candidates"]["fp32"]["accuracy"],
@@ -338,14 +378,14 @@ class Registry:
         base = self.store.get_model(name, version)
         row = dict(base) if not variant else {**base, **self._variant(name, version, variant),
                                               "variant": variant}
-        model_file = Path(row["file"]).name
+        model_file = PurePosixPath(row["file"]).name
         manifest_path, model_target = bundle_paths(name, version, model_file, variant)
         signed = self.repo.targets.signed.targets.get(manifest_path)
         if row["bundled"] and signed is not None and signed.length <= MANIFEST_MAX_BYTES:
             return manifest_path
         if row["bundled"]:  # signed by an earlier release with its data inline: too big
             log.info("re-signing %s with its data in files", manifest_path)
-        model_bytes = Path(row["file"]).read_bytes()
+        model_bytes = self.local_file(row["file"]).read_bytes()
         classes = list(row.get("hardware_classes") or [])
         files, entries, smoke, labels = self._data_files(name, version, base, row)
         manifest = Manifest(
@@ -399,14 +439,15 @@ class Registry:
         if taken & set(hardware_classes):
             raise ValueError(f"classes {sorted(taken & set(hardware_classes))} already have a "
                              f"variant of {name}:{version}")
-        directory = self._dir(name, version) / "variants" / variant
-        directory.mkdir(parents=True, exist_ok=True)
-        path, signature, tflite = _write_model(directory, model)
         from edgefleet.contract import sha256_file
 
-        digest, size = sha256_file(str(path))
+        with self._scratch(f"variant-{name}-{version}-") as stage:
+            path, signature, tflite = _write_model(stage, model)
+            digest, size = sha256_file(str(path))
+            key = f"{name}/{version}/variants/{variant}/{path.name}"
+            self.files.put_file(key, path)
         row = {"name": name, "version": version, "variant": variant,
-               "runtime": "litert" if tflite else "onnxruntime", "file": str(path),
+               "runtime": "litert" if tflite else "onnxruntime", "file": self._ref(key),
                "sha256": digest, "size_bytes": size, "signature": signature,
                "hardware_classes": list(hardware_classes), "report": report,
                "bundled": False, "created_at": time.time()}
@@ -455,7 +496,7 @@ class Registry:
                 sets[kind], why = None, str(exc)
         reference = [s for s in (sets["eval"], sets["calibration"]) if s is not None]
         try:
-            run: Runner | None = runner(Path(row["file"]), row["runtime"])
+            run: Runner | None = runner(self.local_file(row["file"]), row["runtime"])
         except OptimizationError as exc:  # e.g. a variant for another provider's ops
             log.warning("%s:%s %s: %s", name, version, row["variant"], exc)
             run = None

@@ -36,6 +36,7 @@ from edgefleet.contract.topics import valid_device_id
 
 from ._alerting import AlertMonitor
 from ._broadcast import Broadcaster
+from ._files import open_files
 from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
 from ._statuses import RecordWriter, fold
@@ -85,9 +86,13 @@ class FleetController:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url, audit_anchor=settings.data_dir / "audit-head.json",
                            upgrade=settings.db_auto_upgrade)
+        files = open_files(settings.file_store, settings.data_dir, self.store.engine)
+        self.files = files
         self.repo = TrustRepository(settings.data_dir / "repo", settings.keys_dir,
-                                    clock=self.clock, shared=bool(settings.share_group))
-        self.registry = Registry(self.store, self.repo, settings.data_dir / "models")
+                                    clock=self.clock, shared=bool(settings.share_group),
+                                    files=files.sub("repo"))
+        self.registry = Registry(self.store, self.repo, files.sub("models"),
+                                 work_dir=settings.data_dir / "work")
         if broker_reload is None and settings.broker_reload_command:
             broker_reload = reload_command(settings.broker_reload_command)
         self.provisioner = Provisioner(

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # None: start the embedded broker
     keys_dir: Path = Path("keys")
     data_dir: Path = Path("controller-data")
+    # where model files and the signed TUF repository live (docs/operations.md):
+    # "directory" = under data_dir (one controller, or replicas sharing it over NFS);
+    # "database" = chunked rows in db_url's database (replicas share no filesystem;
+    # data_dir then holds only local copies and this replica's own files)
+    file_store: str = "directory"
     admin_token: str = Field(default="", repr=False,
                              description="bootstrap admin bearer token (actor name 'admin')")
     api_host: str = "127.0.0.1"
@@ -94,6 +99,14 @@ class Settings(BaseSettings):
     alert_offline_after_s: float = Field(600.0, gt=0)
     alert_buffer_ratio: float = Field(0.9, gt=0, le=1)
     alert_rollback_window_s: float = Field(3600.0, gt=0)
+
+    @field_validator("file_store")
+    @classmethod
+    def _file_store(cls, v: str) -> str:
+        if v not in ("directory", "database"):
+            raise ValueError(f"file_store (EDGEFLEET_FILE_STORE) is {v!r}: expected "
+                             "'directory' or 'database'")
+        return v
 
     @field_validator("production_tag")
     @classmethod

@@ -1,7 +1,8 @@
 """The TUF repository the controller serves to devices.
 
-``TrustRepository`` keeps TUF metadata (python-tuf's Metadata API) and target files on
-disk with consistent snapshots: every file a device fetches is immutable by name except
+``TrustRepository`` keeps TUF metadata (python-tuf's Metadata API) and target files in a
+file store (``_files``: a folder, or the controller's database) with consistent
+snapshots: every file a device fetches is immutable by name except
 ``timestamp.json``, which is small enough to arrive in one chunk, so a bundle published
 during a device's download cannot mix two releases. Keys come from ``keys`` (online
 roles only; the root keys stay offline). Each target may carry ``custom`` data that the
@@ -14,9 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,8 +35,8 @@ from tuf.api.serialization.json import JSONSerializer
 
 from edgefleet.contract import Clock, Manifest, NotFoundError, Signed, SystemClock
 from edgefleet.contract.bundle import model_target
-from edgefleet.contract.files import atomic_write
 
+from ._files import DirectoryFiles, FileStore
 from .keys import init_keys, load_signers
 
 __all__ = ["TrustExpiry", "TrustRepository", "init_keys"]
@@ -58,35 +57,51 @@ def _expires(clock: Clock, seconds: float) -> datetime:
     return datetime.fromtimestamp(int(clock.time() + seconds), UTC)
 
 
-class TrustRepository:
-    """TUF metadata and targets on disk, signed with the controller's online keys.
+def _target_file(folder: str, name: str) -> str:
+    """The repository file of a target: ``targets/{folder}/{sha256}.{name}``."""
+    return "/".join(p for p in ("targets", folder, name) if p)
 
-    Layout under ``repo_dir``: ``metadata/`` (``N.root.json``, ``N.targets.json``,
-    ``N.snapshot.json``, ``timestamp.json``) and ``targets/`` (``{sha256}.{name}``).
+
+class TrustRepository:
+    """TUF metadata and targets in a file store, signed with the controller's online keys.
+
+    Layout: ``metadata/`` (``N.root.json``, ``N.targets.json``, ``N.snapshot.json``,
+    ``timestamp.json``) and ``targets/`` (``{sha256}.{name}``).
 
     Args:
-        repo_dir: where metadata and targets live.
+        repo_dir: the folder of the repository, when it is kept in one (``files`` None).
         key_dir: the directory made by ``init_keys``.
         expiry: validity of targets, snapshot and timestamp metadata.
         clock: time source for expiry.
-        shared: several controller replicas publish into ``repo_dir`` (a shared folder).
+        shared: several controller replicas publish into the same store: each change
+            first takes what another replica published.
+        files: where metadata and targets live instead of ``repo_dir`` (e.g. the
+            database store's ``repo/``); its ``lock`` serializes publishing.
+
+    Raises:
+        TypeError: neither ``repo_dir`` nor ``files``.
     """
 
-    def __init__(self, repo_dir: Path, key_dir: Path, *, expiry: TrustExpiry | None = None,
-                 clock: Clock | None = None, shared: bool = False) -> None:
-        self.repo_dir = repo_dir
+    def __init__(self, repo_dir: Path | None, key_dir: Path, *,
+                 expiry: TrustExpiry | None = None, clock: Clock | None = None,
+                 shared: bool = False, files: FileStore | None = None) -> None:
+        if files is None:
+            if repo_dir is None:
+                raise TypeError("TrustRepository needs repo_dir or files")
+            files = DirectoryFiles(repo_dir)
+        self.files = files
+        self.repo_dir = repo_dir if files.local else None
         self.key_dir = key_dir
-        self.metadata_dir = repo_dir / "metadata"
-        self.targets_dir = repo_dir / "targets"
+        # the folders, when the repository is kept in one (tools and tests look in them)
+        self.metadata_dir = self.repo_dir / "metadata" if self.repo_dir is not None else None
+        self.targets_dir = self.repo_dir / "targets" if self.repo_dir is not None else None
         self.expiry = expiry or TrustExpiry()
         self.clock = clock or SystemClock()
         self.shared = shared
         self._lock = threading.RLock()
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        self.targets_dir.mkdir(parents=True, exist_ok=True)
         with self._writing(reload=False):
             self._load_root()
-            if (self.metadata_dir / "timestamp.json").exists():
+            if self.files.exists("metadata/timestamp.json"):
                 self._load_published()
                 if not self._signed_by_current_keys():
                     self._publish(targets_changed=True)  # keys were rotated while we were down
@@ -98,27 +113,26 @@ class TrustRepository:
 
     def _load_published(self) -> None:
         """Take the timestamp, snapshot and targets metadata published on disk."""
-        ts = Metadata[Timestamp].from_bytes((self.metadata_dir / "timestamp.json").read_bytes())
+        ts = Metadata[Timestamp].from_bytes(self.files.get("metadata/timestamp.json"))
         snap_ver = ts.signed.snapshot_meta.version
         self.snapshot = Metadata[Snapshot].from_bytes(
-            (self.metadata_dir / f"{snap_ver}.snapshot.json").read_bytes())
+            self.files.get(f"metadata/{snap_ver}.snapshot.json"))
         tgt_ver = self.snapshot.signed.meta["targets.json"].version
         self.targets = Metadata[Targets].from_bytes(
-            (self.metadata_dir / f"{tgt_ver}.targets.json").read_bytes())
+            self.files.get(f"metadata/{tgt_ver}.targets.json"))
         self.timestamp = ts
 
     @contextlib.contextmanager
     def _writing(self, *, reload: bool = True) -> Iterator[None]:
-        """Hold the repository for a change: this process's lock, then an ``flock`` shared
-        with other controller replicas using the same folder; when ``shared``, take what
-        another replica published meanwhile first, so versions only ever grow. (A single
-        controller trusts only what it holds in memory: a file changed under it is not
-        adopted.)"""
-        with self._lock, open(self.repo_dir / ".write.lock", "ab") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        """Hold the repository for a change: this process's lock, then the store's lock
+        shared with other controller replicas (an ``flock`` in a folder; an advisory
+        lock on PostgreSQL); when ``shared``, take what another replica published
+        meanwhile first, so versions only ever grow. (A single controller trusts only
+        what it holds in memory: a file changed under it is not adopted.)"""
+        with self._lock, self.files.lock("write"):
             if reload and self.shared:
                 on_disk = Metadata[Timestamp].from_bytes(
-                    (self.metadata_dir / "timestamp.json").read_bytes())
+                    self.files.get("metadata/timestamp.json"))
                 if on_disk.signed.version > self.timestamp.signed.version:
                     self._load_published()
             yield
@@ -129,14 +143,13 @@ class TrustRepository:
         history = sorted((self.key_dir / "roots").glob("*.root.json"),
                          key=lambda p: int(p.name.split(".")[0]))
         for path in history:
-            dest = self.metadata_dir / path.name
-            if not dest.exists():
-                atomic_write(dest, path.read_bytes())
+            if not self.files.exists(f"metadata/{path.name}"):
+                self.files.put(f"metadata/{path.name}", path.read_bytes())
         root_bytes = (self.key_dir / "root.json").read_bytes()
         self.root = Metadata[Root].from_bytes(root_bytes)
-        current = self.metadata_dir / f"{self.root.signed.version}.root.json"
-        if not current.exists():
-            atomic_write(current, root_bytes)
+        current = f"metadata/{self.root.signed.version}.root.json"
+        if not self.files.exists(current):
+            self.files.put(current, root_bytes)
 
     def _signed_by_current_keys(self) -> bool:
         root = self.root
@@ -154,7 +167,7 @@ class TrustRepository:
     @property
     def root_json(self) -> bytes:
         """The current root metadata, for provisioning devices."""
-        return (self.metadata_dir / f"{self.root.signed.version}.root.json").read_bytes()
+        return self.files.get(f"metadata/{self.root.signed.version}.root.json")
 
     def sign_command(self, payload: bytes) -> bytes:
         """Wrap a command or desired-state payload in a ``Signed`` envelope."""
@@ -186,9 +199,7 @@ class TrustRepository:
                     info.unrecognized_fields["custom"] = custom[path]
                 digest = info.hashes["sha256"]
                 dirname, _, base = path.rpartition("/")
-                dest = self.targets_dir / dirname / f"{digest}.{base}"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(dest, data)
+                self.files.put(_target_file(dirname, f"{digest}.{base}"), data)
                 self.targets.signed.targets[path] = info
                 added[path] = info
             self._publish(targets_changed=True)
@@ -232,27 +243,27 @@ class TrustRepository:
             self.targets.signed.expires = self._exp(self.expiry.targets_s)
             self._sign(self.targets, "targets")
             data = self.targets.to_bytes(_SERIALIZER)
-            atomic_write(self.metadata_dir / f"{self.targets.signed.version}.targets.json", data)
-        tdata = (self.metadata_dir / f"{self.targets.signed.version}.targets.json").read_bytes()
+            self.files.put(f"metadata/{self.targets.signed.version}.targets.json", data)
+        tdata = self.files.get(f"metadata/{self.targets.signed.version}.targets.json")
         self.snapshot.signed.version += int(bump)
         self.snapshot.signed.expires = self._exp(self.expiry.snapshot_s)
         self.snapshot.signed.meta["targets.json"] = MetaFile(
             version=self.targets.signed.version, length=len(tdata),
             hashes={"sha256": hashlib.sha256(tdata).hexdigest()})
         self._sign(self.snapshot, "snapshot")
-        atomic_write(self.metadata_dir / f"{self.snapshot.signed.version}.snapshot.json",
-                     self.snapshot.to_bytes(_SERIALIZER))
+        self.files.put(f"metadata/{self.snapshot.signed.version}.snapshot.json",
+                       self.snapshot.to_bytes(_SERIALIZER))
         self._publish_timestamp(bump=bump)
 
     def _publish_timestamp(self, bump: bool = True) -> None:
-        sdata = (self.metadata_dir / f"{self.snapshot.signed.version}.snapshot.json").read_bytes()
+        sdata = self.files.get(f"metadata/{self.snapshot.signed.version}.snapshot.json")
         self.timestamp.signed.version += int(bump)
         self.timestamp.signed.expires = self._exp(self.expiry.timestamp_s)
         self.timestamp.signed.snapshot_meta = MetaFile(
             version=self.snapshot.signed.version, length=len(sdata),
             hashes={"sha256": hashlib.sha256(sdata).hexdigest()})
         self._sign(self.timestamp, "timestamp")
-        atomic_write(self.metadata_dir / "timestamp.json", self.timestamp.to_bytes(_SERIALIZER))
+        self.files.put("metadata/timestamp.json", self.timestamp.to_bytes(_SERIALIZER))
 
     def bundle_files(self, manifest_path: str) -> list[tuple[str, str, int]]:
         """``(sha256, repository file, length)`` of a signed bundle's files: its manifest,
@@ -269,10 +280,10 @@ class TrustRepository:
             info = targets[path]
             sha = info.hashes["sha256"]
             folder, _, base = path.rpartition("/")
-            return sha, f"targets/{folder}/{sha}.{base}", info.length
+            return sha, _target_file(folder, f"{sha}.{base}"), info.length
 
         first = entry(manifest_path)
-        manifest = Manifest.decode((self.repo_dir / first[1]).read_bytes())
+        manifest = Manifest.decode(self.files.get(first[1]))
         paths = [model_target(manifest_path, manifest.model_file),
                  *(model_target(manifest_path, f.name) for f in manifest.files)]
         return [first, *(entry(p) for p in paths if p in targets)]
@@ -303,11 +314,7 @@ class TrustRepository:
         parts = file.split("/")
         if parts[0] not in ("metadata", "targets") or ".." in parts or file.startswith("/"):
             raise ValueError(f"bad repository path {file!r}")
-        path = self.repo_dir / file
-        try:
-            with open(path, "rb") as fh:
-                total = os.fstat(fh.fileno()).st_size
-                fh.seek(offset)
-                return fh.read(count), total
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        try:  # (a doubled "/" is how some clients join an empty folder)
+            return self.files.read("/".join(p for p in parts if p), offset, count)
+        except (NotFoundError, ValueError) as exc:  # ValueError: e.g. "targets/" alone
             raise NotFoundError(f"no repository file {file}") from exc

@@ -382,8 +382,18 @@ class Store:
 
     def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
         """Record a deployment event, and in the same transaction its audit entry."""
+        self.update_with_event(dep_id, {}, kind, actor, **detail)
+
+    def update_with_event(self, dep_id: str, update: dict[str, Any], kind: str, actor: str,
+                          **detail: Any) -> None:
+        """Update a deployment's row and record the event saying so, in one transaction
+        with its audit entry (a controller killed in between leaves both or neither: a
+        wave started without its event would go unrecorded)."""
         with self.audit.transaction() as tx:
             now = time.time()
+            if update:
+                tx.conn.execute(deployments.update().where(deployments.c.id == dep_id)
+                                .values(updated_at=now, **update))
             tx.conn.execute(events.insert().values(deployment=dep_id, ts=now, actor=actor,
                                                    kind=kind, detail=detail))
             tx.append(actor, f"deployment.{kind}", dep_id, detail, ts=now)

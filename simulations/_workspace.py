@@ -40,9 +40,10 @@ def factory_image(ctl: FleetController, name: str, version: int) -> dict[str, An
     manifest_path = ctl.registry.ensure_bundle(name, version)
     targets = ctl.repo.targets.signed.targets
 
-    def stored(target: str) -> Path:
+    def stored(target: str) -> Path:  # (the file itself, or a local copy of a stored one)
         dirname, _, base = target.rpartition("/")
-        return ctl.repo.targets_dir / dirname / f"{targets[target].hashes['sha256']}.{base}"
+        name = f"{targets[target].hashes['sha256']}.{base}"
+        return ctl.repo.files.local_path("/".join(p for p in ("targets", dirname, name) if p))
     manifest_bytes = stored(manifest_path).read_bytes()
     manifest = json.loads(manifest_bytes)
     return {"manifest": manifest_bytes.decode(),

@@ -37,7 +37,7 @@ class Replica:
     """One ``edgefleet controller serve`` process of the group."""
 
     def __init__(self, name: str, *, db: str, broker: str, keys: Path, data: Path,
-                 logs: Path) -> None:
+                 logs: Path, file_store: str = "directory") -> None:
         self.name, self.broker = name, broker
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,7 +46,8 @@ class Replica:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.cli", "controller", "serve", "--keys", str(keys),
              "--broker", broker, "--db", db, "--data", str(data), "--port", str(self.port),
-             "--token", TOKEN, "--share-group", "ctl", "--client-id", f"ctl-{name}", "-v"],
+             "--token", TOKEN, "--share-group", "ctl", "--client-id", f"ctl-{name}",
+             "--file-store", file_store, "-v"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def health(self) -> dict[str, Any]:
@@ -80,6 +81,23 @@ def replicas(pg_url, mosquitto, trust_root, tmp_path) -> Iterator[dict[str, Repl
         group["a"] = Replica("a", **shared)  # type: ignore[arg-type]
         wait_until(lambda: group["a"].health().get("leader"), 30)
         group["b"] = Replica("b", **shared)  # type: ignore[arg-type]
+        wait_until(lambda: group["b"].health().get("broker_connected"), 30)
+        yield group
+    finally:
+        for r in group.values():
+            r.stop()
+
+
+@pytest.fixture
+def unshared_replicas(pg_url, mosquitto, trust_root, tmp_path) -> Iterator[dict[str, Replica]]:
+    """Two replicas with the database file store, each with a data directory of its own."""
+    group: dict[str, Replica] = {}
+    common = dict(db=pg_url, broker=mosquitto.url, keys=trust_root.parent, logs=tmp_path,
+                  file_store="database")
+    try:
+        group["a"] = Replica("a", data=tmp_path / "ctl-a", **common)  # type: ignore[arg-type]
+        wait_until(lambda: group["a"].health().get("leader"), 30)
+        group["b"] = Replica("b", data=tmp_path / "ctl-b", **common)  # type: ignore[arg-type]
         wait_until(lambda: group["b"].health().get("broker_connected"), 30)
         yield group
     finally:
@@ -188,6 +206,48 @@ def test_the_leader_dies_mid_rollout_and_telemetry_flood_and_nothing_is_lost_or_
     assert total > 12 * 20  # a flood, not a trickle
     on_b = b.call("GET", "/v1/stats")["summaries_stored"]
     assert 0 < on_b < total  # the replicas shared the telemetry
+
+
+def test_replicas_sharing_no_filesystem_finish_a_rollout_after_the_leader_is_killed(
+        unshared_replicas, make_fleet, tmp_path):
+    a, b = unshared_replicas["a"], unshared_replicas["b"]
+    assert (a.health()["leader"], b.health()["leader"]) == (True, False)
+    fleet = make_fleet(8, prefix="nofs", resend_after_s=2.0)
+    wait_until(lambda: {d["id"] for d in a.call("GET", "/v1/devices") if d["online"]}
+               >= set(fleet.ids), 20)
+    # registered on the replica that does not lead: its files are in the database only
+    version = _register(b)["version"]
+    assert a.call("GET", f"/v1/models/digits/{version}")["sha256"]
+    dep = a.call("POST", "/v1/deployments", json={
+        "model": "digits", "version": version, "strategy": "staged",
+        "policy": {"waves": [25, 50, 100], "health_window_s": 1.5,
+                   "device_max_latency_ratio": None}})
+    wait_until(lambda: any(j["state"] == "healthy" for j in b.call(
+        "GET", f"/v1/deployments/{dep['id']}")["jobs"]), 60)
+    assert b.call("GET", f"/v1/deployments/{dep['id']}")["state"] == "running"
+    a.proc.kill()  # SIGKILL mid-rollout: the leader that signed the bundle is gone
+    a.proc.wait(10)
+    wait_until(lambda: b.health().get("leader"), 20)
+    wait_until(lambda: b.call("GET", f"/v1/deployments/{dep['id']}")["state"]
+               not in ("running", "paused"), 120)
+
+    final = b.call("GET", f"/v1/deployments/{dep['id']}")
+    assert final["state"] == "succeeded", final
+    assert sorted(j["device"] for j in final["jobs"]) == sorted(fleet.ids)
+    assert {j["state"] for j in final["jobs"]} == {"healthy"}
+    assert {agent.active.version for agent in fleet.agents.values()} == {version}
+    devices = {d["id"]: d for d in b.call("GET", "/v1/devices")}
+    assert {devices[d]["active"]["version"] for d in fleet.ids} == {version}
+    events = b.call("GET", f"/v1/deployments/{dep['id']}/events")
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "created" and kinds[-1] == "succeeded", kinds
+    assert sorted({e["detail"].get("wave") for e in events
+                   if e["kind"] == "wave_started"}) == [0, 1, 2], [
+        (e["kind"], e["actor"], e["detail"]) for e in events]
+    assert b.call("GET", "/v1/audit/verify")["ok"] is True
+    # nothing of the repository or the models was kept in either data directory
+    for data in (tmp_path / "ctl-a", tmp_path / "ctl-b"):
+        assert not (data / "repo").exists() and not (data / "models").exists()
 
 
 def test_one_lease_holder_at_a_time_and_it_is_freed_when_its_connection_ends(pg_url):

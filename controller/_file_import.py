@@ -1,0 +1,102 @@
+"""Moving a controller's files from its data directory into the database file store.
+
+``import_directory`` copies ``repo/`` and ``models/`` of a data directory into another
+store (normally ``DatabaseFiles``) and points model versions and variants whose
+``file`` names a file in that directory at its key in the new store, so a controller
+restarted with ``file_store = "database"`` keeps its repository (same metadata
+versions: devices see no rollback) and its registry. Idempotent: run it again after an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePath
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._files import DirectoryFiles, FileStore
+from ._tables import models, variants
+
+__all__ = ["import_directory"]
+
+_PARTS = ("repo", "models")
+
+
+def _immutable(key: str) -> bool:
+    """Files never rewritten under their name: targets (named by hash) and versioned
+    metadata; ``timestamp.json`` and model files are copied every time."""
+    name = key.rsplit("/", 1)[-1]
+    return key.startswith("repo/targets/") or (
+        key.startswith("repo/metadata/") and name.split(".", 1)[0].isdigit())
+
+
+def _model_key(ref: str, models_dir: Path) -> str | None:
+    """The key under ``models/`` of a row's file path, if it is a file of ``models_dir``."""
+    parts = PurePath(ref).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "models" and i + 1 < len(parts):
+            rest = parts[i + 1:]
+            if models_dir.joinpath(*rest).is_file():
+                return "/".join(rest)
+    return None
+
+
+def _is_key(target: FileStore, ref: str) -> bool:
+    """Whether a row's file is already a key of ``target``'s ``models/``."""
+    try:
+        return target.exists(f"models/{ref}")
+    except ValueError:  # an absolute or otherwise path-like name
+        return False
+
+
+def import_directory(data_dir: Path, target: FileStore, engine: sa.Engine) -> dict[str, Any]:
+    """Copy a data directory's repository and model files into ``target``.
+
+    Args:
+        data_dir: the controller's data directory (``--data``).
+        target: the store to copy into (its keys: ``repo/…``, ``models/…``).
+        engine: the store's database, whose model rows are repointed.
+
+    Returns:
+        ``{"copied", "unchanged", "rows_repointed", "rows_missing"}``: files copied,
+        files already there, model rows now naming a key, and rows whose file is
+        neither in ``data_dir`` nor a key already (listed as ``name:version[:variant]``).
+
+    Raises:
+        ValueError: ``data_dir`` holds neither ``repo/`` nor ``models/``.
+    """
+    if not any((data_dir / p).is_dir() for p in _PARTS):
+        raise ValueError(f"data directory {data_dir}: expected repo/ or models/ in it")
+    source = DirectoryFiles(data_dir)
+    copied = unchanged = 0
+    for part in _PARTS:
+        for key in source.list(part):
+            if any(p.startswith(".") for p in key.split("/")):
+                continue  # locks, scratch of optimizations
+            local = source.local_path(key)
+            if (_immutable(key) and target.exists(key)
+                    and target.size(key) == local.stat().st_size):
+                unchanged += 1
+                continue
+            target.put_file(key, local)
+            copied += 1
+    repointed, missing = 0, list[str]()
+    models_dir = data_dir / "models"
+    with engine.begin() as c:
+        for table in (models, variants):
+            label = [table.c.name, table.c.version]
+            if table is variants:
+                label.append(table.c.variant)
+            for row in c.execute(sa.select(table.c.file, *label)).all():
+                ref = row[0]
+                moved = _model_key(ref, models_dir)
+                if moved is None:
+                    if not _is_key(target, ref):
+                        missing.append(":".join(str(v) for v in row[1:]))
+                    continue
+                where = sa.and_(*(col == val for col, val in zip(label, row[1:], strict=True)))
+                c.execute(table.update().where(where).values(file=moved))
+                repointed += 1
+    return {"copied": copied, "unchanged": unchanged, "rows_repointed": repointed,
+            "rows_missing": missing}
