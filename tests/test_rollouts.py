@@ -36,7 +36,7 @@ class Traffic:
 
     def _run(self) -> None:
         i = 0
-        while not self._stop.wait(0.004):
+        while not self._stop.wait(0.02):
             for agent in list(self.fleet.agents.values()):
                 with contextlib.suppress(Exception):  # the agent records any failure
                     agent.predict(self.x[i % len(self.x)][None, :])
@@ -70,8 +70,12 @@ def env(tmp_path_factory):
                                    admin_token=TOKEN, client_id="rollout-ctl",
                                    rollout_tick_s=0.2))
     ctl.start()
+    # 20 agents, their links and the controller share this process and two cores: a 60 s
+    # keep-alive, so an agent busy installing on a loaded machine is not dropped by the
+    # broker mid-test (a cut link is seen at once: the proxy resets it)
     fleet = Fleet(root / "fleet", broker.url, trust_root, N, with_links=True,
-                  tags={"site": "lab"}, summary_window_s=1.0, resend_after_s=2.0)
+                  tags={"site": "lab"}, summary_window_s=1.0, resend_after_s=2.0,
+                  keepalive_s=60)
     fleet.start()
     fleet.wait_connected(30)
     wait_devices_known(ctl, fleet.ids, 20)
