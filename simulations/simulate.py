@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import resource
 import secrets
 import shutil
 import threading
@@ -182,8 +183,16 @@ class _Run:
         pid = self.broker.pid
         if not pid:
             return 1 << 30
-        proc = psutil.Process(pid)
-        return int(proc.rlimit(psutil.RLIMIT_NOFILE)[0]) - proc.num_fds()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # what it started with, or:
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+                if line.startswith("Max open files"):
+                    limit = int(line.split()[3])
+        try:
+            used = psutil.Process(pid).num_fds()
+        except psutil.Error:
+            used = 0
+        return int(limit) - used
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time so far of the controller, the broker and the shards.
