@@ -133,6 +133,21 @@ def _register(replica: Replica) -> dict[str, Any]:
         "eval_set": ("eval.npz", (ASSETS / "eval.npz").read_bytes())}))
 
 
+def _staged_until_first_healthy(create: Replica, watch: Replica,
+                                version: int) -> dict[str, Any]:
+    """A staged deployment of ``version`` made through ``create``, once ``watch`` sees a
+    first device healthy while it still runs (mid-rollout)."""
+    dep: dict[str, Any] = create.call("POST", "/v1/deployments", json={
+        "model": "digits", "version": version, "strategy": "staged",
+        "policy": {"waves": [25, 50, 100], "health_window_s": 1.5,
+                   # timing on a loaded 2-core box is not what these tests are about
+                   "device_max_latency_ratio": None}})
+    wait_until(lambda: any(j["state"] == "healthy" for j in watch.call(
+        "GET", f"/v1/deployments/{dep['id']}")["jobs"]), 60)
+    assert watch.call("GET", f"/v1/deployments/{dep['id']}")["state"] == "running"
+    return dep
+
+
 def test_the_leader_dies_mid_rollout_and_telemetry_flood_and_nothing_is_lost_or_doubled(
         replicas, make_fleet, pg_url, evalset):
     a, b = replicas["a"], replicas["b"]
@@ -158,14 +173,7 @@ def test_the_leader_dies_mid_rollout_and_telemetry_flood_and_nothing_is_lost_or_
     flooder.start()
     try:
         # created on the replica that does not lead: the leader drives it
-        dep = b.call("POST", "/v1/deployments", json={
-            "model": "digits", "version": v2, "strategy": "staged",
-            "policy": {"waves": [25, 50, 100], "health_window_s": 1.5,
-                       # timing on a loaded 2-core box is not what this test is about
-                       "device_max_latency_ratio": None}})
-        wait_until(lambda: any(j["state"] == "healthy" for j in b.call(
-            "GET", f"/v1/deployments/{dep['id']}")["jobs"]), 60)
-        assert b.call("GET", f"/v1/deployments/{dep['id']}")["state"] == "running"
+        dep = _staged_until_first_healthy(b, b, v2)
         watch = StateWatch(replicas["a"].broker)
         wait_until(lambda: watch.seen == [True], 10)  # the retained state: online
         a.proc.kill()  # SIGKILL: no goodbye, its lease goes with its connection
@@ -218,13 +226,7 @@ def test_replicas_sharing_no_filesystem_finish_a_rollout_after_the_leader_is_kil
     # registered on the replica that does not lead: its files are in the database only
     version = _register(b)["version"]
     assert a.call("GET", f"/v1/models/digits/{version}")["sha256"]
-    dep = a.call("POST", "/v1/deployments", json={
-        "model": "digits", "version": version, "strategy": "staged",
-        "policy": {"waves": [25, 50, 100], "health_window_s": 1.5,
-                   "device_max_latency_ratio": None}})
-    wait_until(lambda: any(j["state"] == "healthy" for j in b.call(
-        "GET", f"/v1/deployments/{dep['id']}")["jobs"]), 60)
-    assert b.call("GET", f"/v1/deployments/{dep['id']}")["state"] == "running"
+    dep = _staged_until_first_healthy(a, b, version)
     a.proc.kill()  # SIGKILL mid-rollout: the leader that signed the bundle is gone
     a.proc.wait(10)
     wait_until(lambda: b.health().get("leader"), 20)
