@@ -8,6 +8,7 @@ contract and its runtime libraries only.
 """
 
 from ._http_fetch import HttpFetcher
+from ._jobs import JobSlots
 from .agent import Agent, Prediction
 from .config import AgentConfig, load_config
 from .models import InstalledModel, ModelStore
@@ -25,6 +26,7 @@ __all__ = [
     "HttpFetcher",
     "InferenceServer",
     "InstalledModel",
+    "JobSlots",
     "ModelStore",
     "OnnxRuntime",
     "Prediction",

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from edgefleet.contract import ChunkResponse, valid_sha256
@@ -33,6 +34,7 @@ class _Blob:
         self.total: int | None = None
         self.blocks: dict[int, int] = {}  # offset -> length
         self.have = 0
+        self.last_at = time.monotonic()  # when it was expected or its last block came
         self.verified = False
         self.bad = False
 
@@ -107,9 +109,11 @@ class BlobCache:
                 os.close(fd)
             blob.blocks[offset] = len(chunk.data)
             blob.have += len(chunk.data)
+            blob.last_at = time.monotonic()
             self.blocks_received += 1
             self.bytes_received += len(chunk.data)
-            self._cond.notify_all()
+            if blob.have >= chunk.total:  # a reader waits for all of it, not each block
+                self._cond.notify_all()
             return True
 
     # -- blocks out (the fetcher) -------------------------------------------------------
@@ -123,6 +127,7 @@ class BlobCache:
         """The file's length once it is all here and hashes to its name, waiting while
         blocks keep coming (up to ``wait_s`` without a new block of it); ``None`` when it
         will not be complete here (the caller takes what came and pulls the rest)."""
+        waiting_since = time.monotonic()
         with self._cond:
             while True:
                 blob = self._blobs.get(sha)
@@ -132,13 +137,14 @@ class BlobCache:
                     return blob.total
                 if blob.total is not None and blob.have >= blob.total:
                     break  # all here: hashed below, on this thread, not paho's
-                have = blob.have
-                self._cond.wait(wait_s)
+                # woken when a file is complete (or forgotten); a block of this one
+                # that came meanwhile gives it wait_s more from then
+                left = max(blob.last_at, waiting_since) + wait_s - time.monotonic()
+                if left <= 0:
+                    return None  # no block of it came for wait_s
+                self._cond.wait(left)
                 if stop is not None and stop.is_set():
                     return None
-                blob = self._blobs.get(sha)
-                if blob is None or blob.have == have:
-                    return None  # no block came for wait_s
         digest = hashlib.sha256()
         with open(blob.path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -7,11 +7,12 @@ published again on the next connect.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import edgefleet
@@ -36,7 +37,7 @@ from .runtime import available_runtimes
 if TYPE_CHECKING:
     from .agent import Agent
 
-__all__ = ["JobRunner", "smoke_test"]
+__all__ = ["JobRunner", "JobSlots", "smoke_test"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,50 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split(".") if p.isdigit())
 
 
+class JobSlots:
+    """Turns for the job workers of many agents in one host (a simulated fleet's shard).
+
+    At most ``n`` workers hold a slot at once, so a thousand jobs started together queue
+    for a few cores instead of all contending for them; a worker waiting on its link
+    (``released``) gives its slot to another meanwhile.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"job slots must be at least 1, got {n}")
+        self._slots = threading.BoundedSemaphore(n)
+        self._held = threading.local()
+
+    def __enter__(self) -> JobSlots:
+        self._slots.acquire()
+        self._held.on = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.on = False
+        self._slots.release()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """Give the slot up while waiting (a no-op on a thread that holds none)."""
+        if not getattr(self._held, "on", False):
+            yield
+            return
+        self.__exit__()
+        try:
+            yield
+        finally:
+            self.__enter__()
+
+
 class JobRunner:
     """Applies desired states for one agent, one at a time."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        # held while the worker refreshes trust or applies a job; a host running many
+        # agents on a few cores bounds how many do so at once (see ``Agent.start``)
+        self.slots: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._wanted: DesiredState | None = None
@@ -179,50 +219,60 @@ class JobRunner:
             due_in = retry_at - time.monotonic()  # a retry still to come wakes it then
             self._wake.wait(min(idle_s, due_in) if due_in > 0 else idle_s)
             self._wake.clear()
-            interval = self.agent.config.trust_check_interval_s
-            # idle only: a job waiting to run refreshes the metadata itself
-            if (interval > 0 and time.monotonic() - self._last_refresh > interval
-                    and self.current is None and self._wanted is None
-                    and self.agent.link.connected.is_set()):
-                self.after_trust_refresh(lambda: None)
-            if self._after_refresh:
-                self._refresh_trust()
+            with self.slots:
+                retry_at = self._turn(stop, retry_at)
+
+    def _turn(self, stop: threading.Event, retry_at: float) -> float:
+        """One turn of the worker: a trust check when due, then the wanted job, if any.
+
+        Returns when the next retry is due (0: none).
+        """
+        if stop.is_set():
+            return retry_at
+        interval = self.agent.config.trust_check_interval_s
+        # idle only: a job waiting to run refreshes the metadata itself
+        if (interval > 0 and time.monotonic() - self._last_refresh > interval
+                and self.current is None and self._wanted is None
+                and self.agent.link.connected.is_set()):
+            self.after_trust_refresh(lambda: None)
+        if self._after_refresh:
+            self._refresh_trust()
+        with self._lock:
+            desired = self._wanted
+            if desired is None or time.monotonic() < retry_at:
+                return retry_at
+            self.current = desired
+        try:
+            self._apply(desired)
+            retry_at = 0.0
+        except FetchError as exc:
+            log.warning("job %s: %s; will retry", desired.job, exc)
+            self.report(desired, JobState.DOWNLOADING, reason=exc.reason, detail=str(exc))
+            return time.monotonic() + 5.0  # the job stays wanted
+        except EdgefleetError as exc:
+            log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
+            self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
+            self.agent.updater.clear()  # a failed job's download is of no further use
+        except Exception as exc:  # never let a bad bundle kill the worker
+            self.agent.updater.clear()  # on a full disk, the partial download first
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # the device's fault, not the bundle's: say so; the old model stays
+                log.error("job %s: out of disk space: %s", desired.job, exc)
+                self.report(desired, JobState.FAILED, reason="disk_full",
+                            detail=f"no space left to install the model: {exc}")
+            else:
+                log.exception("job %s crashed", desired.job)
+                self.report(desired, JobState.FAILED, reason="agent_error",
+                            detail=repr(exc))
+        finally:
             with self._lock:
-                desired = self._wanted
-                if desired is None or time.monotonic() < retry_at:
-                    continue
-                self.current = desired
-            try:
-                self._apply(desired)
-                retry_at = 0.0
-            except FetchError as exc:
-                log.warning("job %s: %s; will retry", desired.job, exc)
-                self.report(desired, JobState.DOWNLOADING, reason=exc.reason, detail=str(exc))
-                retry_at = time.monotonic() + 5.0
-                continue
-            except EdgefleetError as exc:
-                log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
-                self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
-                self.agent.updater.clear()  # a failed job's download is of no further use
-            except Exception as exc:  # never let a bad bundle kill the worker
-                self.agent.updater.clear()  # on a full disk, the partial download first
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    # the device's fault, not the bundle's: say so; the old model stays
-                    log.error("job %s: out of disk space: %s", desired.job, exc)
-                    self.report(desired, JobState.FAILED, reason="disk_full",
-                                detail=f"no space left to install the model: {exc}")
-                else:
-                    log.exception("job %s crashed", desired.job)
-                    self.report(desired, JobState.FAILED, reason="agent_error",
-                                detail=repr(exc))
-            finally:
-                with self._lock:
-                    self.current = None
-                if self.announce_due:  # nothing the job did announced it
-                    self.agent.announce()
-            with self._lock:
-                if self._wanted is not None and self._wanted.job == desired.job:
-                    self._wanted = None
+                self.current = None
+            if self.announce_due:  # nothing the job did announced it
+                self.agent.announce()
+        with self._lock:
+            if self._wanted is not None and self._wanted.job == desired.job:
+                self._wanted = None
+        return retry_at
 
     def _apply(self, d: DesiredState) -> None:
         agent = self.agent
@@ -260,15 +310,19 @@ class JobRunner:
             sha for sha in d.broadcast
             if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
         named = {} if pulls_only or not d.broadcast else dict(d.metadata)
-        broadcast += [sha for sha in named.values() if sha not in broadcast]
+        # the metadata first: it is asked for first, and the broker sends retained
+        # blocks in the order of the subscriptions
+        broadcast = [sha for sha in named.values() if sha not in broadcast] + broadcast
         agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
         agent.fetcher.named = named
+        agent.fetcher.roots_upto = d.root_version if named else 0
         try:
             bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
                                          check=self.check_target,
                                          on_refreshed=self._on_refreshed)
         finally:  # what TUF verified is in the download folder now
             agent.fetcher.named = {}
+            agent.fetcher.roots_upto = 0
             if broadcast:
                 agent.link.unsubscribe_blobs(broadcast)
                 agent.blobs.forget(broadcast)

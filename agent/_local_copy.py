@@ -13,6 +13,7 @@ the length TUF signed for the file being downloaded and offers the local copy fi
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -22,6 +23,8 @@ from tuf.ngclient import FetcherInterface
 from edgefleet.contract import valid_sha256
 
 __all__ = ["LocalCopies", "LocalFetcher", "target_sha256"]
+
+_ROOT = re.compile(r"metadata/([1-9][0-9]{0,9})\.root\.json")
 
 
 def target_sha256(file: str) -> str | None:
@@ -92,6 +95,13 @@ class LocalFetcher(FetcherInterface):
         # versioned metadata files the current job's desired state names by sha256 (the
         # broadcast ones; a transport that takes no broadcast leaves it empty)
         self.named: dict[str, str] = {}
+        # the newest root version the current job's desired state says there is (0: not
+        # said): a newer one is not asked for (python-tuf probes on every refresh)
+        self.roots_upto = 0
+        # wraps the waits on the link (a host running many agents gives the job's turn
+        # to another meanwhile)
+        self.waiting: Callable[[], contextlib.AbstractContextManager[None]] = \
+            contextlib.nullcontext
 
     @property
     def bytes_local(self) -> int:
@@ -112,6 +122,11 @@ class LocalFetcher(FetcherInterface):
     def limit(self) -> int:
         """The most bytes to take of the current file: its signed length + 1."""
         return (self._limit if self._limit is not None else 1 << 31) + 1
+
+    def known_absent(self, file: str) -> bool:
+        """Whether ``file`` is a root newer than the desired state says exists."""
+        m = _ROOT.fullmatch(file)
+        return bool(self.roots_upto and m and int(m.group(1)) > self.roots_upto)
 
     def local_copy(self, file: str) -> Iterator[bytes] | None:
         """The device's own copy of repository ``file``, if it holds one."""

@@ -37,7 +37,7 @@ from edgefleet.contract.hardware import detect
 
 from ._blobs import BlobCache
 from ._http_fetch import HttpFetcher
-from ._jobs import JobRunner
+from ._jobs import JobRunner, JobSlots
 from ._loaded import Loaded as _Loaded
 from ._loaded import Trial as _Trial
 from ._logs import Repeating
@@ -156,7 +156,7 @@ class Agent:
         self.errors = 0
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self, *, hosted: bool = False) -> None:
+    def start(self, *, hosted: bool = False, job_slots: JobSlots | None = None) -> None:
         """Serve the installed model at once, then connect in the background.
 
         Args:
@@ -165,7 +165,12 @@ class Agent:
                 window closes) and no loop thread (the host calls ``tick``); the job
                 worker keeps its thread, waking when there is work (or a retry is due)
                 rather than every second.
+            job_slots: turns shared by the agents of one host: the job worker works
+                holding one and gives it up while its fetcher waits on the link.
         """
+        if job_slots is not None:
+            self.jobs.slots = job_slots
+            self.fetcher.waiting = job_slots.released
         self._load_installed()
         idle_s = _HOSTED_JOB_IDLE_S if hosted else 1.0
         workers: list[tuple[Any, str]] = [(lambda: self.jobs.run(self._stop, idle_s), "jobs")]

@@ -108,6 +108,8 @@ class ChunkFetcher(LocalFetcher):
         offset, total = 0, None
         started = time.monotonic()
         backoff = 0.2
+        if self.known_absent(file):  # as the controller would answer, without asking
+            raise tuf_exc.DownloadHTTPError(f"{file} not found", 404)
         copy = self.local_copy(file)
         if copy is not None:  # the same content is installed here already: no download
             yield from copy
@@ -116,8 +118,9 @@ class ChunkFetcher(LocalFetcher):
         if sha is not None and self.blobs is not None and self.blobs.wants(sha):
             # a broadcast file: from the cache once all of it is here and hashes to its
             # name; else the blocks that came, and the gaps asked for
-            total = self.blobs.wait_complete(sha, wait_s=self._broadcast_wait,
-                                             stop=self._stop)
+            with self.waiting():
+                total = self.blobs.wait_complete(sha, wait_s=self._broadcast_wait,
+                                                 stop=self._stop)
             if total is not None:
                 while offset < min(total, limit):
                     data = self.blobs.read(sha, offset, min(1 << 20, limit - offset))
@@ -146,7 +149,8 @@ class ChunkFetcher(LocalFetcher):
                 if after is not None:
                     count = min(count, after - offset)
             try:
-                chunk = self._source(file, offset, count, self._timeout)
+                with self.waiting():
+                    chunk = self._source(file, offset, count, self._timeout)
             except FetchError as exc:
                 if self._stop.is_set():
                     raise FetchError(f"{file}: the agent is stopping") from exc
@@ -318,10 +322,11 @@ class BundleUpdater:
         try:
             updater.refresh()
         except (tuf_exc.RepositoryError, tuf_exc.DownloadError):  # too long, bad hash...
-            if not self.fetcher.named:
+            if not self.fetcher.named and not self.fetcher.roots_upto:
                 raise
             log.warning("trust metadata taken from the broadcast did not verify; pulling it")
             self.fetcher.named = {}
+            self.fetcher.roots_upto = 0
             updater = self._updater()
             updater.refresh()
         return updater

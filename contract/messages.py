@@ -44,7 +44,9 @@ __all__ = [
 MAX_CHUNK_BYTES = 128 * 1024
 MAX_BROADCAST_FILES = 64  # files of one bundle a desired state may name as broadcast
 MAX_BROADCAST_METADATA = 8  # versioned metadata files a desired state may name
-_VERSIONED_METADATA = re.compile(r"metadata/[1-9][0-9]{0,9}\.[a-z][a-z0-9_-]{0,63}\.json")
+# versioned TUF metadata, or the timestamp (its name is reused; the sha256 pins a copy)
+_BROADCAST_METADATA = re.compile(
+    r"metadata/(?:[1-9][0-9]{0,9}\.[a-z][a-z0-9_-]{0,63}|timestamp)\.json")
 _MAX_PAYLOAD = 4 * 1024 * 1024
 _INT32, _INT64 = 2**31 - 1, 2**63 - 1  # signed INTEGER / BIGINT
 _INT64_MIN = -(2**63)
@@ -243,10 +245,14 @@ class DesiredState(Message):
     # sha256 of the bundle's files the controller broadcasts on their blob topics: the
     # device may take their blocks from there (TUF still verifies every file it uses)
     broadcast: list[str] = dataclasses.field(default_factory=list)
-    # versioned TUF metadata broadcast with them ("metadata/7.snapshot.json" -> its
-    # sha256): a device whose fresh timestamp names one of these takes it from the
-    # broadcast instead of asking for it (a name is never reused for other content)
+    # TUF metadata broadcast with them ("metadata/7.snapshot.json" -> its sha256): a
+    # device takes a file of that name and content from the broadcast instead of asking
+    # for it; python-tuf verifies it as any other copy (the timestamp, whose name is
+    # reused, is the one current when this was issued)
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the newest root version when this was issued: the device does not ask for a root
+    # above it (0: it asks, as python-tuf does on every refresh)
+    root_version: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("active", "shadow"):
@@ -258,10 +264,13 @@ class DesiredState(Message):
             raise ValueError(f"broadcast lists at most {MAX_BROADCAST_FILES} sha256 "
                              "(64 lowercase hex digits)")
         if len(self.metadata) > MAX_BROADCAST_METADATA or not all(
-                _VERSIONED_METADATA.fullmatch(k) and valid_sha256(v)
+                _BROADCAST_METADATA.fullmatch(k) and valid_sha256(v)
                 for k, v in self.metadata.items()):
-            raise ValueError(f"metadata maps at most {MAX_BROADCAST_METADATA} versioned "
-                             "metadata files (metadata/<N>.<role>.json) to their sha256")
+            raise ValueError(f"metadata maps at most {MAX_BROADCAST_METADATA} metadata files "
+                             "(metadata/<N>.<role>.json or metadata/timestamp.json) to "
+                             "their sha256")
+        if not 0 <= self.root_version <= _INT32:
+            raise ValueError(f"root_version must be within 0..{_INT32}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ restarts announces again and publishes again (bytes once more, nothing wrong).
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -72,8 +73,8 @@ class Broadcaster:
         return self.announce_files(files)
 
     def announce_metadata(self) -> dict[str, str]:
-        """The published snapshot and targets metadata, queued for broadcast the first
-        time (ahead of bundle files: a device needs them first); name -> sha256."""
+        """The published timestamp, snapshot and targets metadata, queued for broadcast
+        the first time (ahead of bundle files: a device needs them first); name -> sha256."""
         files = self.repo.metadata_files()
         self.announce_files(files, first=True)
         return {file: sha for sha, file, _length in files}
@@ -151,6 +152,12 @@ class Broadcaster:
             data, total = self.repo.read(file, offset, self.block_bytes)
             if not data:
                 break
+            if offset == 0 and total == len(data) and hashlib.sha256(data).hexdigest() != sha:
+                # a file whose name is reused (the timestamp) changed since it was
+                # announced: devices pull the current one instead
+                self.counters["broadcast_stale"] += 1
+                log.info("%s changed before its broadcast; not sent", file)
+                return
             frame = ChunkResponse("", sha, offset, total, "ok", data).encode()
             self._publish(blob_topic(sha, offset), frame, True)
             offset += len(data)

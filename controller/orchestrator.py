@@ -54,7 +54,7 @@ class Orchestrator:
 
     Args:
         store: the controller store.
-        publish: sends one device its desired state (retained) and a deploy command.
+        publish: sends devices their desired states (signed, retained).
         manifest_for: ``(model, version, device)`` → the manifest path of the bundle that
             device gets (its class's variant or the default), signed if needed.
         clock: time source (wave timeouts, durations).

@@ -362,20 +362,22 @@ class FleetController:
 
     # -- operations (API workers) -------------------------------------------------------
     def _publish_desired(self, items: list[tuple[str, DesiredState]]) -> None:
-        """Record and send devices' desired states (retained), each with a deploy
-        command; the states are stored in one transaction before any is sent."""
+        """Record and send devices' desired states (signed, retained: a device online
+        gets it at once, one offline when it connects); the states are stored in one
+        transaction before any is sent."""
         files: dict[str, list[str]] = {}
         for _, d in items:
             if d.manifest not in files:
                 files[d.manifest] = self._broadcast(d.manifest)
         metadata = self._broadcast_metadata() if any(files.values()) else {}
-        items = [(device, dataclasses.replace(d, device=device, broadcast=files[d.manifest],
-                                              metadata=metadata if files[d.manifest] else {}))
-                 for device, d in items]
+        root = self.repo.root_version if metadata else 0
+        items = [(device, dataclasses.replace(
+            d, device=device, broadcast=files[d.manifest],
+            metadata=metadata if files[d.manifest] else {},
+            root_version=root if files[d.manifest] else 0)) for device, d in items]
         self.store.set_desired_many([(device, d.to_dict()) for device, d in items])
         for device, d in items:
             self._post_desired(device, d)
-            self.send_command(device, "deploy", desired=d)
 
     def _broadcast(self, manifest_path: str) -> list[str]:
         """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
@@ -406,8 +408,11 @@ class FleetController:
         if desired.device != device:  # a stored state from before states were addressed
             desired = dataclasses.replace(desired, device=device)
         if desired.broadcast:  # again, with the metadata published now
+            metadata = self._broadcast_metadata()
             desired = dataclasses.replace(desired, broadcast=self._broadcast(desired.manifest),
-                                          metadata=self._broadcast_metadata())
+                                          metadata=metadata,
+                                          root_version=self.repo.root_version if metadata
+                                          else 0)
         self._post_desired(device, desired)
 
     def _post_desired(self, device: str, desired: DesiredState) -> None:
@@ -417,7 +422,8 @@ class FleetController:
 
     def send_command(self, device: str, action: str, *,
                      desired: DesiredState | None = None) -> Command:
-        """Sign and send one command (``deploy``, ``rollback``, ``rebirth``) to a device."""
+        """Sign and send one command (``rollback``, ``rebirth``; ``deploy`` with a desired
+        state, which agents still accept) to a device."""
         now = self.clock.time()
         cmd = Command(id=secrets.token_hex(16), action=action, issued_at=now,
                       expires_at=now + self.settings.command_ttl_s, desired=desired,

@@ -289,14 +289,22 @@ class TrustRepository:
         return [first, *(entry(p) for p in paths if p in targets)]
 
     def metadata_files(self) -> list[tuple[str, str, int]]:
-        """``(sha256, repository file, length)`` of the published snapshot and targets
-        metadata, by their versioned names (immutable: consistent snapshots), as the
-        timestamp and snapshot list them."""
+        """``(sha256, repository file, length)`` of the published timestamp, snapshot and
+        targets metadata a device asks for after its root: the timestamp as it is now
+        (its name is reused, the sha256 pins this copy), the others by their versioned
+        names (immutable: consistent snapshots), as the timestamp and snapshot list them."""
         with self._lock:
+            stamp = self.files.get("metadata/timestamp.json")
             snap = self.timestamp.signed.snapshot_meta
             tgt = self.snapshot.signed.meta["targets.json"]
-        return [(str((m.hashes or {}).get("sha256", "")), f"metadata/{m.version}.{role}.json",
-                 int(m.length or 0)) for m, role in ((snap, "snapshot"), (tgt, "targets"))]
+        return [(hashlib.sha256(stamp).hexdigest(), "metadata/timestamp.json", len(stamp)),
+                *((str((m.hashes or {}).get("sha256", "")), f"metadata/{m.version}.{role}.json",
+                   int(m.length or 0)) for m, role in ((snap, "snapshot"), (tgt, "targets")))]
+
+    @property
+    def root_version(self) -> int:
+        """The newest published root version."""
+        return int(self.root.signed.version)
 
     def read(self, file: str, offset: int, count: int) -> tuple[bytes, int]:
         """Serve ``count`` bytes of a repository file at ``offset``.

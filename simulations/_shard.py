@@ -33,7 +33,7 @@ import onnxruntime  # noqa: F401 - loaded before the base RSS is read: not a per
 import paho.mqtt.client as mqtt
 import psutil
 
-from edgefleet.agent import AgentConfig, ModelStore
+from edgefleet.agent import AgentConfig, JobSlots, ModelStore
 from edgefleet.contract import EdgefleetError, Manifest, TargetTrust
 
 from ._device import SessionCache, SharedSystemMetrics, SimulatedAgent
@@ -112,6 +112,10 @@ class Shard:
         self.loop = SharedLoop(f"shard-{spec['shard']}-mqtt", seed=int(spec.get("seed", 0)),
                                connect_rate=float(spec.get("connect_rate", 400.0)))
         self.sessions = SessionCache()
+        # the agents' job workers take turns (a few at once, each giving its turn up
+        # while it waits on its link), not a thousand threads contending for one
+        # interpreter lock
+        self.job_slots = JobSlots(int(spec.get("job_slots", 2)))
         self.system = SharedSystemMetrics(self.root)
         self.devices = {d["id"]: d for d in spec["devices"]}
         self.agents: dict[str, SimulatedAgent] = {}
@@ -179,7 +183,7 @@ class Shard:
                                clock_skew_s=float(d.get("clock_skew_s", 0.0)))
         if device_id in self.full:
             agent.fill_disk()
-        agent.start(hosted=True)
+        agent.start(hosted=True, job_slots=self.job_slots)
         return agent
 
     def _start_agents(self) -> None:

@@ -203,7 +203,8 @@ def _thread_kind(name: str) -> str:
 
 
 # what each of the controller's threads does in a rollout
-_THREADS = {"mqtt": "MQTT: fetches, sending", "device-records": "births and statuses",
+_THREADS = {"mqtt": "MQTT: receiving, sending, answering pulls",
+            "device-records": "births and statuses",
             "rollouts": "rollout steps", "ingest": "telemetry", "broadcast": "broadcast",
             "telemetry-upkeep": "upkeep"}
 

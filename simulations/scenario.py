@@ -34,7 +34,8 @@ from a shuffle seeded by ``seed``; two faults never pick the same device):
 ``partition``       ``from``, ``until``: the devices' links silently carry nothing
 ``crash``           ``at``, ``restart_after`` (none: they stay down): process death
 ``flaky``           ``loss`` (chunk answers lost), ``from`` (0), ``until`` (the end)
-``clock_skew``      ``seconds``: the devices' clocks are that far off from the start
+``clock_skew``      ``seconds``: the devices' clocks are that far off from the start;
+                    at ``at`` (0) each is sent a signed ``rebirth`` command
 ``disk_full``       ``at``: installing a model fails with ENOSPC from then on
 """
 
@@ -117,6 +118,7 @@ class Scenario:
     summary_window_s: float = 5.0
     tick_s: float = 1.0
     per_shard: int = 250
+    job_slots: int = 2  # agents of a shard applying a job at once (waits on links apart)
     agent: dict[str, Any] = dataclasses.field(default_factory=dict)
     model: str = "digits"
     start_on: str = "none"  # none | preinstalled | rollout
@@ -140,7 +142,7 @@ class Action:
     """One thing the simulation does at ``t`` seconds after the timed part starts."""
 
     t: float
-    kind: str  # deploy | broker_down | broker_up | partition | heal | crash | restart | …
+    kind: str  # deploy | broker_down | broker_up | partition | heal | crash | command | …
     ids: tuple[str, ...] = ()
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
     fault: int = -1  # index into scenario.faults (-1: not a fault)
@@ -228,7 +230,7 @@ def parse_scenario(data: dict[str, Any], *, source: str = "") -> Scenario:
         raise ValueError(f"unknown scenario fields {sorted(unknown)}")
     fleet = dict(data.get("fleet", {}))
     fleet_known = {"profiles", "inference_hz", "summary_window_s", "tick_s", "per_shard", "agent",
-                   "start_on"}
+                   "start_on", "job_slots"}
     if set(fleet) - fleet_known:
         raise ValueError(f"unknown [fleet] fields {sorted(set(fleet) - fleet_known)}")
     profiles = tuple(_profile(p) for p in fleet.get("profiles", [{"profile": "x86"}]))
@@ -257,6 +259,7 @@ def parse_scenario(data: dict[str, Any], *, source: str = "") -> Scenario:
         summary_window_s=_num(fleet, "summary_window_s", 5.0, low=0.5),
         tick_s=_num(fleet, "tick_s", 1.0, low=0.05),
         per_shard=int(_num(fleet, "per_shard", 250, low=1)), agent=dict(fleet.get("agent", {})),
+        job_slots=int(_num(fleet, "job_slots", 2, low=1)),
         model=str(model.get("source", "digits")), start_on=start_on, rollout=rollout,
         fanout_baseline=bool(dict(data.get("baseline", {})).get("fanout", True)),
         faults=tuple(_fault(dict(f)) for f in data.get("faults", [])), source=source)
@@ -350,5 +353,7 @@ def plan(scenario: Scenario, devices: int | None = None, *, shards: int | None =
                 actions.append(Action(f.end, "shape", who, {"loss": 0.0}, fault=i))
         elif f.kind == "disk_full":
             actions.append(Action(f.start, "fill_disk", who, fault=i))
+        elif f.kind == "clock_skew":  # a signed command, which each checks by its own clock
+            actions.append(Action(f.start, "command", who, {"action": "rebirth"}, fault=i))
     actions.sort(key=lambda a: a.t)
     return Plan(devices=planned, shards=k, actions=tuple(actions), picked=picked)

@@ -109,7 +109,7 @@ class _Run:
                     "image": image,
                     "samples": str(ASSETS / "eval.npz"), "seed": s.seed + k,
                     "agent": agent, "devices": devices, "inference_hz": s.inference_hz,
-                    "tick_s": s.tick_s}
+                    "tick_s": s.tick_s, "job_slots": s.job_slots}
             self.shards.append(ShardProcess(spec, devices_dir))
         for shard in self.shards:
             shard.ready(120.0)
@@ -328,6 +328,11 @@ class _Run:
             event["deployment"] = self.dep_id
         elif action.kind == "broker_down":
             (self.broker.kill if action.args.get("mode") == "kill" else self.broker.stop)()
+        elif action.kind == "command":
+            assert self.ctl is not None
+            for device in action.ids:
+                self.ctl.send_command(device, str(action.args["action"]))
+            event.update(action.args)
         elif action.kind == "broker_up":
             t = threading.Thread(target=self.broker.restart, name="broker-restart", daemon=True)
             t.start()

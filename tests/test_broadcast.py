@@ -32,17 +32,23 @@ def test_a_wave_takes_the_bundle_from_one_broadcast_and_pulls_none_of_it(control
     fleet = make_fleet(4)
     wait_devices_known(controller, fleet.ids)
     v = register_digits(controller)["version"]
+    served = controller.counters["chunks_served"]
     dep = _deploy(controller, v)
     assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
+    assert controller.counters["chunks_served"] == served  # nothing asked for
     size, files = _bundle_bytes(controller, dep)
     assert len(files) >= 3  # manifest, model, data files
-    # once for four devices, with the snapshot and targets metadata they need first,
-    # and no byte of either pulled (only the timestamp and the next root's probe are)
+    # once for four devices, with the timestamp, snapshot and targets metadata they need
+    # first, and no byte of any pulled; no device asks for a root above the one the
+    # desired state names
     metadata = controller.repo.metadata_files()
     meta_size = sum(length for _sha, _file, length in metadata)
     assert controller.broadcaster.counters["broadcast_bytes"] == size + meta_size
     assert controller.broadcaster.counters["broadcast_files"] == len(files) + len(metadata)
     assert controller.counters["target_bytes_served"] == 0
+    desired = controller.store.get_desired(fleet.ids[0])["payload"]
+    assert desired["root_version"] == controller.repo.root_version
+    assert set(desired["metadata"]) == {f for _sha, f, _n in metadata}
     for agent in fleet.agents.values():
         assert agent.fetcher.bytes_from_broadcast == size and agent.fetcher.bytes_pulled == 0
         assert agent.fetcher.metadata_from_broadcast == meta_size
@@ -56,16 +62,18 @@ def test_a_device_that_missed_blocks_pulls_just_those(controller, make_fleet, mo
     lossy = fleet.agents[fleet.ids[0]]
     put = lossy.blobs.put
     dropped: list[int] = []
+    v = register_digits(controller)["version"]
+    metadata = {sha for sha, _file, _n in controller.repo.metadata_files()}
 
     def lose_first_blocks(sha: str, offset: int, frame: bytes) -> bool:
-        if offset == 0 and len(dropped) < 2:  # the first block of the first two files
+        # the first block of the first two bundle files
+        if offset == 0 and sha not in metadata and len(dropped) < 2:
             dropped.append(len(ChunkResponse.decode(frame).data))
             return False
         return put(sha, offset, frame)
 
     monkeypatch.setattr(lossy.blobs, "put", lose_first_blocks)
     monkeypatch.setattr(lossy.fetcher, "_broadcast_wait", 0.5)
-    v = register_digits(controller)["version"]
     dep = _deploy(controller, v)
     assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
     size, _files = _bundle_bytes(controller, dep)
@@ -265,3 +273,38 @@ def test_metadata_named_wrongly_in_a_desired_state_is_pulled_instead(controller,
         agent.jobs._last_status[job])
     assert agent.active.version == v
     assert agent.fetcher.named == {}  # the job's names were dropped with it
+
+
+def test_a_block_of_another_file_does_not_end_the_wait_for_this_one(tmp_path):
+    """Another file's completion wakes every reader; only its own file complete (or
+    ``wait_s`` without a block of it) ends a reader's wait."""
+    import hashlib
+
+    from edgefleet.agent._blobs import BlobCache
+
+    cache = BlobCache(tmp_path)
+    mine, other = b"t" * 700, b"b" * 1_000
+    sha_mine, sha_other = (hashlib.sha256(x).hexdigest() for x in (mine, other))
+    assert cache.expect([sha_mine, sha_other]) == [sha_mine, sha_other]
+    waiting = threading.Event()
+    wait = cache._cond.wait
+
+    def noted_wait(timeout=None):
+        waiting.set()
+        return wait(timeout)
+
+    cache._cond.wait = noted_wait  # type: ignore[method-assign]
+    got: list[int | None] = []
+    reader = threading.Thread(target=lambda: got.append(
+        cache.wait_complete(sha_mine, wait_s=30.0)))
+    reader.start()
+    assert waiting.wait(10)
+    frame = ChunkResponse("", sha_other, 0, len(other), "ok", other).encode()
+    assert cache.put(sha_other, 0, frame)  # wakes the reader, whose file has nothing yet
+    waiting.clear()
+    assert waiting.wait(10)  # …and it waits again
+    assert cache.put(sha_mine, 0, ChunkResponse("", sha_mine, 0, len(mine), "ok",
+                                                mine).encode())
+    reader.join(10)
+    assert got == [len(mine)]
+    assert cache.read(sha_mine, 0, 1 << 20) == mine

@@ -21,7 +21,8 @@ PUBLIC = {
         "BLOB_PREFIX", "blob_filter", "blob_topic", "parse_blob_topic", "valid_sha256"},
     "edgefleet.agent": {
         "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",
-        "HttpFetcher", "InferenceServer", "InstalledModel", "ModelStore", "OnnxRuntime",
+        "HttpFetcher", "InferenceServer", "InstalledModel", "JobSlots", "ModelStore",
+        "OnnxRuntime",
         "Prediction", "Runtime", "TelemetryBuffer", "VerifiedBundle", "available_runtimes",
         "load_config", "summarize"},
     "edgefleet.optimizer": {

@@ -190,7 +190,7 @@ def test_device_clock_hours_ahead_refuses_commands_but_converges_by_desired_stat
     target = report["model"]["target_version"]
     skewed = {d["clock_skew_s"]: d for d in devices.values() if d["clock_skew_s"]}
     assert set(skewed) == {7200.0, -7200.0}
-    # the device two hours ahead saw the deploy command as expired…
+    # the device two hours ahead saw the signed rebirth command as expired…
     assert report["figures"]["commands_rejected"].get("expired_command", 0) >= 1
     # …and still got there from the signed retained desired state, as did the one behind
     assert all(d["version"] == target for d in devices.values())
