@@ -12,6 +12,7 @@ Chunk responses carry binary data and use a small framing instead of JSON:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -59,23 +60,32 @@ T = TypeVar("T", bound="Message")
 _origin = functools.cache(typing.get_origin)  # field types are few and hashable
 
 
-def _check(value: Any, hint: Any, where: str) -> Any:
+def _path(where: Any) -> str:
+    """A field's path, kept as ``(parent, name or index)`` and spelled out for an error."""
+    if isinstance(where, str):
+        return where
+    parent, key = where
+    return f"{_path(parent)}[{key}]" if isinstance(key, int) else f"{_path(parent)}.{key}"
+
+
+def _check(value: Any, hint: Any, where: Any) -> Any:
     # the plain field types first: most fields of most messages are one of them
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise MessageError(f"{where}: expected an integer, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected an integer, got {type(value).__name__}")
         if not _INT64_MIN <= value <= _INT64:  # what every store and peer can hold
-            raise MessageError(f"{where}: {value} does not fit a signed 64-bit integer")
+            raise MessageError(f"{_path(where)}: {value} does not fit a signed 64-bit integer")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MessageError(f"{where}: expected a number, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected a number, got {type(value).__name__}")
         return float(value)
     if hint is str or hint is bool:
         if not isinstance(value, hint):
-            raise MessageError(f"{where}: expected {hint.__name__}, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected {hint.__name__}, "
+                               f"got {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_TEXT:
-            raise MessageError(f"{where}: {len(value)} characters, at most {MAX_TEXT}")
+            raise MessageError(f"{_path(where)}: {len(value)} characters, at most {MAX_TEXT}")
         return value
     if hint is Any:
         return value
@@ -92,21 +102,21 @@ def _check(value: Any, hint: Any, where: str) -> Any:
                 return _check(value, arg, where)
             except MessageError as exc:
                 errors.append(str(exc))
-        raise MessageError(f"{where}: {'; '.join(errors)}")
+        raise MessageError(f"{_path(where)}: {'; '.join(errors)}")
     if origin is list:
         if not isinstance(value, list):
-            raise MessageError(f"{where}: expected a list, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(hint) or (Any,)
-        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_check(v, item, (where, i)) for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise MessageError(f"{where}: expected an object, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected an object, got {type(value).__name__}")
         return value
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
-            raise MessageError(f"{where}: expected an object, got {type(value).__name__}")
+            raise MessageError(f"{_path(where)}: expected an object, got {type(value).__name__}")
         return _from_dict(hint, value, where)  # type: ignore[arg-type]
-    raise TypeError(f"unsupported field type {hint!r} at {where}")
+    raise TypeError(f"unsupported field type {hint!r} at {_path(where)}")
 
 
 @functools.cache
@@ -119,19 +129,35 @@ def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
                  for f in dataclasses.fields(cls) if f.init)
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: Any) -> Any:
     kwargs = {}
     for name, hint, required in _fields(cls):
         if name not in data:
             if required:
-                raise MessageError(f"{where}: missing field {name!r}")
+                raise MessageError(f"{_path(where)}: missing field {name!r}")
             continue
-        kwargs[name] = _check(data[name], hint, f"{where}.{name}")
+        kwargs[name] = _check(data[name], hint, (where, name))
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise MessageError(f"{where}: {exc}") from exc
+        raise MessageError(f"{_path(where)}: {exc}") from exc
     return obj
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for message fields (dataclasses, lists, tuples, dicts of
+    JSON values), without its deep copy of every leaf."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 class Message:
@@ -140,7 +166,7 @@ class Message:
     kind: ClassVar[str] = "message"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return _plain(self)  # type: ignore[no-any-return]
 
     def encode(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()

@@ -161,12 +161,13 @@ class RecordWriter:
             except queue.Empty:
                 continue
             batch = [first]
-            deadline = time.monotonic() + self.batch_wait_s
+            # let the batch fill without being woken for every record (each wake-up is a
+            # context switch for paho's thread as well), then take what came
+            if self.batch_wait_s > 0 and self._queue.qsize() < self.batch_max:
+                self._stop.wait(self.batch_wait_s)
             while len(batch) < self.batch_max:
-                left = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get(timeout=left) if left > 0
-                                 else self._queue.get_nowait())
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             try:

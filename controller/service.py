@@ -15,7 +15,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract import (
     Birth,
@@ -51,6 +51,9 @@ from .rollout import JOB_SETTLED, RolloutPolicy, needs_redrive
 from .settings import Settings
 from .signing import TrustRepository
 from .store import Store
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = ["FleetController", "select_devices"]
 
@@ -267,23 +270,33 @@ class FleetController:
         else:
             raise MessageError(f"unexpected topic suffix {suffix!r}")
 
-    def _on_birth(self, device: str, birth: Birth) -> None:
+    @staticmethod
+    def _birth_values(birth: Birth) -> dict[str, Any]:
         hw = dict(birth.hw)
         tags = hw.pop("tags", {}) if isinstance(hw.get("tags"), dict) else {}
         hw["runtimes"] = list(birth.runtimes)  # a .tflite variant only where LiteRT runs
         if birth.trust:
             hw["trust"] = dict(birth.trust)  # e.g. expired metadata: installs nothing new
-        values = dict(online=True, last_seen=time.time(), agent_version=birth.agent_version,
-                      hw=hw, tags=tags, api_url=birth.api_url,
-                      active=birth.active.to_dict() if birth.active else None,
-                      last_good=birth.last_good.to_dict() if birth.last_good else None)
-        if self.store.update_session(device, birth.bd_seq, **values):
-            # the same session announcing a change (a model it activated, its trust): it
-            # holds its desired state and reports its job itself; only a new session may
-            # have missed something
-            self.counters["births_announced"] += 1
+        return dict(online=True, last_seen=time.time(), agent_version=birth.agent_version,
+                    hw=hw, tags=tags, api_url=birth.api_url,
+                    active=birth.active.to_dict() if birth.active else None,
+                    last_good=birth.last_good.to_dict() if birth.last_good else None)
+
+    def _birth_of_session(self, device: str, birth: Birth,
+                          conn: sa.Connection | None = None) -> bool:
+        """Store a birth of the device's current session (a model it activated, its
+        trust); False when it is a new session. Such a device holds its desired state
+        and reports its job itself; only a new session may have missed something."""
+        if not self.store.update_session(device, birth.bd_seq, conn=conn,
+                                         **self._birth_values(birth)):
+            return False
+        self.counters["births_announced"] += 1
+        return True
+
+    def _on_birth(self, device: str, birth: Birth) -> None:
+        if self._birth_of_session(device, birth):
             return
-        self.store.upsert_device(device, bd_seq=birth.bd_seq, **values)
+        self.store.upsert_device(device, bd_seq=birth.bd_seq, **self._birth_values(birth))
         self._reconcile(device, birth)
 
     def _reconcile(self, device: str, birth: Birth) -> None:
@@ -311,28 +324,45 @@ class FleetController:
         self._store_statuses([(device, status)])
 
     def _store_records(self, records: list[tuple[str, Any]]) -> None:
-        """Store devices' births, deaths and statuses in the order they came (a run of
-        statuses in one transaction)."""
-        run: list[tuple[str, JobStatus]] = []
-        for device, record in records:
-            if isinstance(record, JobStatus):
-                run.append((device, record))
-                continue
-            if run:
-                self._store_statuses(run)
-                run = []
-            if isinstance(record, Birth):
-                self._on_birth(device, record)
-            elif isinstance(record, Death):
-                self.store.mark_offline(device, record.bd_seq)
-        if run:
-            self._store_statuses(run)
+        """Store devices' births, deaths and statuses in the order they came, in one
+        transaction; a birth of a new session ends it (it is stored, and the device's
+        desired state looked at, before the records after it)."""
+        todo = list(records)
+        while todo:
+            todo = self._store_some(todo)
 
-    def _store_statuses(self, items: list[tuple[str, JobStatus]]) -> None:
+    def _store_some(self, records: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """Store records in one transaction up to a birth of a new session (stored after
+        it, on its own); returns the records after that birth."""
+        run: list[tuple[str, JobStatus]] = []
+        new_session: tuple[str, Birth] | None = None
+        rest: list[tuple[str, Any]] = []
+        with self.store.transaction() as conn:
+            for i, (device, record) in enumerate(records):
+                if isinstance(record, JobStatus):
+                    run.append((device, record))
+                    continue
+                if run:
+                    self._store_statuses(run, conn)
+                    run = []
+                if isinstance(record, Birth):
+                    if not self._birth_of_session(device, record, conn):
+                        new_session, rest = (device, record), records[i + 1:]
+                        break
+                elif isinstance(record, Death):
+                    self.store.mark_offline(device, record.bd_seq, conn=conn)
+            if run:
+                self._store_statuses(run, conn)
+        if new_session is not None:
+            self._on_birth(*new_session)
+        return rest
+
+    def _store_statuses(self, items: list[tuple[str, JobStatus]],
+                        conn: sa.Connection | None = None) -> None:
         # statuses arrive out of order (a broker's redelivery, two replicas at once, a
         # device republishing its last ones): a job that ended stays ended, and a step
         # never overwrites an end (each UPDATE says so, so it holds between replicas too)
-        for u in self.store.apply_statuses(fold(items, JOB_SETTLED), JOB_SETTLED):
+        for u in self.store.apply_statuses(fold(items, JOB_SETTLED), JOB_SETTLED, conn=conn):
             log.info("status %s for job %s on %s is not current", u.fields["state"], u.job,
                      u.device)
 

@@ -11,8 +11,9 @@ lock, so controllers starting together upgrade once.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,17 @@ def schema_status(engine: sa.Engine) -> dict[str, Any]:
             "legacy_version": legacy}
 
 
+# the job columns a rollout step reads
+_BRIEF_JOB = frozenset({"device", "state", "job", "wave", "arm", "from_model", "from_version"})
+
+
 def _row(r: sa.Row[Any] | None) -> dict[str, Any] | None:
     return dict(r._mapping) if r is not None else None
 
 
-def _rows(result: Iterable[sa.Row[Any]]) -> list[dict[str, Any]]:
-    return [dict(r._mapping) for r in result]
+def _rows(result: sa.Result[Any]) -> list[dict[str, Any]]:
+    keys = list(result.keys())  # once, not a mapping view per row
+    return [dict(zip(keys, r, strict=True)) for r in result]
 
 
 class Store:
@@ -214,7 +220,22 @@ class Store:
                 c.execute(devices.insert().values(id=device_id, **{
                     "hw": {}, "tags": {}, **values}))
 
-    def update_session(self, device_id: str, bd_seq: int, **values: Any) -> bool:
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One transaction for several of the calls below that take ``conn``."""
+        with self.engine.begin() as c:
+            yield c
+
+    @contextlib.contextmanager
+    def _in(self, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.begin() as c:
+                yield c
+
+    def update_session(self, device_id: str, bd_seq: int, *, conn: sa.Connection | None = None,
+                       **values: Any) -> bool:
         """Update a device's record if ``bd_seq`` is its current session (a birth that
         announces a change, not a new connection); returns whether it was."""
         key = frozenset(values)
@@ -223,12 +244,13 @@ class Store:
             stmt = self._session_statements[key] = devices.update().where(
                 devices.c.id == sa.bindparam("_id"), devices.c.bd_seq == sa.bindparam("_bd")
             ).values({k: sa.bindparam(k, type_=devices.c[k].type) for k in values})
-        with self.engine.begin() as c:
+        with self._in(conn) as c:
             return bool(c.execute(stmt, {"_id": device_id, "_bd": bd_seq, **values}).rowcount)
 
-    def mark_offline(self, device_id: str, bd_seq: int) -> bool:
+    def mark_offline(self, device_id: str, bd_seq: int, *,
+                     conn: sa.Connection | None = None) -> bool:
         """Offline only if the death matches the current session; returns whether it did."""
-        with self.engine.begin() as c:
+        with self._in(conn) as c:
             res = c.execute(devices.update().where(devices.c.id == device_id,
                                                    devices.c.bd_seq == bd_seq)
                             .values(online=False, last_seen=time.time()))
@@ -271,13 +293,11 @@ class Store:
 
     def get_deployment(self, dep_id: str, *, with_events: bool = False,
                        brief_jobs: bool = False) -> dict[str, Any]:
-        """A deployment with its jobs (``brief_jobs``: without their progress, detail and
-        reason, which a rollout step does not read and a large fleet's rows spend most
-        of their reading time on).
+        """A deployment with its jobs (``brief_jobs``: only what a rollout step reads of
+        them, ``_BRIEF_JOB``; every tick reads every row of a large fleet's deployment).
 
         Raises: NotFoundError."""
-        columns = [c for c in jobs.c if c.name not in ("progress", "detail", "reason")] \
-            if brief_jobs else [jobs]
+        columns = [c for c in jobs.c if c.name in _BRIEF_JOB] if brief_jobs else [jobs]
         with self.engine.connect() as c:
             row = _row(c.execute(sa.select(deployments).where(deployments.c.id == dep_id)).first())
             if row is None:
@@ -344,8 +364,8 @@ class Store:
         with self.engine.begin() as c:
             c.execute(stmt, [{"v": d} for d in devices])
 
-    def apply_statuses(self, updates: Iterable[StatusUpdate],
-                       settled: Iterable[str]) -> list[StatusUpdate]:
+    def apply_statuses(self, updates: Iterable[StatusUpdate], settled: Iterable[str], *,
+                       conn: sa.Connection | None = None) -> list[StatusUpdate]:
         """Store devices' job statuses (``_statuses.fold``) in one transaction; returns
         the ones whose job is no longer the row's (or already settled).
 
@@ -355,30 +375,46 @@ class Store:
         where it is now)."""
         settled = tuple(sorted(settled))
         stale, now = [], time.time()
-        with self.engine.begin() as c:
-            for u in updates:
-                key = (frozenset(u.fields), settled)
+        groups: dict[frozenset[str], list[StatusUpdate]] = {}
+        for u in updates:  # one statement per set of fields, run for all of them at once
+            groups.setdefault(frozenset(u.fields), []).append(u)
+        with self._in(conn) as c:
+            for fields, group in groups.items():
+                key = (fields, settled)
                 stmt = self._status_statements.get(key)
                 if stmt is None:
                     stmt = jobs.update().where(
                         jobs.c.deployment == sa.bindparam("d"),
                         jobs.c.device == sa.bindparam("v"), jobs.c.job == sa.bindparam("j"),
-                        jobs.c.state.not_in(settled)).values(
+                        # spelled out: an expanding NOT IN cannot run for many rows at once
+                        *(jobs.c.state != state for state in settled)).values(
                         {"updated_at": sa.bindparam("now"),
-                         **{k: sa.bindparam(f"f_{k}", type_=jobs.c[k].type)
-                            for k in u.fields}})
+                         **{k: sa.bindparam(f"f_{k}", type_=jobs.c[k].type) for k in fields}})
                     self._status_statements[key] = stmt
-                params = {"d": u.deployment, "v": u.device, "j": u.job, "now": now,
-                          **{f"f_{k}": v for k, v in u.fields.items()}}
-                if c.execute(stmt, params).rowcount:
-                    continue
-                stale.append(u)
+                params = [{"d": u.deployment, "v": u.device, "j": u.job, "now": now,
+                           **{f"f_{k}": v for k, v in u.fields.items()}} for u in group]
+                if len(group) > 1 and c.execute(stmt, params).rowcount == len(group):
+                    continue  # every one applied (the usual case)
+                for u, one in zip(group, params, strict=True):  # which did not, one by one
+                    if len(group) == 1 and c.execute(stmt, one).rowcount:
+                        continue
+                    if len(group) > 1 and self._applied(c, u, now):
+                        continue
+                    stale.append(u)
+            for u in stale:
                 if u.failure is not None:
                     c.execute(jobs.update().where(
                         jobs.c.deployment == u.deployment, jobs.c.device == u.device,
                         jobs.c.job != u.job, jobs.c.reason == "").values(
                         reason=u.failure[0], detail=u.failure[1], updated_at=now))
         return stale
+
+    @staticmethod
+    def _applied(c: sa.Connection, u: StatusUpdate, now: float) -> bool:
+        """Whether a run of ``apply_statuses`` (stamped ``now``) updated ``u``'s row."""
+        return c.execute(sa.select(jobs.c.job).where(
+            jobs.c.deployment == u.deployment, jobs.c.device == u.device, jobs.c.job == u.job,
+            jobs.c.updated_at == now)).first() is not None
 
     def add_event(self, dep_id: str, kind: str, actor: str, **detail: Any) -> None:
         """Record a deployment event, and in the same transaction its audit entry."""

@@ -82,7 +82,7 @@ class _Run:
                             data_dir=self.root / "controller",
                             admin_token=secrets.token_urlsafe(16),
                             client_id=f"sim-controller-{secrets.token_hex(3)}",
-                            rollout_tick_s=0.25, production_tag="")
+                            production_tag="")  # the default rollout tick (0.5 s)
         self.ctl = FleetController(settings)
         self.ctl.start()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,7 +56,7 @@ def test_a_failure_after_the_end_is_kept_only_as_the_reason():
     assert u.failure == ("boom", "#1")
 
 
-def test_quick_steps_are_folded_into_the_next_status_and_ends_go_at_once():
+def test_a_quick_job_sends_only_its_end_and_a_step_that_lasts_is_seen_when_due():
     sent: list[tuple[str, bytes]] = []
     arrived = threading.Event()
 
@@ -64,23 +65,26 @@ def test_quick_steps_are_folded_into_the_next_status_and_ends_go_at_once():
         arrived.set()
 
     pacer = StatusPacer(publish, interval_s=30.0)
-    pacer.send("j1", b"downloading", final=False)  # a job's first status: at once
+    pacer.send("j1", b"downloading", final=False)  # steps wait, counting from the start
     pacer.send("j1", b"verifying", final=False)
     pacer.send("j1", b"installing", final=False)
-    assert sent == [("j1", b"downloading")]
+    assert sent == []
     pacer.send("j1", b"healthy", final=True)  # an end: at once, and the steps are moot
-    assert sent == [("j1", b"downloading"), ("j1", b"healthy")]
+    assert sent == [("j1", b"healthy")]
     pacer.close()
-    assert len(sent) == 2  # nothing was left waiting
+    assert len(sent) == 1  # nothing was left waiting
 
     sent.clear()
     arrived.clear()
     pacer = StatusPacer(publish, interval_s=0.2)
     pacer.send("j2", b"downloading", final=False)
-    arrived.clear()
-    pacer.send("j2", b"installing", final=False)  # a step that lasts: seen when due
+    pacer.send("j2", b"installing", final=False)  # a job that lasts: its latest step
     assert arrived.wait(10)
-    assert sent == [("j2", b"downloading"), ("j2", b"installing")]
+    assert sent == [("j2", b"installing")]
+    arrived.clear()
+    pacer.send("j2", b"activated", final=False)  # the next one no sooner than interval_s
+    assert arrived.wait(10)
+    assert sent == [("j2", b"installing"), ("j2", b"activated")]
     pacer.close()
 
 
@@ -90,7 +94,7 @@ def test_a_step_still_waiting_goes_out_when_the_agent_stops():
     pacer.send("j", b"downloading", final=False)
     pacer.send("j", b"activated", final=False)
     pacer.close()
-    assert sent == [b"downloading", b"activated"]
+    assert sent == [b"activated"]  # the latest step
 
 
 def test_every_status_goes_at_once_with_no_interval():
@@ -128,3 +132,38 @@ def test_a_birth_of_the_same_session_updates_the_device_without_sending_again(
                       agent._birth(agent.link.bd_seq + 1))
     assert controller.records.flush()
     assert controller.counters["desired_redriven"] == redriven + 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_of_statuses_is_stored_at_once_and_the_stale_ones_named(backend, tmp_path,
+                                                                        request):
+    """Statuses with the same fields run as one statement for all their rows; those whose
+    row moved on to another job, or had already ended, come back as not current and
+    change nothing."""
+    from edgefleet.controller import Store
+    from edgefleet.controller._statuses import StatusUpdate
+
+    url = f"sqlite:///{tmp_path / 'ctl.db'}" if backend == "sqlite" \
+        else request.getfixturevalue("pg_url")
+    store = Store(url)
+    devices = [f"dev-{i}" for i in range(6)]
+    store.add_deployment("dep-1", "digits", 2, strategy="all-at-once", policy={},
+                         plan={"targets": devices}, created_by="admin",
+                         targets=[{"device": d, "wave": 0} for d in devices])
+    store.update_jobs("dep-1", devices, job="dep-1", state="downloading")
+    store.update_jobs("dep-1", ["dev-4"], job="dep-1-rollback")  # moved on to another job
+    store.update_jobs("dep-1", ["dev-5"], state="healthy")  # ended already
+    healthy = [StatusUpdate("dep-1", d, "dep-1", {"state": "healthy", "reason": "",
+                                                  "detail": ""}) for d in devices]
+    failed = StatusUpdate("dep-1", "dev-4", "dep-1", {"state": "failed", "reason": "smoke",
+                                                      "detail": "bad"},
+                          failure=("smoke", "bad"))
+    stale = store.apply_statuses([*healthy[:4], failed, healthy[5]], JOB_SETTLED)
+    assert sorted(u.device for u in stale) == ["dev-4", "dev-5"]
+    rows = {j["device"]: j for j in store.get_deployment("dep-1")["jobs"]}
+    assert {d: rows[d]["state"] for d in devices} == {
+        "dev-0": "healthy", "dev-1": "healthy", "dev-2": "healthy", "dev-3": "healthy",
+        "dev-4": "downloading", "dev-5": "healthy"}
+    assert rows["dev-4"]["reason"] == "smoke"  # why it failed, kept on the row it left
+    assert store.apply_statuses(healthy[:4], JOB_SETTLED) == healthy[:4]  # ended: no change
+    store.engine.dispose()
