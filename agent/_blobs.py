@@ -162,6 +162,12 @@ class BlobCache:
         log.warning("broadcast file %s did not hash to its name; pulling it instead", sha[:12])
         return None
 
+    def path(self, sha: str) -> Path | None:
+        """Where a complete, verified file is kept (``None``: it is not)."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            return blob.path if blob is not None and blob.verified else None
+
     def read(self, sha: str, offset: int, count: int) -> bytes:
         """Bytes of a complete, verified file."""
         with self._cond:

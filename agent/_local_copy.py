@@ -13,11 +13,14 @@ the length TUF signed for the file being downloaded and offers the local copy fi
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from tuf.api import exceptions as tuf_exc
 from tuf.ngclient import FetcherInterface
 
 from edgefleet.contract import valid_sha256
@@ -102,6 +105,9 @@ class LocalFetcher(FetcherInterface):
         # to another meanwhile)
         self.waiting: Callable[[], contextlib.AbstractContextManager[None]] = \
             contextlib.nullcontext
+        # where a download is put together (None: the system's temporary folder); the
+        # agent's own state folder keeps it on the device's storage, next to its end
+        self.temp_dir: Path | None = None
 
     @property
     def bytes_local(self) -> int:
@@ -113,10 +119,34 @@ class LocalFetcher(FetcherInterface):
         # (the extra byte lets ngclient see a file longer than signed).
         self._limit = max_length
         try:
-            with super().download_file(url, max_length) as fh:
+            whole = self.whole_file(url)
+            if whole is not None:  # read where it lies; python-tuf verifies it as ever
+                with open(whole, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size > max_length:
+                        raise tuf_exc.DownloadLengthMismatchError(
+                            f"{url}: {size} bytes, more than the {max_length} allowed")
+                    yield fh
+                return
+            if self.temp_dir is not None:
+                self.temp_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.temp_dir) as fh:  # python-tuf's way
+                got = 0
+                for chunk in self.fetch(url):
+                    got += len(chunk)
+                    if got > max_length:
+                        raise tuf_exc.DownloadLengthMismatchError(
+                            f"{url}: more than the {max_length} bytes allowed")
+                    fh.write(chunk)
+                fh.seek(0)
                 yield fh
         finally:
             self._limit = None
+
+    def whole_file(self, url: str) -> Path | None:
+        """A file on this device holding all of ``url``'s candidate content, read in
+        place instead of copied into a temporary file (``None``: download it)."""
+        return None
 
     @property
     def limit(self) -> int:

@@ -142,6 +142,7 @@ class Agent:
                                         progress=self.jobs.on_progress, stop=self._stop,
                                         blobs=self.blobs,
                                         broadcast_wait_s=config.broadcast_wait_s, local=local)
+        self.fetcher.temp_dir = state / "downloads"
         self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher,
                                      repository_url=repository)
         self._active: _Loaded | None = None

@@ -101,6 +101,38 @@ class ChunkFetcher(LocalFetcher):
         self._sleep: Callable[[float], None] = sleep
         self.retries = 0
         self.bytes_received = 0
+        self._waited: set[str] = set()  # broadcast files waited for in this download
+
+    def _broadcast_total(self, sha: str, *, wait: bool = True) -> int | None:
+        """The length of a complete broadcast file, after waiting for it while its
+        blocks come (``None``: it will not be complete here)."""
+        assert self.blobs is not None
+        self._waited.add(sha)
+        with self.waiting():
+            return self.blobs.wait_complete(sha, wait_s=self._broadcast_wait if wait else 0.0,
+                                            stop=self._stop)
+
+    def whole_file(self, url: str) -> Path | None:
+        """A complete broadcast file, read where it lies."""
+        file = url.split(":", 1)[1].lstrip("/")
+        sha = target_sha256(file) or self.named.get(file)
+        self._waited.discard(sha)  # type: ignore[arg-type]  # None is never in it
+        if (self.blobs is None or sha is None or self.known_absent(file)
+                or not self.blobs.wants(sha)):
+            return None
+        total = self._broadcast_total(sha)
+        if total is None:
+            return None
+        path = self.blobs.path(sha)
+        if path is None:
+            return None
+        if file.startswith("targets/"):
+            self.bytes_from_broadcast += total
+        else:
+            self.metadata_from_broadcast += total
+        if self._progress is not None:
+            self._progress(file, total, total)
+        return path
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         file = url.split(":", 1)[1].lstrip("/")
@@ -117,10 +149,9 @@ class ChunkFetcher(LocalFetcher):
         sha = target_sha256(file) or self.named.get(file)
         if sha is not None and self.blobs is not None and self.blobs.wants(sha):
             # a broadcast file: from the cache once all of it is here and hashes to its
-            # name; else the blocks that came, and the gaps asked for
-            with self.waiting():
-                total = self.blobs.wait_complete(sha, wait_s=self._broadcast_wait,
-                                                 stop=self._stop)
+            # name; else the blocks that came, and the gaps asked for (``whole_file``
+            # waited for it already)
+            total = self._broadcast_total(sha, wait=sha not in self._waited)
             if total is not None:
                 while offset < min(total, limit):
                     data = self.blobs.read(sha, offset, min(1 << 20, limit - offset))
