@@ -223,13 +223,15 @@ class AgentLink:
             self._blobs.put(where[0], where[1], payload)
 
     def subscribe_blobs(self, shas: list[str]) -> None:
-        """Take the blocks of these broadcast files (retained ones arrive at once)."""
-        for sha in shas:
-            self._client.subscribe(blob_filter(sha), qos=1)
+        """Take the blocks of these broadcast files (retained ones arrive at once), in
+        the order given, at QoS 0: a block that does not come is pulled (the fetcher
+        repairs gaps), so the tens of blocks of a bundle need no acknowledgement each."""
+        if shas:
+            self._client.subscribe([(blob_filter(sha), 0) for sha in shas])
 
     def unsubscribe_blobs(self, shas: list[str]) -> None:
-        for sha in shas:
-            self._client.unsubscribe(blob_filter(sha))
+        if shas:
+            self._client.unsubscribe([blob_filter(sha) for sha in shas])
 
     def _on_chunk(self, chunk: ChunkResponse) -> None:
         with self._lock:
