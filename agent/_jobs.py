@@ -335,7 +335,7 @@ class JobRunner:
         self.check_compatible(m.runtime, m.compatibility)
         self.report(d, JobState.INSTALLING)
         installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
-                                        bundle.data)
+                                        bundle.data, move=True)
         agent.updater.clear()
         runtime = agent.load_runtime(installed)
         smoke_test(installed, runtime)

@@ -16,6 +16,7 @@ directories are removed on start.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -76,6 +77,17 @@ class InstalledModel:
         return [str(x) for x in data] if isinstance(data, list) else []
 
 
+def _put(src: Path, dst: Path, *, move: bool) -> None:
+    if move:
+        try:
+            os.replace(src, dst)
+            return
+        except OSError as exc:  # another file system: copied below
+            if exc.errno != errno.EXDEV:
+                raise
+    shutil.copyfile(src, dst)
+
+
 class ModelStore:
     """Installed models and which one is active / last known good."""
 
@@ -114,13 +126,15 @@ class ModelStore:
 
     def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
                 trust: TargetTrust | None = None,
-                data: dict[str, Path] | None = None) -> InstalledModel:
+                data: dict[str, Path] | None = None, *, move: bool = False) -> InstalledModel:
         """Copy a verified model (and its data files) beside the others; does not
         activate it.
 
         ``trust`` (the signed hardware classes and release counter) is kept with it, so
         a later switch back to it can be checked against the release floor. ``data``
-        maps each of the manifest's data file names to the downloaded file.
+        maps each of the manifest's data file names to the downloaded file. ``move``:
+        the files are the agent's own downloads, moved in (copied only across file
+        systems) instead of copied.
 
         Raises:
             IntegrityError: the model or a data file does not match the manifest.
@@ -142,7 +156,7 @@ class ModelStore:
         try:
             for name, src in [(manifest.model_file, model_src),
                               *((f.name, data[f.name]) for f in manifest.files)]:
-                shutil.copyfile(src, staging / name)
+                _put(src, staging / name, move=move)
                 fsync_path(staging / name)
             if trust is not None:
                 atomic_write(staging / "trust.json", trust.encode())

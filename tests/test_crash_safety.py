@@ -121,3 +121,31 @@ def test_power_loss_during_install_leaves_previous_model_active(tmp_path, crash_
     got = restarted.get(active)
     assert got is not None and got.model_path.read_bytes() == blobs[1]
     assert not list((tmp_path / "models").glob(".staging-*"))
+
+
+@pytest.mark.parametrize("same_filesystem", [True, False])
+def test_an_install_of_the_agents_own_download_moves_it_in(tmp_path, monkeypatch,
+                                                           same_filesystem):
+    import errno
+    import hashlib
+
+    from edgefleet.agent import models as models_mod
+
+    store = ModelStore(tmp_path / "state")
+    data = os.urandom(4096)
+    src = tmp_path / "downloads" / "model.onnx"
+    src.parent.mkdir()
+    src.write_bytes(data)
+    m = _manifest(1, hashlib.sha256(data).hexdigest(), 4096)
+    replace = os.replace
+
+    def across_devices(a, b):
+        if Path(a) == src:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return replace(a, b)
+
+    if not same_filesystem:
+        monkeypatch.setattr(models_mod.os, "replace", across_devices)
+    installed = store.install(m, m.encode(), src, move=True)
+    assert installed.model_path.read_bytes() == data
+    assert src.exists() is not same_filesystem  # moved; copied where it cannot be
