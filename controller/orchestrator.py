@@ -139,7 +139,7 @@ class Orchestrator:
                                issued_at=self.clock.time(), mode=mode,
                                allow_downgrade=downgrade, health=policy.device_health(),
                                shadow_sample=policy.sample if mode == "shadow" else 0.0)
-        current = {j["device"]: j for j in dep["jobs"]}
+        current = {j["device"]: j for j in self._jobs(dep)}
         # every device's bundle first (signed on first use): a bundle that cannot be made
         # fails before anything is sent
         manifests = self._manifests_for(model, version, devices)
@@ -155,7 +155,7 @@ class Orchestrator:
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
         """Send devices back to the version they ran before this deployment."""
-        jobs = {j["device"]: j for j in dep["jobs"]}
+        jobs = {j["device"]: j for j in self._jobs(dep)}
         by_version: dict[tuple[str, int], list[str]] = collections.defaultdict(list)
         for d in devices:
             j = jobs[d]
@@ -196,7 +196,9 @@ class Orchestrator:
                 log.exception("rollout step for %s failed", dep["id"])
 
     def tick_one(self, dep_id: str) -> None:
-        dep = self.store.get_deployment(dep_id, brief_jobs=True)
+        # a step that only judges a wave reads how many jobs are in each state; its rows
+        # (thousands, every tick) are read when a step needs them (``_jobs``)
+        dep = self.store.get_deployment(dep_id, with_jobs=False)
         policy = RolloutPolicy.from_dict(dep["policy"] or {})
         state = dep["state"]
         if state == "running":
@@ -208,6 +210,12 @@ class Orchestrator:
                 self._step_ab(dep, policy)
         elif state in ("promoting", "rolling_back"):
             self._step_finish(dep, policy)
+
+    def _jobs(self, dep: dict[str, Any]) -> list[dict[str, Any]]:
+        """The deployment's job rows (what a step reads of them), read once per step."""
+        if "jobs" not in dep:
+            dep["jobs"] = self.store.get_deployment(dep["id"], brief_jobs=True)["jobs"]
+        return dep["jobs"]  # type: ignore[no-any-return]
 
     def _wave_devices(self, dep: dict[str, Any], k: int) -> list[str]:
         return list(dep["plan"]["waves"][k])
@@ -244,7 +252,7 @@ class Orchestrator:
 
     def _metrics(self, dep: dict[str, Any], cohort: list[str], others: list[str],
                  since: float) -> tuple[CohortMetrics, CohortMetrics]:
-        jobs = {j["device"]: j for j in dep["jobs"]}
+        jobs = {j["device"]: j for j in self._jobs(dep)}
         olds = collections.Counter((jobs[d]["from_model"], jobs[d]["from_version"])
                                    for d in cohort if jobs[d]["from_version"])
         new = self.store.cohort_metrics(cohort, dep["model"], dep["version"], since)
@@ -265,9 +273,9 @@ class Orchestrator:
         cohort = self._wave_devices(dep, k)
         later = [d for w in waves[k + 1:] for d in w]
         now = self.clock.time()
-        states = {j["device"]: j["state"] for j in dep["jobs"] if j["wave"] == k}
+        counts = self.store.job_counts(dep["id"], wave=k)
         new, base = self._wave_metrics(dep, policy, cohort, later)
-        decision = evaluate_wave(states, started_at=dep["phase_started_at"], now=now,
+        decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
         result.setdefault("waves", {})[str(k)] = {"outcome": decision.outcome,
@@ -278,7 +286,9 @@ class Orchestrator:
         dep["result"] = result
         if decision.outcome == "running":
             return
-        self._mark_silent(dep, states, now, policy)
+        if now - dep["phase_started_at"] >= policy.wave_timeout_s:
+            self._mark_silent(dep, {j["device"]: j["state"] for j in self._jobs(dep)
+                                    if j["wave"] == k}, now, policy)
         if decision.outcome == "passed":
             self.store.add_event(dep["id"], "wave_passed", "orchestrator", wave=k,
                                  detail=decision.detail, **decision.counts)
@@ -349,7 +359,7 @@ class Orchestrator:
                      devices: list[str]) -> None:
         # "stop shadowing" is "run what you run now": the device keeps its active model
         running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
-        jobs = {j["device"]: j for j in dep["jobs"]}
+        jobs = {j["device"]: j for j in self._jobs(dep)}
         for d in devices:
             now_on = running.get(d) or {}
             model = now_on.get("name") or jobs[d]["from_model"]
@@ -364,7 +374,7 @@ class Orchestrator:
     def _hold(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """On abort: devices whose job has not finished are told to keep what they run."""
         running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
-        for j in dep["jobs"]:
+        for j in self._jobs(dep):
             now_on = running.get(j["device"]) or {}
             if not j["job"] or j["state"] in JOB_DONE or not now_on.get("version"):
                 continue
@@ -389,9 +399,9 @@ class Orchestrator:
                       new=len(arms["new"]), control=len(arms["control"]))
             return
         now = self.clock.time()
-        states = {j["device"]: j["state"] for j in dep["jobs"] if j["arm"] == "new"}
+        counts = self.store.job_counts(dep["id"], arm="new")
         new, base = self._metrics(dep, arms["new"], arms["control"], dep["phase_started_at"])
-        decision = evaluate_wave(states, started_at=dep["phase_started_at"], now=now,
+        decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
         result["arms"] = self.arm_metrics(dep)
@@ -409,7 +419,7 @@ class Orchestrator:
         """Per-arm figures since the A/B started (inferences, errors, p95, versions)."""
         out = {}
         since = dep["phase_started_at"] or dep["created_at"]
-        jobs = {j["device"]: j for j in dep["jobs"]}
+        jobs = {j["device"]: j for j in self._jobs(dep)}
         for arm, devices in dep["plan"]["arms"].items():
             if arm == "new":
                 model, version = dep["model"], dep["version"]
@@ -428,7 +438,7 @@ class Orchestrator:
     def _step_finish(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """Promotion or rollback: done when every sent device answered or timed out."""
         job_suffix = ".p" if dep["state"] == "promoting" else ".rb"
-        sent = [j for j in dep["jobs"] if (j["job"] or "").endswith(job_suffix)]
+        sent = [j for j in self._jobs(dep) if (j["job"] or "").endswith(job_suffix)]
         timed_out = self.clock.time() - dep["phase_started_at"] >= policy.wave_timeout_s
         if all(j["state"] in JOB_DONE for j in sent) or timed_out:
             final = (dep.get("result") or {}).get("final", "succeeded")
@@ -504,7 +514,7 @@ class Orchestrator:
             elif action == "rollback":
                 if state in ("rolling_back", "rolled_back", "dropped", "pending_approval"):
                     raise refuse()  # (pending: nothing was sent; abort it instead)
-                touched = [j["device"] for j in dep["jobs"]
+                touched = [j["device"] for j in self._jobs(dep)
                            if j["job"] and j["state"] not in ("control",)]
                 self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
             elif action == "promote":

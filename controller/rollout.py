@@ -225,21 +225,22 @@ class Decision:
     detail: str = ""
 
 
-def evaluate_wave(states: Mapping[str, str], *, started_at: float, now: float,
+def evaluate_wave(states: Mapping[str, int], *, started_at: float, now: float,
                   policy: RolloutPolicy, new: CohortMetrics | None = None,
                   base: CohortMetrics | None = None) -> Decision:
-    """Judge one wave from its devices' job states and its cohort's telemetry."""
+    """Judge one wave from how many of its devices' jobs are in each state
+    (``collections.Counter(state per device)``) and its cohort's telemetry."""
     timed_out = now - started_at >= policy.wave_timeout_s
-    healthy = sum(s in TERMINAL_OK for s in states.values())
-    bad = sum(s in TERMINAL_BAD for s in states.values())
-    silent = sum(1 for s in states.values() if s not in TERMINAL_OK | TERMINAL_BAD) \
-        if timed_out else 0
-    pending = len(states) - healthy - bad - silent
-    counts = {"devices": len(states), "healthy": healthy, "failed": bad, "silent": silent,
+    devices = sum(states.values())
+    healthy = sum(n for s, n in states.items() if s in TERMINAL_OK)
+    bad = sum(n for s, n in states.items() if s in TERMINAL_BAD)
+    silent = devices - healthy - bad if timed_out else 0
+    pending = devices - healthy - bad - silent
+    counts = {"devices": devices, "healthy": healthy, "failed": bad, "silent": silent,
               "pending": pending}
     failed = bad + (silent if policy.silent == "failed" else 0)
-    judged = len(states) - (silent if policy.silent == "skipped" else 0)
-    if judged == 0 and states and timed_out:
+    judged = devices - (silent if policy.silent == "skipped" else 0)
+    if judged == 0 and devices and timed_out:
         return Decision("breached", "no_device_answered", counts)
     if judged and failed / judged > policy.max_failure_rate:
         return Decision("breached", "failure_rate", counts,

@@ -291,10 +291,21 @@ class Store:
                     {"deployment": dep_id, "state": "pending", "reason": "", "detail": "",
                      "progress": {}, "updated_at": now, "job": None, **t} for t in targets])
 
+    def job_counts(self, dep_id: str, *, wave: int | None = None,
+                   arm: str | None = None) -> dict[str, int]:
+        """How many of a deployment's jobs (of one wave, or one arm) are in each state."""
+        q = sa.select(jobs.c.state, sa.func.count()).where(jobs.c.deployment == dep_id)
+        if wave is not None:
+            q = q.where(jobs.c.wave == wave)
+        if arm is not None:
+            q = q.where(jobs.c.arm == arm)
+        with self.engine.connect() as c:
+            return {str(state): int(n) for state, n in c.execute(q.group_by(jobs.c.state))}
+
     def get_deployment(self, dep_id: str, *, with_events: bool = False,
-                       brief_jobs: bool = False) -> dict[str, Any]:
+                       brief_jobs: bool = False, with_jobs: bool = True) -> dict[str, Any]:
         """A deployment with its jobs (``brief_jobs``: only what a rollout step reads of
-        them, ``_BRIEF_JOB``; every tick reads every row of a large fleet's deployment).
+        them, ``_BRIEF_JOB``; ``with_jobs=False``: none, ``jobs`` is absent).
 
         Raises: NotFoundError."""
         columns = [c for c in jobs.c if c.name in _BRIEF_JOB] if brief_jobs else [jobs]
@@ -302,8 +313,9 @@ class Store:
             row = _row(c.execute(sa.select(deployments).where(deployments.c.id == dep_id)).first())
             if row is None:
                 raise NotFoundError(f"no deployment {dep_id}")
-            row["jobs"] = _rows(c.execute(
-                sa.select(*columns).where(jobs.c.deployment == dep_id).order_by(jobs.c.device)))
+            if with_jobs:
+                row["jobs"] = _rows(c.execute(sa.select(*columns).where(
+                    jobs.c.deployment == dep_id).order_by(jobs.c.device)))
             if with_events:
                 row["events"] = _rows(c.execute(sa.select(events).where(
                     events.c.deployment == dep_id).order_by(events.c.id)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -73,8 +74,7 @@ STATES = ["pending", "downloading", "activated", "healthy", "failed", "rolled_ba
 def test_wave_gate_breaches_exactly_when_too_many_fail(states, elapsed, rate, silent):
     policy = RolloutPolicy(strategy="staged", waves=(50, 100), max_failure_rate=rate,
                            wave_timeout_s=100, silent=silent)
-    d = evaluate_wave({f"d{i}": s for i, s in enumerate(states)}, started_at=0, now=elapsed,
-                      policy=policy)
+    d = evaluate_wave(collections.Counter(states), started_at=0, now=elapsed, policy=policy)
     bad = sum(s in ("failed", "rolled_back") for s in states)
     unfinished = sum(s not in ("healthy", "failed", "rolled_back") for s in states)
     timed_out = elapsed >= 100
@@ -96,7 +96,7 @@ def test_wave_gate_breaches_exactly_when_too_many_fail(states, elapsed, rate, si
 ])
 def test_p95_gate_compares_the_new_cohort_with_the_old_version(new_p95, base_p95, outcome):
     policy = RolloutPolicy(max_p95_regression=0.2, min_samples=10)
-    d = evaluate_wave({"a": "healthy"}, started_at=0, now=1, policy=policy,
+    d = evaluate_wave({"healthy": 1}, started_at=0, now=1, policy=policy,
                       new=CohortMetrics(100, 0, new_p95), base=CohortMetrics(100, 0, base_p95))
     assert d.outcome == outcome
     if outcome == "breached":
@@ -106,17 +106,17 @@ def test_p95_gate_compares_the_new_cohort_with_the_old_version(new_p95, base_p95
 def test_metric_gates_wait_for_traffic_but_not_past_the_timeout():
     policy = RolloutPolicy(max_p95_regression=0.2, min_samples=100, wave_timeout_s=60)
     few = CohortMetrics(5, 0, 9.0)
-    d = evaluate_wave({"a": "healthy"}, started_at=0, now=10, policy=policy, new=few,
+    d = evaluate_wave({"healthy": 1}, started_at=0, now=10, policy=policy, new=few,
                       base=CohortMetrics(500, 0, 1.0))
     assert (d.outcome, d.reason) == ("running", "waiting_for_telemetry")
-    d = evaluate_wave({"a": "healthy"}, started_at=0, now=61, policy=policy, new=few,
+    d = evaluate_wave({"healthy": 1}, started_at=0, now=61, policy=policy, new=few,
                       base=CohortMetrics(500, 0, 1.0))
     assert d.outcome == "passed" and "not judged" in d.detail
 
 
 def test_error_rate_gate():
     policy = RolloutPolicy(max_error_rate=0.01, min_samples=100)
-    d = evaluate_wave({"a": "activated"}, started_at=0, now=1, policy=policy,
+    d = evaluate_wave({"activated": 1}, started_at=0, now=1, policy=policy,
                       new=CohortMetrics(1000, 50, 1.0))
     assert (d.outcome, d.reason) == ("breached", "error_rate")
 
