@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,9 @@ def register_simulate(app: typer.Typer) -> None:
             min=1, help="Fleet size (default: the scenario's).")] = None,
         shards: Annotated[int | None, typer.Option(
             min=1, help="Shard processes (default: one per ~250 devices).")] = None,
+        duration: Annotated[float | None, typer.Option(
+            min=1.0, help="Seconds the timed part may last, the rollout included "
+                          "(default: the scenario's duration_s).")] = None,
         out: Annotated[Path, typer.Option(
             help="Folder for report.json and report.html.")] = Path("simulation-report"),
         workdir: Annotated[Path | None, typer.Option(
@@ -48,6 +52,8 @@ def register_simulate(app: typer.Typer) -> None:
             sc = load_scenario(scenario)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc), 2)
+        if duration is not None:
+            sc = dataclasses.replace(sc, duration_s=duration)
         if as_json:
             report = run_simulation(sc, devices, shards=shards, out=out, workdir=workdir)
             emit(report, True)

@@ -543,7 +543,8 @@ def run_scenario(devices: int, *, quick: bool = False,
     Runs the built-in ``rollout`` scenario (the 1.2 MB digits bundle to devices with no
     model, no faults) and returns ``rollout_s`` (deploy until every device is healthy on
     it), ``raw_fanout_s`` (the same bytes to as many plain subscribers, same broker, same
-    run) and ``target_ratio`` (3: the issue's budget), with the report's figures.
+    run) and ``target_ratio`` (3: the budget the rollout is held to), with the
+    report's figures.
     """
     scenario = load_scenario("rollout")
     if quick:
