@@ -54,6 +54,10 @@ from .drift import DriftWindow
 
 __all__ = ["SCHEMA_VERSION", "TelemetryBuffer", "summarize"]
 
+# how a closed window is committed: FULL, durable before it can be sent (a simulated
+# fleet whose devices share one disk sets NORMAL, as it skips fsync altogether)
+CLOSE_SYNC = "FULL"
+
 log = logging.getLogger(__name__)
 # (ts, model, version, latency_ms, error kind or None, top label, drift features, drift spec)
 Record = tuple[float, str, int, float, str | None, str | None,
@@ -309,7 +313,7 @@ class TelemetryBuffer:
             for i in range(0, max(len(due), 1), _CLOSE_GROUP):
                 group = due[i:i + _CLOSE_GROUP]
                 if group:
-                    db.execute("PRAGMA synchronous=FULL")  # durable before it can be sent
+                    db.execute(f"PRAGMA synchronous={CLOSE_SYNC}")  # durable before sent
                 try:
                     with self._transaction("BEGIN IMMEDIATE"):
                         for start in group:

@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from edgefleet.agent import AgentConfig, JobSlots, ModelStore
+from edgefleet.agent import telemetry as agent_telemetry
 from edgefleet.contract import EdgefleetError, Manifest, TargetTrust
 
 from ._device import SessionCache, SharedSystemMetrics, SimulatedAgent
@@ -394,6 +395,9 @@ def main() -> None:
     spec = json.loads(sys.stdin.readline())
     with contextlib.suppress(OSError):  # the devices' CPU is not the controller's: yield to it
         os.nice(int(spec.get("nice", 5)))
+    if not spec.get("fsync", True):  # see simulate.start_devices
+        os.fsync = lambda fd: None
+        agent_telemetry.CLOSE_SYNC = "NORMAL"
     root = Path(spec["root"])
     root.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=root / f"shard-{spec['shard']}.log",
