@@ -168,16 +168,6 @@ class BlobCache:
             blob = self._blobs.get(sha)
             return blob.path if blob is not None and blob.verified else None
 
-    def read(self, sha: str, offset: int, count: int) -> bytes:
-        """Bytes of a complete, verified file."""
-        with self._cond:
-            blob = self._blobs.get(sha)
-            if blob is None or not blob.verified:
-                raise FileNotFoundError(f"broadcast file {sha[:12]} is not complete here")
-            with open(blob.path, "rb") as fh:
-                fh.seek(offset)
-                return fh.read(count)
-
     def block(self, sha: str, offset: int) -> tuple[bytes, int] | None:
         """The block at ``offset`` if it arrived (unverified: the caller's download is
         checked by TUF as a whole), for a partial file being repaired."""

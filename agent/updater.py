@@ -101,26 +101,17 @@ class ChunkFetcher(LocalFetcher):
         self._sleep: Callable[[float], None] = sleep
         self.retries = 0
         self.bytes_received = 0
-        self._waited: set[str] = set()  # broadcast files waited for in this download
-
-    def _broadcast_total(self, sha: str, *, wait: bool = True) -> int | None:
-        """The length of a complete broadcast file, after waiting for it while its
-        blocks come (``None``: it will not be complete here)."""
-        assert self.blobs is not None
-        self._waited.add(sha)
-        with self.waiting():
-            return self.blobs.wait_complete(sha, wait_s=self._broadcast_wait if wait else 0.0,
-                                            stop=self._stop)
 
     def whole_file(self, url: str) -> Path | None:
-        """A complete broadcast file, read where it lies."""
+        """A broadcast file, once all of it is here and hashes to its name (waiting while
+        its blocks come), read where it lies."""
         file = url.split(":", 1)[1].lstrip("/")
         sha = target_sha256(file) or self.named.get(file)
-        self._waited.discard(sha)  # type: ignore[arg-type]  # None is never in it
         if (self.blobs is None or sha is None or self.known_absent(file)
                 or not self.blobs.wants(sha)):
             return None
-        total = self._broadcast_total(sha)
+        with self.waiting():
+            total = self.blobs.wait_complete(sha, wait_s=self._broadcast_wait, stop=self._stop)
         if total is None:
             return None
         path = self.blobs.path(sha)
@@ -146,24 +137,9 @@ class ChunkFetcher(LocalFetcher):
         if copy is not None:  # the same content is installed here already: no download
             yield from copy
             return
+        # a broadcast file all here was read in place (``whole_file``); of one that is
+        # not, the blocks that came are taken and the gaps asked for
         sha = target_sha256(file) or self.named.get(file)
-        if sha is not None and self.blobs is not None and self.blobs.wants(sha):
-            # a broadcast file: from the cache once all of it is here and hashes to its
-            # name; else the blocks that came, and the gaps asked for (``whole_file``
-            # waited for it already)
-            total = self._broadcast_total(sha, wait=sha not in self._waited)
-            if total is not None:
-                while offset < min(total, limit):
-                    data = self.blobs.read(sha, offset, min(1 << 20, limit - offset))
-                    offset += len(data)
-                    if file.startswith("targets/"):
-                        self.bytes_from_broadcast += len(data)
-                    else:
-                        self.metadata_from_broadcast += len(data)
-                    if self._progress is not None:
-                        self._progress(file, offset, total)
-                    yield data
-                return
         while offset < limit and (total is None or offset < total):
             count = min(self._chunk, limit - offset)
             block = self.blobs.block(sha, offset) if sha is not None and self.blobs else None

@@ -293,9 +293,9 @@ class FleetController:
         self.counters["births_announced"] += 1
         return True
 
-    def _on_birth(self, device: str, birth: Birth) -> None:
-        if self._birth_of_session(device, birth):
-            return
+    def _new_session(self, device: str, birth: Birth) -> None:
+        """A birth of a new connection: store the device, then look at its desired state
+        (the new session may have missed it)."""
         self.store.upsert_device(device, bd_seq=birth.bd_seq, **self._birth_values(birth))
         self._reconcile(device, birth)
 
@@ -354,7 +354,7 @@ class FleetController:
             if run:
                 self._store_statuses(run, conn)
         if new_session is not None:
-            self._on_birth(*new_session)
+            self._new_session(*new_session)
         return rest
 
     def _store_statuses(self, items: list[tuple[str, JobStatus]],

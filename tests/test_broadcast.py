@@ -308,4 +308,4 @@ def test_a_block_of_another_file_does_not_end_the_wait_for_this_one(tmp_path):
                                                 mine).encode())
     reader.join(10)
     assert got == [len(mine)]
-    assert cache.read(sha_mine, 0, 1 << 20) == mine
+    assert cache.path(sha_mine).read_bytes() == mine
