@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._api_types import SeqQuery
 from ._token_store import public_token
 from .auth import (
+    CONSOLE,
     DEVICE,
     PUBLIC,
     ROUTES,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .service import FleetController
 
 __all__ = ["ActorName", "AuditMiddleware", "add_security_routes", "authorize", "check_routes",
-           "note"]
+           "identify_token", "note", "record_principal"]
 
 log = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -58,7 +59,11 @@ def _identify(ctl: "FleetController", cred: HTTPAuthorizationCredentials | None
               ) -> tuple[Principal | None, str]:
     if cred is None or cred.scheme.lower() != "bearer" or not cred.credentials:
         return None, "missing bearer token"
-    presented = cred.credentials
+    return identify_token(ctl, cred.credentials)
+
+
+def identify_token(ctl: "FleetController", presented: str) -> tuple[Principal | None, str]:
+    """Who an API token is (the bootstrap admin token or a stored one), or why not."""
     admin = ctl.settings.admin_token
     if admin and hmac.compare_digest(presented.encode(), admin.encode()):
         return Principal("admin", "admin"), ""
@@ -82,7 +87,7 @@ def authorize(request: Request,
     needed = ROUTES.get((request.method, getattr(route, "path_format", "")))
     if needed is None:  # check_routes prevents this; refuse rather than guess
         raise HTTPException(403, "this route has no declared role")
-    if needed in (PUBLIC, DEVICE):
+    if needed in (PUBLIC, DEVICE, CONSOLE):
         return None
     principal, why = _identify(_controller(request), cred)
     if principal is None:
@@ -120,6 +125,11 @@ def check_routes(app: FastAPI) -> None:
     problems += check_table(pairs)
     if problems:
         raise RuntimeError("API routes without a declared role:\n" + "\n".join(problems))
+
+
+def record_principal(scope: Scope, principal: Principal) -> None:
+    """Say who makes this call, for its audit entry (routes not behind ``authorize``)."""
+    scope[_PRINCIPAL] = principal
 
 
 def note(request: Request, **fields: Any) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens", "deployments",
-           "desired", "device_credentials", "devices", "events", "jobs", "meta", "models",
-           "rollups", "stored_file_chunks", "stored_files", "streams", "telemetry",
-           "variants"]
+__all__ = ["alerts", "api_tokens", "audit_head", "audit_log", "claim_tokens",
+           "console_sessions", "deployments", "desired", "device_credentials", "devices",
+           "events", "jobs", "meta", "model_cards", "models", "rollups", "stored_file_chunks",
+           "stored_files", "streams", "telemetry", "variants"]
 
 meta = sa.MetaData()
 
@@ -251,4 +251,24 @@ stored_file_chunks = sa.Table(  # its content, in chunks of the file's chunk_byt
               primary_key=True, autoincrement=False),
     sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("data", sa.LargeBinary, nullable=False),
+)
+console_sessions = sa.Table(  # v7: web console sign-ins; only the sha256 of the cookie is kept
+    "console_sessions", meta,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),  # the actor, as the API token's
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_id", sa.String(16), nullable=True),  # None: the bootstrap admin token
+    sa.Column("token_hash", sa.String(64), nullable=False),  # sha256 of the token signed in with
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("console_sessions_expiry", "expires_at"),
+)
+model_cards = sa.Table(  # v7: a model version's card (intended use, data, metrics, limits)
+    "model_cards", meta,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("card", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=False),
 )

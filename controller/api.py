@@ -24,7 +24,11 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.convertors import Convertor, register_url_convertor
@@ -41,7 +45,11 @@ from ._api_security import ActorName as Auth
 from ._api_security import AuditMiddleware, add_security_routes, authorize, check_routes, note
 from ._api_telemetry import add_telemetry_routes
 from ._api_types import INT64_MAX, JsonInt, VersionPath
+from ._model_cards import ModelCardBody, model_card
 from .auth import DEVICE, PUBLIC, ROUTES
+from .console import add_console, is_console
+from .console._forms import login_page
+from .console._render import SignInNeeded, console_error
 from .optimizations import QUEUE_FULL
 from .orchestrator import describe
 from .rollout import BOUNDS, ON_BREACH, OPTIONAL, SILENT, STRATEGIES, RolloutPolicy
@@ -176,6 +184,8 @@ def create_app(ctl: FleetController) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_console(request.url.path):
+            return console_error(request, exc.status_code, str(exc.detail))
         if exc.status_code == 405:  # Allow: every method of the path, not one route's
             methods = sorted({m for route in request.app.router.routes
                               if route.matches(request.scope)[0] != Match.NONE
@@ -186,11 +196,25 @@ def create_app(ctl: FleetController) -> FastAPI:
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(NotFoundError)
-    async def _not_found(_r: Request, exc: NotFoundError) -> JSONResponse:
+    async def _not_found(request: Request, exc: NotFoundError) -> Response:
+        if is_console(request.url.path):
+            return console_error(request, 404, str(exc))
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=404)
 
+    @app.exception_handler(SignInNeeded)
+    async def _sign_in(request: Request, exc: SignInNeeded) -> Response:
+        return login_page(request, why=exc.why, next_url=exc.next_url, status=401)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if is_console(request.url.path):
+            where = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) + ": " +
+                              str(e.get("msg", "")) for e in exc.errors())
+            return console_error(request, 422, f"invalid request: {where}")
+        return await request_validation_exception_handler(request, exc)
+
     @app.exception_handler(EdgefleetError)
-    async def _edgefleet(_r: Request, exc: EdgefleetError) -> JSONResponse:
+    async def _edgefleet(request: Request, exc: EdgefleetError) -> Response:
         code = 409 if isinstance(exc, RegistryError) else 422
         if isinstance(exc, OptimizationError):
             code = 422
@@ -198,10 +222,14 @@ def create_app(ctl: FleetController) -> FastAPI:
             code = 429
         elif exc.reason == "invalid_claim_token":  # what authenticates /v1/provision
             code = 401
+        if is_console(request.url.path):
+            return console_error(request, code, str(exc))
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=code)
 
     @app.exception_handler(ValueError)
-    async def _value(_r: Request, exc: ValueError) -> JSONResponse:
+    async def _value(request: Request, exc: ValueError) -> Response:
+        if is_console(request.url.path):
+            return console_error(request, 422, str(exc))
         return JSONResponse({"detail": str(exc), "reason": "invalid"}, status_code=422)
 
     @app.get("/healthz")
@@ -290,6 +318,20 @@ def create_app(ctl: FleetController) -> FastAPI:
     def list_variants(_: Auth, name: str, version: VersionPath) -> list[dict[str, Any]]:
         ctl.registry.get(name, version)
         return [_public(v) for v in ctl.registry.variants(name, version)]
+
+    @app.get("/v1/models/{name}/{version}/card")
+    def get_model_card(_: Auth, name: str, version: VersionPath) -> dict[str, Any]:
+        """The version's model card (empty fields until someone writes it)."""
+        return model_card(ctl, name, version)
+
+    @app.put("/v1/models/{name}/{version}/card")
+    def put_model_card(request: Request, user: Auth, name: str, version: VersionPath,
+                       body: ModelCardBody) -> dict[str, Any]:
+        before = model_card(ctl, name, version)
+        ctl.store.console.put_card(name, version, body.model_dump(), user)
+        after = model_card(ctl, name, version)
+        note(request, before=before["card"], after=after["card"])
+        return after
 
     # the evaluators this controller runs, as an enum in the spec (the route refuses
     # others with a message that says where the list is set)
@@ -402,6 +444,7 @@ def create_app(ctl: FleetController) -> FastAPI:
     add_telemetry_routes(app, ctl)
     add_metrics_route(app, ctl)
     add_repository_route(app, ctl)
+    add_console(app, ctl)
     check_routes(app)
     _declare_open_routes(app)
     return app

@@ -16,6 +16,9 @@ role. A new route is declared here in one line, with one of:
 * ``PUBLIC``: no token (``/healthz``; ``/v1/repository/…``, whose files are signed);
 * ``DEVICE``: no bearer role is checked: the route authenticates the caller itself
   (e.g. ``POST /v1/provision`` with a device claim token) and is responsible for it.
+* ``CONSOLE``: a page or form of the web console (``/ui/…``), authenticated by its
+  session cookie; a console form does what an API route does and needs that route's
+  role (``console._session.may``).
 
 The HTTP glue (bearer parsing, the audit middleware) lives in ``_api_security``.
 """
@@ -32,6 +35,7 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "ADMIN",
+    "CONSOLE",
     "DEVICE",
     "OPERATOR",
     "PUBLIC",
@@ -53,13 +57,14 @@ __all__ = [
 ]
 
 Role = Literal["viewer", "operator", "admin"]
-Access = Literal["public", "device", "viewer", "operator", "admin"]
+Access = Literal["public", "device", "console", "viewer", "operator", "admin"]
 ROLES: Final[tuple[Role, ...]] = ("viewer", "operator", "admin")  # ascending
 VIEWER: Final = "viewer"
 OPERATOR: Final = "operator"
 ADMIN: Final = "admin"
 PUBLIC: Final = "public"
 DEVICE: Final = "device"
+CONSOLE: Final = "console"
 
 ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/healthz"): PUBLIC,
@@ -69,6 +74,8 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("POST", "/v1/models/{name}/{version}/optimize"): ADMIN,
     ("POST", "/v1/models/{name}/{version}/variants"): ADMIN,
     ("GET", "/v1/models/{name}/{version}/variants"): VIEWER,
+    ("GET", "/v1/models/{name}/{version}/card"): VIEWER,
+    ("PUT", "/v1/models/{name}/{version}/card"): OPERATOR,
     ("GET", "/v1/optimizations"): VIEWER,
     ("GET", "/v1/optimizations/{job_id}"): VIEWER,
     ("POST", "/v1/deployments"): OPERATOR,
@@ -97,6 +104,27 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
     ("GET", "/metrics"): VIEWER,  # Prometheus scrapes with a viewer bearer token
     # signed TUF files for devices, which hold no token (off unless serve_repository)
     ("GET", "/v1/repository/{file}"): PUBLIC,
+    # the web console: its pages and forms check the session cookie and, for each form,
+    # the role of the API route it stands for
+    ("GET", "/ui/static/{name}"): PUBLIC,
+    ("GET", "/ui/login"): CONSOLE,
+    ("POST", "/ui/login"): CONSOLE,
+    ("POST", "/ui/logout"): CONSOLE,
+    ("GET", "/ui/"): CONSOLE,
+    ("GET", "/ui/devices"): CONSOLE,
+    ("GET", "/ui/devices/{device_id}"): CONSOLE,
+    ("POST", "/ui/devices/{device_id}/revoke"): CONSOLE,
+    ("GET", "/ui/models"): CONSOLE,
+    ("GET", "/ui/models/{name}/{version}"): CONSOLE,
+    ("POST", "/ui/models/{name}/{version}/card"): CONSOLE,
+    ("GET", "/ui/deployments"): CONSOLE,
+    ("GET", "/ui/deployments/new"): CONSOLE,
+    ("POST", "/ui/deployments"): CONSOLE,
+    ("GET", "/ui/deployments/{dep_id}"): CONSOLE,
+    ("POST", "/ui/deployments/{dep_id}/{action}"): CONSOLE,
+    ("GET", "/ui/telemetry"): CONSOLE,
+    ("GET", "/ui/alerts"): CONSOLE,
+    ("GET", "/ui/audit"): CONSOLE,
 }
 
 # Actor names that are not tokens: the bootstrap admin token and the controller itself.
@@ -118,7 +146,7 @@ class Principal:
 
 def allows(role: Role, needed: Access) -> bool:
     """Whether a caller with ``role`` may call a route that needs ``needed``."""
-    if needed in (PUBLIC, DEVICE):
+    if needed in (PUBLIC, DEVICE, CONSOLE):
         return True
     return ROLES.index(role) >= ROLES.index(needed)
 

@@ -22,10 +22,13 @@ from ._views import describe
 from .auth import approval_refusal
 from .lease import Lease
 from .rollout import (
+    ACTIONS,
+    ACTIVE,
     JOB_DONE,
     JOB_SETTLED,
     CohortMetrics,
     RolloutPolicy,
+    action_applies,
     evaluate_shadow,
     evaluate_wave,
     plan_waves,
@@ -36,10 +39,6 @@ from .store import Store
 __all__ = ["ACTIVE", "Orchestrator", "describe"]
 
 log = logging.getLogger(__name__)
-# Not finished: devices reserved, abort possible. ``pending_approval`` is not driven (nothing
-# sent, no timeout running) until approved; approval starts its clock.
-ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
-          "pending_approval")
 DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
 WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
 DISPLAY_EVERY_S = 5.0  # cohort figures a policy does not gate on are read this often
@@ -466,17 +465,14 @@ class Orchestrator:
             policy = RolloutPolicy.from_dict(dep["policy"] or {})
             state, strategy = dep["state"], dep["strategy"]
 
-            def refuse() -> RegistryError:
-                return RegistryError(f"cannot {action} a {strategy} deployment that is {state}",
-                                     reason="invalid_transition")
-
+            if action not in ACTIONS:
+                raise ValueError(f"unknown action {action!r}")
+            if not action_applies(action, strategy, state):
+                raise RegistryError(f"cannot {action} a {strategy} deployment that is {state}",
+                                    reason="invalid_transition")
             if action == "pause":
-                if state != "running":
-                    raise refuse()
                 self._set(dep, "paused", actor, "paused", paused_at=self.clock.time())
             elif action == "resume":
-                if state != "paused":
-                    raise refuse()
                 result = dict(dep.get("result") or {})
                 breached_wave = result.pop("breached_wave", None)
                 paused_for = self.clock.time() - float(result.pop("paused_at",
@@ -495,13 +491,9 @@ class Orchestrator:
                     else:
                         self._set(dep, "succeeded", actor, "succeeded", phase="done")
             elif action == "abort":
-                if state not in ACTIVE:
-                    raise refuse()
                 self._hold(dep, policy)
                 self._set(dep, "aborted", actor, "aborted", phase="done")
             elif action == "approve":
-                if state != "pending_approval":
-                    raise refuse()
                 why = approval_refusal(dep["created_by"], actor)
                 if why:
                     raise RegistryError(why, reason="four_eyes")
@@ -512,30 +504,20 @@ class Orchestrator:
                 if self.leading:
                     self.tick_one(dep_id)
             elif action == "rollback":
-                if state in ("rolling_back", "rolled_back", "dropped", "pending_approval"):
-                    raise refuse()  # (pending: nothing was sent; abort it instead)
                 touched = [j["device"] for j in self._jobs(dep)
                            if j["job"] and j["state"] not in ("control",)]
                 self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
             elif action == "promote":
-                if strategy not in ("shadow", "ab") or state not in ("running", "paused",
-                                                                     "awaiting_decision"):
-                    raise refuse()
                 devices = dep["plan"]["targets"] if strategy == "shadow" else \
                     dep["plan"]["arms"]["control"]
                 self._promote(dep, policy, list(devices), actor)
             elif action == "drop":
-                if strategy not in ("shadow", "ab") or state not in ("running", "paused",
-                                                                     "awaiting_decision"):
-                    raise refuse()
                 if strategy == "shadow":
                     self._stop_shadow(dep, policy, list(dep["plan"]["targets"]))
                     self._set(dep, "dropped", actor, "dropped", phase="done")
                 else:
                     self._revert(dep, list(dep["plan"]["arms"]["new"]), policy, actor,
                                  "dropped", final="dropped")
-            else:
-                raise ValueError(f"unknown action {action!r}")
             return self.store.get_deployment(dep_id, with_events=True)
 
     def run(self, stop: threading.Event, interval_s: float = 0.5,

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "ACTIONS",
+    "ACTIVE",
     "BOUNDS",
     "JOB_DONE",
     "JOB_SETTLED",
@@ -27,6 +29,7 @@ __all__ = [
     "ShadowMetrics",
     "cohort_position",
     "evaluate_shadow",
+    "action_applies",
     "evaluate_wave",
     "needs_redrive",
     "plan_waves",
@@ -34,6 +37,11 @@ __all__ = [
 ]
 
 STRATEGIES = ("all-at-once", "staged", "canary", "shadow", "ab")
+# Not finished: devices reserved, abort possible. ``pending_approval`` is not driven (nothing
+# sent, no timeout running) until approved; approval starts its clock.
+ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
+          "pending_approval")
+ACTIONS = ("pause", "resume", "abort", "rollback", "promote", "drop", "approve")
 ON_BREACH = ("pause", "abort", "rollback")
 SILENT = ("failed", "skipped")  # what a device silent at the wave timeout counts as
 # the numeric fields' bounds (JSON Schema's words): RolloutPolicy checks them and the
@@ -315,3 +323,22 @@ def needs_redrive(*, desired_model: str, desired_version: int, mode: str,
     if job_state is not None or mode == "shadow":
         return True
     return reported != (desired_model, desired_version)
+
+
+def action_applies(action: str, strategy: str, state: str) -> bool:
+    """Whether an operator's ``action`` applies to a ``strategy`` deployment in ``state``
+    (the orchestrator refuses the others; the console offers only these)."""
+    if action == "pause":
+        return state == "running"
+    if action == "resume":
+        return state == "paused"
+    if action == "abort":
+        return state in ACTIVE
+    if action == "approve":
+        return state == "pending_approval"
+    if action == "rollback":  # (pending: nothing was sent; abort it instead)
+        return state not in ("rolling_back", "rolled_back", "dropped", "pending_approval")
+    if action in ("promote", "drop"):
+        return strategy in ("shadow", "ab") and state in ("running", "paused",
+                                                          "awaiting_decision")
+    return False

@@ -29,6 +29,7 @@ from edgefleet.contract._json import dumps
 
 from ._alert_store import AlertStore
 from ._audit_store import AuditStore
+from ._console_store import ConsoleStore
 from ._statuses import StatusUpdate
 from ._tables import deployments, desired, devices, events, jobs, models
 from ._telemetry_store import TelemetryStore
@@ -172,6 +173,7 @@ class Store:
         self.tokens = TokenStore(self.engine)
         self.telemetry = TelemetryStore(self.engine)
         self.alerts = AlertStore(self.engine)
+        self.console = ConsoleStore(self.engine)
         self._status_statements: dict[Any, Any] = {}
         self._session_statements: dict[Any, Any] = {}
 

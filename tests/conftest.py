@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _browser import browser  # noqa: F401 - the fixture, for the console's tests
 from _nginx import NginxProcess
 from _postgres import fresh_database, unavailable
 from _support import ASSETS, TOKEN

@@ -56,25 +56,25 @@ def test_an_empty_database_is_migrated_to_head_and_opening_it_again_changes_noth
     store = Store(pg_url)
     store.upsert_device("pi-1", bd_seq=1_700_000_000_123, online=True)  # clock-seeded: BIGINT
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     assert _differences(store.engine) == []  # the revisions make the tables the code uses
     again = Store(pg_url)
-    assert again.schema_version == "0006"
+    assert again.schema_version == "0007"
     assert again.get_device("pi-1")["bd_seq"] == 1_700_000_000_123
     with again.engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0006",)]
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0007",)]
     assert schema_status(again.engine)["up_to_date"] is True
 
 
 def test_the_cli_reports_and_upgrades_the_schema(pg_url):
-    assert _db("current", "--db", pg_url) == {"current": None, "head": "0006",
+    assert _db("current", "--db", pg_url) == {"current": None, "head": "0007",
                                               "up_to_date": False, "legacy_version": None}
 
     done = _db("upgrade", "--db", pg_url)
 
-    assert (done["from"], done["current"], done["up_to_date"]) == (None, "0006", True)
-    assert _db("upgrade", "--db", pg_url)["from"] == "0006"  # nothing left to do
-    assert _db("current", "--db", pg_url)["current"] == "0006"
+    assert (done["from"], done["current"], done["up_to_date"]) == (None, "0007", True)
+    assert _db("upgrade", "--db", pg_url)["from"] == "0007"  # nothing left to do
+    assert _db("current", "--db", pg_url)["current"] == "0007"
     assert _differences(sa.create_engine(pg_url, poolclass=sa.NullPool)) == []
 
 
@@ -96,7 +96,7 @@ def test_controllers_starting_together_upgrade_the_schema_once(pg_url):
     for t in threads:
         t.join(60)
 
-    assert errors == [] and versions == ["0006"] * 4
+    assert errors == [] and versions == ["0007"] * 4
     engine = sa.create_engine(pg_url, poolclass=sa.NullPool)
     with engine.connect() as c:
         assert c.execute(sa.text("SELECT COUNT(*) FROM alembic_version")).scalar() == 1
@@ -117,7 +117,7 @@ def test_a_store_from_before_alembic_is_upgraded_without_losing_data(pg_url):
 
     store = Store(pg_url)
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     assert store.deployment_state("dep-old") == "legacy"
     assert [(r["stream"], r["seq"]) for r in store.summaries("pi-1")] == [("", 1), ("", 2)]
     (position,) = store.telemetry.streams("pi-1")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from edgefleet.contract import ManualClock
 from edgefleet.controller import init_keys
 from edgefleet.controller.api import create_app
-from edgefleet.controller.auth import DEVICE, PUBLIC, ROLES, ROUTES
+from edgefleet.controller.auth import CONSOLE, DEVICE, PUBLIC, ROLES, ROUTES
 
 # who calls → the role their token carries (None: refused before any role is considered)
 CALLERS = {"bootstrap-admin": "admin", "admin": "admin", "operator": "operator",
@@ -89,8 +89,9 @@ def test_every_route_admits_exactly_the_roles_it_declares(world, caller):
     wrong = []
     for method, path in _routes(world["app"]):
         needed = ROUTES[(method, path)]
-        if needed == DEVICE:
-            continue  # authenticated by the route itself (claim tokens), tested with it
+        if needed in (DEVICE, CONSOLE):
+            continue  # authenticated by the route itself (claim tokens, the console's
+            # session cookie), tested with it (test_console.py)
         allowed = needed == PUBLIC or (role is not None and
                                        ROLES.index(role) >= ROLES.index(needed))
         reached.clear()
@@ -118,8 +119,8 @@ def test_roles_follow_the_operator_policy():
         if path.startswith("/v1/tokens"):
             assert needed == "admin", path  # tokens are admin business only
         elif method != "GET":
-            assert needed in ("operator", "admin", DEVICE), f"{method} {path} must not be " \
-                                                            "callable read-only"
+            assert needed in ("operator", "admin", DEVICE, CONSOLE), \
+                f"{method} {path} must not be callable read-only"
     deployment_actions = [k for k in ROUTES if k[0] == "POST" and k[1].startswith(
         "/v1/deployments")]
     assert {ROUTES[k] for k in deployment_actions} == {"operator"}

@@ -125,9 +125,9 @@ def _differences(store: Store) -> list:
 def test_a_new_store_has_exactly_the_tables_the_code_uses(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'new.db'}")
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     assert _differences(store) == []
-    assert schema_status(store.engine) == {"current": "0006", "head": "0006",
+    assert schema_status(store.engine) == {"current": "0007", "head": "0007",
                                            "up_to_date": True, "legacy_version": None}
 
 
@@ -137,9 +137,9 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
 
     store = Store(url)
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     with store.engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0006",)]
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).all() == [("0007",)]
     tables = set(sa.inspect(store.engine).get_table_names())
     assert "schema_info" not in tables  # alembic_version says where the schema stands now
     assert store.deployment_state("dep-old") == "legacy"  # not driven with no plan
@@ -152,7 +152,7 @@ def test_v1_store_is_migrated_and_its_unfinished_rollouts_end(tmp_path):
     (only,) = _differences(store)
     assert [(d[0], d[2], d[3]) for d in only] == [("modify_type", "devices", "bd_seq")]
     again = Store(url)  # opening it again changes nothing
-    assert again.schema_version == "0006" and again.deployment_state("dep-old") == "legacy"
+    assert again.schema_version == "0007" and again.deployment_state("dep-old") == "legacy"
 
 
 def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
@@ -160,7 +160,7 @@ def test_v2_store_gains_tokens_approvals_and_an_audit_log(tmp_path):
 
     store = Store(url, audit_anchor=tmp_path / "audit-head.json")
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     dep = store.get_deployment("dep-done")
     assert (dep["state"], dep["approved_by"], dep["approved_at"]) == ("succeeded", None, None)
     assert describe(store.get_deployment("dep-done", with_events=True))["approved_by"] is None
@@ -181,7 +181,7 @@ def test_v3_store_keeps_its_telemetry_and_gains_streams_rollups_and_alerts(tmp_p
 
     store = Store(url)
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     rows = store.summaries("pi-1")
     assert [(r["stream"], r["seq"], r["count"]) for r in rows] == [("", 1, 10), ("", 2, 10),
                                                                     ("", 3, 10)]
@@ -218,6 +218,8 @@ def test_v4_store_gains_model_variants(tmp_path):
     old = Store(url)
     with old.engine.begin() as c:  # make it what the old migrator left at v4
         c.execute(sa.text("DROP TABLE model_variants"))
+        c.execute(sa.text("DROP TABLE console_sessions"))  # (schema 7's, after Alembic)
+        c.execute(sa.text("DROP TABLE model_cards"))
         c.execute(sa.text("DROP TABLE stored_file_chunks"))  # (schema 6's, after Alembic)
         c.execute(sa.text("DROP TABLE stored_files"))
         c.execute(sa.text("DROP TABLE alembic_version"))
@@ -228,7 +230,7 @@ def test_v4_store_gains_model_variants(tmp_path):
 
     store = Store(url)
 
-    assert store.schema_version == "0006"
+    assert store.schema_version == "0007"
     assert _differences(store) == []
 
 
