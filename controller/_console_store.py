@@ -95,7 +95,7 @@ class ConsoleStore:
     # -- the fleet ----------------------------------------------------------------------------
     def device_page(self, q: DeviceQuery, now: float) -> tuple[list[dict[str, Any]], int]:
         """One page of devices matching ``q`` and how many match in all."""
-        model = devices.c.active["model"].as_string()
+        model = devices.c.active["name"].as_string()
         version = devices.c.active["version"].as_integer()
         hw_class = devices.c.hw["class"].as_string()
         where: list[Any] = []
@@ -134,7 +134,7 @@ class ConsoleStore:
 
     def fleet_counts(self) -> dict[str, Any]:
         """Devices online and offline, by model version and by hardware class."""
-        model = devices.c.active["model"].as_string()
+        model = devices.c.active["name"].as_string()
         version = devices.c.active["version"].as_integer()
         hw_class = devices.c.hw["class"].as_string()
         with self.engine.connect() as c:
@@ -149,6 +149,12 @@ class ConsoleStore:
                 sa.select(hw_class, sa.func.count()).group_by(hw_class).order_by(hw_class))]
         return {"online": online.get(True, 0), "offline": online.get(False, 0),
                 "by_version": by_version, "by_class": by_class}
+
+    def hw_classes(self) -> list[str]:
+        """The hardware classes devices have reported ("" for none)."""
+        hw_class = devices.c.hw["class"].as_string()
+        with self.engine.connect() as c:
+            return sorted({k or "" for (k,) in c.execute(sa.select(hw_class).distinct())})
 
     def device_jobs(self, device: str, limit: int = 50) -> list[dict[str, Any]]:
         """A device's jobs in deployments, newest first, with the deployment's model."""

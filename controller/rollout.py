@@ -31,6 +31,7 @@ __all__ = [
     "evaluate_shadow",
     "action_applies",
     "evaluate_wave",
+    "wave_failures",
     "needs_redrive",
     "plan_waves",
     "split_arms",
@@ -246,8 +247,7 @@ def evaluate_wave(states: Mapping[str, int], *, started_at: float, now: float,
     pending = devices - healthy - bad - silent
     counts = {"devices": devices, "healthy": healthy, "failed": bad, "silent": silent,
               "pending": pending}
-    failed = bad + (silent if policy.silent == "failed" else 0)
-    judged = devices - (silent if policy.silent == "skipped" else 0)
+    failed, judged = wave_failures(counts, policy)
     if judged == 0 and devices and timed_out:
         return Decision("breached", "no_device_answered", counts)
     if judged and failed / judged > policy.max_failure_rate:
@@ -262,6 +262,15 @@ def evaluate_wave(states: Mapping[str, int], *, started_at: float, now: float,
         return Decision("running", "waiting_for_telemetry", counts)
     note = "metric gates not judged: too little traffic" if detail == "waiting" else detail
     return Decision("passed", "", counts, note)
+
+
+def wave_failures(counts: Mapping[str, int], policy: RolloutPolicy) -> tuple[int, int]:
+    """``(failed, judged)`` devices of a wave from its ``evaluate_wave`` counts: silent
+    devices count as failed, or are left out of the judgement (``policy.silent``)."""
+    silent = counts.get("silent", 0)
+    failed = counts.get("failed", 0) + (silent if policy.silent == "failed" else 0)
+    judged = counts.get("devices", 0) - (silent if policy.silent == "skipped" else 0)
+    return failed, judged
 
 
 def _metric_gates(policy: RolloutPolicy, new: CohortMetrics | None,

@@ -17,6 +17,7 @@ from edgefleet.cli import app
 from edgefleet.simulations.bench import (
     BENCHMARKS,
     compare,
+    console,
     main,
     make_result,
     render,
@@ -100,6 +101,37 @@ def test_the_rollout_row_comes_from_edgefleet_simulate(quick):
     # the bundle once, plus each device's timestamp and root probe
     assert out["baseline"] > 0 and out["figure"] > out["baseline"]
     assert out["passed"] == (out["ratio"] <= 1.2)
+
+
+def test_the_console_pages_are_timed_with_the_fleet_in_the_store_against_the_json_api(quick):
+    devices, overview = quick["console.devices"], quick["console.overview"]
+    assert devices["devices_in_store"] == console.SIZES["tiny"]
+    ms = devices["median_ms"]
+    assert devices["baseline"] == overview["baseline"] == ms["api"]
+    assert devices["figure"] == max(ms["devices"], ms["devices_filtered"])
+    assert devices["slower_url"] in (devices["urls"]["devices"],
+                                     devices["urls"]["devices_filtered"])
+    assert overview["figure"] == ms["overview"]
+    for row in (devices, overview):
+        assert row["unit"] == "ms" and row["target_value"] == 200 and row["target_op"] == "<="
+        assert row["passed"] == (row["figure"] <= 200)
+        assert f"{console.SIZES['tiny']:,} devices" in row["why"]
+    # the filtered deep page exists at this size and its devices were found on it
+    assert devices["filtered_matching"] > console.PAGE_SIZE
+    assert "status=online&class=rpi5" in devices["urls"]["devices_filtered"]
+    assert set(devices["store_ms"]) == {"device_page", "device_page_filtered",
+                                        "fleet_counts", "list_devices"}
+
+
+def test_a_console_page_that_does_not_show_the_fleet_fails_the_benchmark():
+    class Page:
+        status_code, text = 200, "<h1>Devices <span>0 matching</span></h1>"
+
+    with pytest.raises(AssertionError, match="does not show"):
+        console._check_page(Page(), "/ui/devices", "500 matching")
+    Page.status_code = 303
+    with pytest.raises(AssertionError):
+        console._check_page(Page(), "/ui/devices")
 
 
 def test_a_missed_target_says_by_how_much_and_why():

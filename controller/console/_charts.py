@@ -16,7 +16,7 @@ import itertools
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -64,6 +64,7 @@ def _text(s: object) -> str:
 
 
 def _short(s: str, n: int) -> str:
+    s = _NOT_XML.sub("", s)
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
@@ -87,10 +88,6 @@ def _uid(title: str) -> str:
     return f"ef-chart-{digest}-{secrets.token_hex(4)}"
 
 
-def _steps(first: float) -> Iterator[float]:
-    return (first * m * 10**k for k in itertools.count() for m in (1, 2, 2.5, 5))
-
-
 def _ticks(lo: float, hi: float, time: bool = False) -> list[float]:
     """4 to 6 evenly spaced round values from at most ``lo`` to at least ``hi``: steps of
     1, 2, 2.5 or 5 x 10^k, or for time whole seconds, minutes, hours or days."""
@@ -99,15 +96,17 @@ def _ticks(lo: float, hi: float, time: bool = False) -> list[float]:
     elif not hi - lo > max(abs(lo), abs(hi), 1e-30) * 1e-9:
         pad = max(abs(lo), abs(hi)) / 10
         lo, hi = (lo - pad, hi + pad) if pad >= 1e-30 else (lo - 1, hi + 1)
-    steps = (itertools.chain(_TIME_STEPS, _steps(2 * 86400)) if time
-             else _steps(10.0 ** math.floor(math.log10((hi - lo) / 10))))
+    first = 2 * 86400 if time else 10.0 ** math.floor(math.log10((hi - lo) / 10))
+    steps = itertools.chain(_TIME_STEPS if time else (), (
+        first * m * 10**k for k in itertools.count() for m in (1, 2, 2.5, 5)))
     spans = ((math.floor(lo / s + 1e-9), math.ceil(hi / s - 1e-9), s) for s in steps)
     a, b, step = next(span for span in spans if span[1] - span[0] <= 5)
     return [k * step + 0.0 for k in range(a, b + 1)]
 
 
 def _labels(ticks: list[float], time: bool) -> list[str]:
-    """Tick labels: UTC clock times (with the date where a day starts), or distinct numbers."""
+    """Tick labels: UTC clock times (with the date where a day starts), or numbers as exact
+    as the step between them needs."""
     if time:
         step, days = ticks[1] - ticks[0], [_utc(t, "%Y-%m-%d") for t in ticks]
         if step >= 86400:
@@ -115,9 +114,10 @@ def _labels(ticks: list[float], time: bool) -> list[str]:
         clock = [_utc(t, "%H:%M:%S" if step < 60 else "%H:%M") for t in ticks]
         new_day = [days[0] != days[-1] and (i == 0 or d != days[i - 1]) for i, d in enumerate(days)]
         return [f"{d} {c}" if new else c for d, c, new in zip(days, clock, new_day, strict=True)]
+    step = ticks[1] - ticks[0]
     for sig in range(3, 17):
         labels = [_fmt(t, sig) for t in ticks]
-        if len(set(labels)) == len(labels):
+        if all(abs(float(lb) - t) <= step * 1e-6 for lb, t in zip(labels, ticks, strict=True)):
             break
     return labels
 
@@ -151,8 +151,9 @@ def _legend(names: list[str], left: float, right: float) -> list[tuple[float, fl
 
 def _axes(xt: list[float], xlabels: list[str], sx: Callable[[float], float], left: float,
           right: float, top: float, bottom: float, width: int, x_title: str) -> list[str]:
-    out = [f'<g class="ef-axes" stroke="currentColor"><line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>'
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}"/></g>']
+    out = [f'<g class="ef-axes" stroke="currentColor"><line x1="{left}" y1="{bottom}" '
+           f'x2="{right}" y2="{bottom}"/><line x1="{left}" y1="{top}" x2="{left}" '
+           f'y2="{bottom}"/></g>']
     for t, label in zip(xt, xlabels, strict=True):
         half = 3.3 * len(label)
         tx = min(max(sx(t), half + 2), width - half - 2)
@@ -173,7 +174,7 @@ def line_chart(series: Sequence[Series], *, title: str, y_label: str, y_unit: st
     clean = [_runs(s.points) for s in series]
     valid = [p for runs in clean for r in runs for p in r]
     width, left = max(width, 240), 64
-    names = [_short(_NOT_XML.sub("", s.name), int((width - left - 80) / 6.5)) for s in series]
+    names = [_short(s.name, int((width - left - 80) / 6.5)) for s in series]
     spots = _legend(names, left, width - 16)
     top = int(spots[-1][1]) + 16 if spots else 28
     height = max(height, top + 120)
@@ -181,8 +182,11 @@ def line_chart(series: Sequence[Series], *, title: str, y_label: str, y_unit: st
         return _empty(uid, title, width, height)
     thr = [threshold] if threshold is not None and _ok(threshold) else []
     ys = [y for _, y in valid] + thr
+    # a measure that cannot go below zero (latency, a rate) is drawn from zero, so a small
+    # change does not look like a large one
+    low = min(ys) if min(ys) < 0 else 0.0
     xt, yt = _ticks(min(x for x, _ in valid), max(x for x, _ in valid), x_is_time), \
-        _ticks(min(ys), max(ys))
+        _ticks(low, max(ys) if max(ys) > low else low + 1.0)
     right, bottom = width - 24, height - 40
     sx, sy = _scale(xt, left, right), _scale(yt, bottom, top)
     body = _axes(xt, _labels(xt, x_is_time), sx, left, right, top, bottom, width, x_label)
@@ -231,7 +235,7 @@ def bar_chart(bars: Sequence[tuple[str, float]], *, title: str, x_label: str, un
     height = top + 22 * max(len(rows), 1) + 40
     if not vals:
         return _empty(uid, title, width, max(height, 120))
-    names = [_short(_NOT_XML.sub("", n), 24) for n, _ in rows]
+    names = [_short(n, 24) for n, _ in rows]
     left, right, bottom = 16 + 6.5 * max(len(n) for n in names), width - 56, height - 40
     xt = _ticks(min([0.0, *vals, *thr]), max([0.0, *vals, *thr]))
     sx = _scale(xt, left, right)
@@ -251,7 +255,7 @@ def bar_chart(bars: Sequence[tuple[str, float]], *, title: str, x_label: str, un
                     f'height="14" fill="{COLORS[1] if hot else COLORS[0]}"{edge}/>'
                     f'<text x="{x2 + 4:.1f}" y="{y + 15}">{_fmt(v)}</text>')
     for t in thr:
-        text = _short(_NOT_XML.sub("", f"{threshold_label or 'threshold'} {_fmt(t)}"), 40)
+        text = _short(f"{threshold_label or 'threshold'} {_fmt(t)}", 40)
         tx = min(max(sx(t), 3.3 * len(text) + 2), width - 3.3 * len(text) - 2)
         body.append(f'<g class="ef-threshold"><line x1="{sx(t):.1f}" y1="{top - 4}" '
                     f'x2="{sx(t):.1f}" y2="{bottom}" stroke="currentColor" stroke-width="1.5" '

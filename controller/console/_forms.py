@@ -76,10 +76,10 @@ def add_forms(app: FastAPI, ctl: FleetController) -> None:
 
     def acting(request: Request, csrf: str | None, method: str, api_path: str) -> Session:
         session = signed_in(request)
+        record_principal(request.scope, session.principal)  # audited, refused or not
+        note(request, via="console")
         check_csrf(request, session, csrf)
         require(session, method, api_path)
-        record_principal(request.scope, session.principal)
-        note(request, via="console")
         return session
 
     @app.get("/ui/login", include_in_schema=False, response_class=HTMLResponse)

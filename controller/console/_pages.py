@@ -14,7 +14,7 @@ from .._api_telemetry import parse_selector
 from .._console_store import DEVICE_SORTS, DeviceQuery
 from .._model_cards import model_card
 from .._views import describe
-from ..rollout import ACTIONS, ACTIVE, RolloutPolicy, action_applies
+from ..rollout import ACTIONS, ACTIVE, RolloutPolicy, action_applies, wave_failures
 from ..service import select_devices
 from ._charts import Series, bar_chart, data_table, line_chart
 from ._render import page, signed_in
@@ -81,30 +81,42 @@ def charts(series: dict[tuple[str, int], list[tuple[float, dict[str, Any]]]],
     return out
 
 
-def gates(view: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each gate of a deployment's policy with the value it is judged on now."""
-    policy = view.get("policy") or {}
+def gates(view: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each gate of a deployment's policy with the value it was last judged on (a wave's
+    failure rate from the orchestrator's own counts; the cohorts' error rate and p95)."""
+    policy = RolloutPolicy.from_dict({**(view.get("policy") or {}),
+                                      "strategy": view["strategy"]})
     new = (view.get("metrics") or {}).get("new") or {}
     base = (view.get("metrics") or {}).get("base") or {}
-    rows = []
+    judged_waves = result.get("waves") or {}
+    rows: list[dict[str, Any]] = []
     for wave in view.get("waves", []):
-        done = wave["healthy"] + wave["failed"]
-        rate = wave["failed"] / done if done else None
-        rows.append({"gate": f"wave {wave['index'] + 1} failure rate",
-                     "value": rate, "limit": policy.get("max_failure_rate", 0.0),
-                     "kind": "rate", "ok": rate is None or rate <= policy.get(
-                         "max_failure_rate", 0.0)})
-    if policy.get("max_error_rate") is not None:
+        judged = judged_waves.get(str(wave["index"]))
+        if judged is None:
+            rows.append({"gate": f"wave {wave['index'] + 1} failure rate", "value": None,
+                         "limit": policy.max_failure_rate, "ok": True, "detail": "not started"})
+            continue
+        failed, out_of = wave_failures(judged.get("counts") or {}, policy)
+        rate = failed / out_of if out_of else None
+        rows.append({"gate": f"wave {wave['index'] + 1} failure rate", "value": rate,
+                     "limit": policy.max_failure_rate,
+                     "ok": judged["outcome"] != "breached" or rate is None
+                     or rate <= policy.max_failure_rate,
+                     "detail": f"{failed} of {out_of} devices" + (
+                         f"; {judged['detail']}" if judged.get("detail") else "")})
+    if policy.max_error_rate is not None:
         rate = new["errors"] / new["count"] if new.get("count") else None
         rows.append({"gate": "error rate, new version", "value": rate,
-                     "limit": policy["max_error_rate"], "kind": "rate",
-                     "ok": rate is None or rate <= policy["max_error_rate"]})
-    if policy.get("max_p95_regression") is not None:
+                     "limit": policy.max_error_rate, "detail": f"{new.get('count', 0)} "
+                     f"inferences (judged from {policy.min_samples})",
+                     "ok": rate is None or rate <= policy.max_error_rate})
+    if policy.max_p95_regression is not None:
         reg = (new["p95_ms"] / base["p95_ms"] - 1) if new.get("p95_ms") and \
             base.get("p95_ms") else None
         rows.append({"gate": "p95 latency regression vs the old version", "value": reg,
-                     "limit": policy["max_p95_regression"], "kind": "rate",
-                     "ok": reg is None or reg <= policy["max_p95_regression"]})
+                     "limit": policy.max_p95_regression, "detail": "p95 "
+                     f"{new.get('p95_ms') or '–'} ms new vs {base.get('p95_ms') or '–'} ms old",
+                     "ok": reg is None or reg <= policy.max_p95_regression})
     return rows
 
 
@@ -158,7 +170,7 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
         return page(request, "devices.html", session, rows=rows, total=total,
                     page_no=page_no, pages=pages, f=request.query_params, problems=problems,
                     sort=sort, desc=desc, sorts=DEVICE_SORTS, seen_options=[*SEEN, *UNSEEN],
-                    counts=ctl.store.console.fleet_counts())
+                    classes=ctl.store.console.hw_classes())
 
     @app.get("/ui/devices/{device_id}", include_in_schema=False, response_class=HTMLResponse)
     def device(request: Request, device_id: str) -> HTMLResponse:
@@ -220,7 +232,8 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
              response_class=HTMLResponse)
     def deployment(request: Request, dep_id: str) -> HTMLResponse:
         session = signed_in(request)
-        view = describe(ctl.store.get_deployment(dep_id, with_events=True))
+        dep = ctl.store.get_deployment(dep_id, with_events=True)
+        view = describe(dep)
         actions = [a for a in ACTIONS if action_applies(a, view["strategy"], view["state"])]
         if view["created_by"] == session.principal.name and "approve" in actions:
             actions.remove("approve")  # four-eyes: the creator cannot approve
@@ -228,7 +241,8 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
         for j in view["jobs"]:
             states[j["state"]] = states.get(j["state"], 0) + 1
         return page(request, "deployment.html", session, d=view, actions=actions,
-                    gates=gates(view), states=states, jobs=view["jobs"][:200])
+                    gates=gates(view, dep.get("result") or {}), states=states,
+                    jobs=view["jobs"][:200])
 
     @app.get("/ui/telemetry", include_in_schema=False, response_class=HTMLResponse)
     def telemetry(request: Request, model: str = "") -> HTMLResponse:

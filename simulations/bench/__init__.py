@@ -37,6 +37,7 @@ BENCHMARKS: tuple[str, ...] = (
     "kserve_peer",  # the agent's v2 REST vs KServe's Python server, same file: p50 and RSS
     "agent_footprint",  # agent process cold start and RSS vs a bare onnxruntime process
     "rollout",  # a rollout through the controller vs a raw MQTT fan-out (edgefleet simulate)
+    "console",  # web console devices list and overview (10,000 devices) vs GET /v1/devices
 )
 
 
