@@ -109,6 +109,9 @@ def test_sign_in_and_see_the_fleet_devices_and_a_model(browser, env):
     screenshot(browser, "device")
     browser.get(env["url"] + "/ui/models/digits/1")
     assert "Model card" in browser.page_source and browser.find_elements(By.ID, "save-card")
+    signed = text(browser, "bundle-1")  # deployed, so signed: its files as devices fetch them
+    model = env["ctl"].registry.get("digits", 1)
+    assert model["sha256"] in signed and "manifest" in signed
     screenshot(browser, "model")
 
 
@@ -126,6 +129,7 @@ def test_a_models_optimization_report_says_what_shipped_and_why(browser, env):
     assert "p50 latency (ms)" in compare and "fp32" in compare
     assert "made from" in browser.find_element(By.TAG_NAME, "main").text
     assert not browser.find_elements(By.ID, "save-card")  # a viewer reads the card only
+    assert "Not signed yet" in text(browser, "bundle-1")  # never deployed
     screenshot(browser, "optimization-report")
 
 
@@ -210,6 +214,11 @@ def test_staged_deployment_approved_by_a_second_operator_rolls_back_when_wave_tw
     assert text(browser, "dep-reason")  # why, on the page
     timeline = text(browser, "timeline")
     assert "wave breached" in timeline and "approved by operator-2" in timeline
+    browser.find_element(By.ID, "dep-telemetry").click()
+    wait_for(browser, lambda d: dep_id in text(d, "scope"))
+    assert f"{N} devices" in text(browser, "scope")
+    browser.back()
+    wait_for(browser, lambda d: "rolled back" in text(d, "dep-state"))
     gates = text(browser, "live-deployment")
     assert "wave 2 failure rate" in gates and "breached" in gates
     screenshot(browser, "deployment-rolled-back")

@@ -263,7 +263,8 @@ def test_ab_reports_per_arm_metrics_and_promote_moves_the_other_arm_over(env):
 
     ctl.orchestrator.act(dep["id"], "promote", "tester")
     dep = wait_deployment(ctl, dep["id"], 60)
-    assert dep["state"] == "succeeded", [(j["device"], j["job"], j["state"], j["reason"])
-                                         for j in dep["jobs"]]
+    assert dep["state"] == "succeeded", (  # what went wrong: the jobs that did not end well
+        [(j["device"], j["job"], j["state"], j["reason"], j["detail"]) for j in dep["jobs"]
+         if j["state"] not in ("healthy", "control")], dep["events"][-1])
     assert set(_versions(fleet).values()) == {cand["version"]}
     assert [e["actor"] for e in dep["events"] if e["kind"] == "promotion_started"] == ["tester"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 
 from edgefleet.contract import NotFoundError
+from edgefleet.contract.bundle import bundle_paths
 
 from .._api_telemetry import parse_selector
 from .._console_store import DEVICE_SORTS, DeviceQuery
@@ -36,12 +38,14 @@ def _dep_row(dep: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_series(ctl: FleetController, *, devices: list[str] | None = None,
-                model: str | None = None, span_s: float = 86400.0,
+                model: str | None = None, since: float | None = None,
                 ) -> dict[tuple[str, int], list[tuple[float, dict[str, Any]]]]:
     """Per model version, the telemetry of each of ``BUCKETS`` slices of time up to now,
-    starting with the oldest window within ``span_s`` (so a young fleet fills the chart)."""
+    starting with the oldest window since ``since`` (default: a day ago), so a young
+    fleet fills the chart."""
     now = ctl.clock.time()
-    first = ctl.store.telemetry.aggregate(devices=devices, model=model, since=now - span_s)
+    since = now - 86400.0 if since is None else since
+    first = ctl.store.telemetry.aggregate(devices=devices, model=model, since=since)
     start = min((a.first_window for a in first.values() if a.first_window), default=None)
     if start is None:
         return {}
@@ -118,6 +122,27 @@ def gates(view: dict[str, Any], result: dict[str, Any]) -> list[dict[str, Any]]:
                      f"{new.get('p95_ms') or '–'} ms new vs {base.get('p95_ms') or '–'} ms old",
                      "ok": reg is None or reg <= policy.max_p95_regression})
     return rows
+
+
+def signed_bundles(ctl: FleetController, row: dict[str, Any],
+                   variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The signed bundles of a version (its default and each variant) with their files,
+    as devices fetch them; a bundle not signed yet (nobody deployed it) is said so. Reads
+    only: a page never signs."""
+    out = []
+    for variant in [None, *variants]:
+        file = PurePosixPath((variant or row)["file"]).name
+        manifest, _ = bundle_paths(row["name"], row["version"], file,
+                                   variant["variant"] if variant else "")
+        try:
+            files = [{"sha256": sha, "path": path, "length": length}
+                     for sha, path, length in ctl.repo.bundle_files(manifest)]
+        except NotFoundError:
+            files = []
+        out.append({"variant": variant["variant"] if variant else row["variant"],
+                    "default": variant is None, "manifest": manifest, "files": files,
+                    "classes": (variant or row).get("hardware_classes") or []})
+    return out
 
 
 def lineage(ctl: FleetController, name: str) -> list[dict[str, Any]]:
@@ -201,8 +226,9 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
         row = ctl.registry.get(name, version)
         versions = lineage(ctl, name)
         children = [v for v in versions if v.get("parent") == version]
+        variants = ctl.registry.variants(name, version)
         return page(request, "model.html", session, m=row, versions=versions,
-                    children=children, variants=ctl.registry.variants(name, version),
+                    children=children, bundles=signed_bundles(ctl, row, variants),
                     card=model_card(ctl, name, version), report=row.get("report") or {})
 
     @app.get("/ui/deployments", include_in_schema=False, response_class=HTMLResponse)
@@ -245,9 +271,17 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
                     jobs=view["jobs"][:200])
 
     @app.get("/ui/telemetry", include_in_schema=False, response_class=HTMLResponse)
-    def telemetry(request: Request, model: str = "") -> HTMLResponse:
+    def telemetry(request: Request, model: str = "", deployment: str = "") -> HTMLResponse:
         session = signed_in(request)
-        series = time_series(ctl, model=model or None)
+        scope: dict[str, Any] | None = None
+        if deployment:  # its target devices, from its creation on
+            dep = ctl.store.get_deployment(deployment)
+            scope = {"id": dep["id"], "model": dep["model"], "version": dep["version"],
+                     "devices": len(dep["jobs"])}
+            series = time_series(ctl, devices=sorted({j["device"] for j in dep["jobs"]}),
+                                 model=dep["model"], since=dep["created_at"])
+        else:
+            series = time_series(ctl, model=model or None)
         drift = []
         for (m, v), pts in sorted(series.items()):
             latest = next((a for _, a in reversed(pts) if a["drift"]["windows"]), None)
@@ -259,8 +293,9 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
                     threshold_label="alert threshold")})
         ab = [describe(ctl.store.get_deployment(d["id"])) for d in
               ctl.store.list_deployments() if d["strategy"] in ("ab", "shadow")][-5:]
-        return page(request, "telemetry.html", session, charts=charts(series, "by version"),
-                    drift=drift, ab=ab, model=model)
+        what = f"in {deployment}" if scope else "by version"
+        return page(request, "telemetry.html", session, charts=charts(series, what),
+                    drift=drift, ab=ab, model=model, scope=scope)
 
     @app.get("/ui/alerts", include_in_schema=False, response_class=HTMLResponse)
     def alerts(request: Request) -> HTMLResponse:

@@ -16,6 +16,7 @@
     try {
       const resp = await fetch(window.location.href, {credentials: "same-origin",
                                                        headers: {"X-Console-Live": "1"}});
+      if (resp.status === 401) { window.location.reload(); return; }  // signed out: say so
       if (!resp.ok || resp.redirected) return;
       const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
       for (const el of regions()) {
