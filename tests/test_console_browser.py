@@ -107,6 +107,9 @@ def test_sign_in_and_see_the_fleet_devices_and_a_model(browser, env):
     wait_for(browser, lambda d: "digits v1" in d.find_element(By.TAG_NAME, "main").text)
     assert browser.find_elements(By.CSS_SELECTOR, "figure svg[role=img]")  # the charts
     screenshot(browser, "device")
+    browser.get(env["url"] + "/ui/models")
+    assert browser.find_elements(By.LINK_TEXT, "v1")
+    screenshot(browser, "models")
     browser.get(env["url"] + "/ui/models/digits/1")
     assert "Model card" in browser.page_source and browser.find_elements(By.ID, "save-card")
     signed = text(browser, "bundle-1")  # deployed, so signed: its files as devices fetch them
@@ -185,6 +188,7 @@ def test_staged_deployment_approved_by_a_second_operator_rolls_back_when_wave_tw
     ctl, fleet = env["ctl"], env["fleet"]
     second = register_digits(ctl)  # the same file as a new version: installs quickly
     sign_in(browser, env, env["tokens"]["operator-1"], "/ui/deployments")
+    screenshot(browser, "deployments")
     browser.find_element(By.ID, "new-deployment").click()
     wait_for(browser, lambda d: d.find_elements(By.ID, "create"))
     browser.find_element(By.ID, "version").send_keys(str(second["version"]))
