@@ -15,14 +15,39 @@ from typing import Any
 __all__ = ["app", "main"]
 
 
+# what each extra brings that a bare ``pip install edgefleet`` lacks
+_AGENT_MODULES = frozenset({"paho", "onnxruntime", "tuf", "urllib3", "cryptography",
+                            "securesystemslib", "psutil"})
+_CLI_MODULES = frozenset({"typer", "click", "rich"})
+
+
+def _missing(exc: ModuleNotFoundError, agent_run: bool) -> str | None:
+    """What to install when an extra's module is missing (None: another problem)."""
+    top = (exc.name or "").split(".")[0]
+    if top in _AGENT_MODULES or (top in _CLI_MODULES and agent_run):
+        return (f"edgefleet: {top} is missing: a device needs the agent extra "
+                "(pip install 'edgefleet[agent]')")
+    if top in _CLI_MODULES:
+        return (f"edgefleet: the command line needs {top}, which comes with an extra: "
+                "pip install 'edgefleet[agent]' on a device, 'edgefleet[controller]' for "
+                "the controller and everything else")
+    return None
+
+
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:2] == ["agent", "run"]:
-        from ._agent_run import main as agent_run
+    agent_run = argv[:2] == ["agent", "run"]
+    try:
+        if agent_run:
+            from ._agent_run import main as run
 
-        sys.exit(agent_run(argv[2:]))
-    from ._app import app
-
+            sys.exit(run(argv[2:]))
+        from ._app import app
+    except ModuleNotFoundError as exc:
+        why = _missing(exc, agent_run)
+        if why is None:
+            raise
+        sys.exit(why)
     app()
 
 
