@@ -15,18 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import ModelError, ModelLoadError, TensorSpec
+from edgefleet.contract import ModelError, ModelLoadError, TensorSpec, datatypes
 
 from ._signature import check_feeds
 
 __all__ = ["LiteRtRuntime", "litert_module"]
-
-_NP_TO_V2 = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16",
-             np.dtype(np.int8): "INT8", np.dtype(np.uint8): "UINT8",
-             np.dtype(np.int16): "INT16", np.dtype(np.uint16): "UINT16",
-             np.dtype(np.int32): "INT32", np.dtype(np.uint32): "UINT32",
-             np.dtype(np.int64): "INT64", np.dtype(np.uint64): "UINT64",
-             np.dtype(np.bool_): "BOOL", np.dtype(np.float64): "FP64"}
 
 
 def litert_module() -> tuple[str, Any] | None:
@@ -49,8 +42,7 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     signature = detail.get("shape_signature")
     shape = list(signature if signature is not None and len(signature) else detail["shape"])
     return TensorSpec(name=str(detail["name"]),
-                      datatype=_NP_TO_V2.get(np.dtype(detail["dtype"]),
-                                             np.dtype(detail["dtype"]).name.upper()),
+                      datatype=datatypes.from_numpy(detail["dtype"]),
                       shape=[("batch" if i == 0 else f"dim{i}") if d < 0 else int(d)
                              for i, d in enumerate(shape)])
 

@@ -6,22 +6,12 @@ from typing import NoReturn
 
 import numpy as np
 
-from edgefleet.contract import InputError, TensorSpec
+from edgefleet.contract import InputError, TensorSpec, datatypes
 
 __all__ = ["V2_TO_NUMPY", "check_feeds", "signature_text", "v2_shape"]
 
-_ORT_TO_V2 = {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-    "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int16)": "INT16",
-    "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
-}
-V2_TO_NUMPY = {
-    "FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64,
-    "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8,
-    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
-}
-_DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
+V2_TO_NUMPY = {name: dtype.type for name, dtype in datatypes.NUMPY.items()}
+_DTYPES = datatypes.NUMPY
 
 
 def v2_shape(shape: list[int | str]) -> list[int]:

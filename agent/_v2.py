@@ -22,25 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import EdgefleetError, InputError, ModelError
-
-from ._signature import V2_TO_NUMPY
+from edgefleet.contract import EdgefleetError, InputError, ModelError, datatypes
 
 __all__ = ["DTYPES", "EXTENSIONS", "V2Request", "decode_bytes", "decode_request", "encode_response",
            "error_kind", "raw_bytes", "select_outputs", "served", "v2_datatype"]
 
 EXTENSIONS = ["binary_tensor_data", "edgefleet_agent_status"]
-DTYPES = {k: np.dtype(v) for k, v in V2_TO_NUMPY.items()}
+DTYPES = datatypes.NUMPY
 
 
 def v2_datatype(arr: np.ndarray) -> str:
     """An array's v2 datatype name (``BYTES`` for strings and bytes)."""
     if arr.dtype.kind in "OSU":
         return "BYTES"
-    for name, dt in DTYPES.items():
-        if arr.dtype == dt:
-            return name
-    return str(arr.dtype).upper()
+    return datatypes.from_numpy(arr.dtype)
 
 
 @dataclasses.dataclass

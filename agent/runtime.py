@@ -10,11 +10,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgefleet.contract import ModelError, ModelLoadError, TensorSpec
+from edgefleet.contract import ModelError, ModelLoadError, TensorSpec, datatypes
 
 from ._litert import LiteRtRuntime, litert_module
 from ._providers import choose_providers, open_session
-from ._signature import _ORT_TO_V2, V2_TO_NUMPY, check_feeds, signature_text
+from ._signature import V2_TO_NUMPY, check_feeds, signature_text
 
 __all__ = ["V2_TO_NUMPY", "OnnxRuntime", "Runtime", "available_runtimes", "check_feeds",
            "load_runtime", "signature_text"]
@@ -105,7 +105,7 @@ class OnnxRuntime:
 
 def _spec(arg: Any) -> TensorSpec:
     shape = [d if isinstance(d, int) else (d or "?") for d in arg.shape]
-    return TensorSpec(name=arg.name, datatype=_ORT_TO_V2.get(arg.type, arg.type), shape=shape)
+    return TensorSpec(name=arg.name, datatype=datatypes.from_onnx(arg.type), shape=shape)
 
 
 def load_runtime(runtime: str, path: Path, *, intra_op_threads: int = 1,

@@ -33,6 +33,7 @@ from edgefleet.contract import (
     TargetTrust,
     TensorSpec,
     bundle_paths,
+    datatypes,
 )
 from edgefleet.contract.features import INPUT_KINDS
 from edgefleet.contract.files import atomic_write
@@ -82,6 +83,13 @@ def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], b
         shutil.rmtree(directory, ignore_errors=True)
         kind = ".tflite" if tflite else "ONNX"
         raise ValueError(f"not a loadable {kind} model: {exc}") from exc
+    unserved = datatypes.unserved_inputs(signature["inputs"])
+    if unserved:  # a device could install it, then answer every request with an error
+        shutil.rmtree(directory, ignore_errors=True)
+        raise ValueError(f"inputs {', '.join(unserved)}: devices cannot be fed these "
+                         f"datatypes over the inference protocol (they take "
+                         f"{', '.join(sorted(datatypes.SERVED))}); export the model with "
+                         "inputs of one of those")
     return path, signature, tflite
 
 

@@ -9,32 +9,13 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from edgefleet.contract import datatypes
 from edgefleet.optimizer._runtime import load_model
 
 __all__ = ["inspect_model", "model_signature", "op_counts"]
 
-# ONNX element types -> KServe v2 / Open Inference Protocol datatype names.
-_KSERVE_DATATYPES: dict[int, str] = {
-    TensorProto.BOOL: "BOOL",
-    TensorProto.UINT8: "UINT8",
-    TensorProto.UINT16: "UINT16",
-    TensorProto.UINT32: "UINT32",
-    TensorProto.UINT64: "UINT64",
-    TensorProto.INT8: "INT8",
-    TensorProto.INT16: "INT16",
-    TensorProto.INT32: "INT32",
-    TensorProto.INT64: "INT64",
-    TensorProto.FLOAT16: "FP16",
-    TensorProto.FLOAT: "FP32",
-    TensorProto.DOUBLE: "FP64",
-    TensorProto.STRING: "BYTES",
-    TensorProto.BFLOAT16: "BF16",
-}
-
-
 def _datatype(elem_type: int) -> str:
-    name = _KSERVE_DATATYPES.get(elem_type)
-    return name if name is not None else TensorProto.DataType.Name(elem_type)
+    return datatypes.from_onnx(TensorProto.DataType.Name(elem_type))
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int | str]:

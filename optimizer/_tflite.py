@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract import OptimizationError
+from edgefleet.contract import OptimizationError, datatypes
 
 __all__ = ["TfliteRunner", "inspect_tflite", "is_tflite", "onnx_to_tflite", "quantize_tflite",
            "run_tflite", "time_tflite"]
@@ -176,10 +176,6 @@ def is_tflite(data: bytes) -> bool:
     return len(data) >= 8 and data[4:8] == b"TFL3"
 
 
-_NP_TO_V2 = {"float32": "FP32", "float16": "FP16", "int8": "INT8", "uint8": "UINT8",
-             "int16": "INT16", "uint16": "UINT16", "int32": "INT32", "uint32": "UINT32",
-             "int64": "INT64", "uint64": "UINT64", "bool": "BOOL", "float64": "FP64"}
-
 
 def _interpreter(path: Path) -> Any:
     try:
@@ -206,8 +202,7 @@ def inspect_tflite(path: Path) -> dict[str, Any]:
     def spec(d: dict[str, Any]) -> dict[str, Any]:
         sig = d.get("shape_signature")
         shape = list(sig if sig is not None and len(sig) else d["shape"])
-        dtype = np.dtype(d["dtype"]).name
-        return {"name": str(d["name"]), "datatype": _NP_TO_V2.get(dtype, dtype.upper()),
+        return {"name": str(d["name"]), "datatype": datatypes.from_numpy(d["dtype"]),
                 "shape": [("batch" if i == 0 else f"dim{i}") if v < 0 else int(v)
                           for i, v in enumerate(shape)]}
     return {"inputs": [spec(d) for d in it.get_input_details()],
