@@ -17,6 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from edgefleet.contract.hardware import CLASS_TRAITS
+
 __all__ = ["ProviderReport", "choose_providers", "open_session"]
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,14 @@ def choose_providers(wanted: list[str], available: list[str], *, hardware_class:
     Args:
         wanted: names from ``agent.toml`` (empty: decide by hardware class).
         available: ``onnxruntime.get_available_providers()``.
-        hardware_class: the device's class (``jetson*`` asks for TensorRT and CUDA).
+        hardware_class: the device's class (one whose ``CLASS_TRAITS`` accelerator is
+            ``tensorrt`` asks for TensorRT and CUDA).
         cache_dir: where TensorRT keeps built engines.
     """
     if not wanted:
-        wanted = [TENSORRT, CUDA] if hardware_class.startswith("jetson") else []
+        traits = CLASS_TRAITS.get(hardware_class)
+        wanted = [TENSORRT, CUDA] if traits is not None and traits.accelerator == "tensorrt" \
+            else []
     chosen: list[tuple[str, dict[str, Any]]] = []
     for name in dict.fromkeys(wanted):
         if name == CPU:

@@ -66,3 +66,15 @@ def test_an_agent_reports_its_class_and_provider_fallback_in_its_birth(controlle
     assert hw["providers"]["active"] == [CPU] and hw["providers"]["fallback"]
     assert hw["class"] == fleet.agents[device].hardware_class != "auto"
     assert hw["cores"] >= 1 and hw["machine"]
+
+
+def test_the_classes_asking_for_tensorrt_are_those_whose_traits_name_it():
+    from edgefleet.contract.hardware import CLASS_TRAITS
+
+    assert any(t.accelerator == "tensorrt" for t in CLASS_TRAITS.values())
+    for name, traits in CLASS_TRAITS.items():
+        first = choose_providers([], [TENSORRT, CUDA, CPU], hardware_class=name,
+                                 cache_dir=None)[0][0]
+        assert (first == TENSORRT) == (traits.accelerator == "tensorrt"), name
+    assert choose_providers([], [TENSORRT, CPU], hardware_class="jetsonish",
+                            cache_dir=None)[0][0] == CPU  # an unknown class: the CPU
