@@ -21,35 +21,14 @@ import numpy as np
 
 from edgefleet.contract import DDSketch, Manifest, Summary
 from edgefleet.contract.features import extract, feature_names
-from edgefleet.contract.sketch import MIN_VALUE
 
 from .drift import DriftWindow, extractors_of
 
-__all__ = ["DriftSpec", "WindowStats", "add_latencies", "make_summary", "window_start"]
+__all__ = ["DriftSpec", "WindowStats", "make_summary", "window_start"]
 
 
 def window_start(ts: float, window_s: float) -> float:
     return math.floor(ts / window_s) * window_s
-
-
-def add_latencies(sketch: DDSketch, values: np.ndarray) -> None:
-    """Add many values to ``sketch`` at once (same buckets as ``DDSketch.add``)."""
-    v = np.asarray(values, dtype=np.float64)
-    if not v.size:
-        return
-    part = DDSketch(alpha=sketch.alpha, max_buckets=sketch.max_buckets)
-    low = v <= MIN_VALUE
-    part.zero = int(low.sum())
-    pos = v[~low]
-    if pos.size:
-        log_gamma = math.log((1 + sketch.alpha) / (1 - sketch.alpha))
-        keys, counts = np.unique(np.ceil(np.log(pos) / log_gamma).astype(np.int64),
-                                 return_counts=True)
-        part.buckets = dict(zip(keys.tolist(), counts.tolist(), strict=True))
-    part.count = int(v.size)
-    part.total = float(v.sum())
-    part.min, part.max = float(v.min()), float(v.max())
-    sketch.merge(part)
 
 
 @dataclasses.dataclass
@@ -81,7 +60,7 @@ class WindowStats:
             self.models[(models[0], int(versions[0]))] += n
         else:
             self.models.update(zip(models, (int(v) for v in versions), strict=True))
-        add_latencies(self.sketch, np.fromiter(latencies, dtype=np.float64, count=n))
+        self.sketch.add_array(np.fromiter(latencies, dtype=np.float64, count=n))
 
     def copy(self) -> WindowStats:
         return WindowStats.from_state(self.state())

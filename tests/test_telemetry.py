@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from edgefleet.agent._system import SystemMetrics, pick_temperature
-from edgefleet.agent._windows import DriftSpec, WindowStats, add_latencies
+from edgefleet.agent._windows import DriftSpec, WindowStats
 from edgefleet.agent.drift import DriftWindow
 from edgefleet.agent.telemetry import TelemetryBuffer, summarize
 from edgefleet.contract import DDSketch, InputError, Manifest, ManualClock, ModelError, TensorSpec
@@ -227,7 +227,7 @@ def test_cpu_temperature_is_reported_only_where_the_hardware_has_a_sensor(tmp_pa
 @given(st.lists(st.floats(0, 1e4, allow_nan=False), max_size=300))
 def test_batched_latencies_land_in_the_same_sketch_buckets_as_one_by_one(values):
     one, batch = DDSketch().extend(values), DDSketch()
-    add_latencies(batch, np.array(values))
+    batch.add_array(np.array(values))
     assert (batch.buckets, batch.zero, batch.count) == (one.buckets, one.zero, one.count)
     assert batch.total == pytest.approx(one.total)
     stats = WindowStats()
