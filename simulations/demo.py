@@ -24,11 +24,11 @@ from edgefleet.controller import FleetController, Settings, init_keys
 from edgefleet.controller.api import create_app
 from edgefleet.controller.http import ApiServer
 
+from ._models import ASSETS
 from .fleet import Fleet, wait_until
 
 __all__ = ["ASSETS", "run_demo"]
 
-ASSETS = Path(__file__).parent / "assets" / "digits"
 
 
 def _register_example(api: httpx.Client, name: str = "digits") -> dict[str, Any]:

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.controller import FleetController
+from edgefleet.simulations._models import ASSETS
 from edgefleet.simulations.fleet import wait_until
 
-ASSETS = Path(__file__).resolve().parents[1] / "simulations" / "assets" / "digits"
 TOKEN = "test-admin-token"
 
 

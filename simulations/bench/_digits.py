@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "digits"
+from .._models import ASSETS
+
 MODEL = ASSETS / "digits.onnx"
 
 
