@@ -28,6 +28,8 @@ import dataclasses
 import importlib.util
 import json
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -184,6 +186,40 @@ def repository_base(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
+def type_problem(value: Any, hint: Any) -> str | None:
+    """What ``value`` (from TOML) should have been to fit a field typed ``hint``, or None
+    when it fits: ``execution_providers = "CUDA"`` is not a list of one provider."""
+    options = [h for h in typing.get_args(hint) if h is not type(None)] \
+        if isinstance(hint, types.UnionType) else [hint]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    wants = []
+    for option in options:
+        origin = typing.get_origin(option)
+        if option is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif option is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif option is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif option in (str, Path):
+            ok, want = isinstance(value, (str, Path)), "a string"
+        elif origin in (list, tuple):
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            want = 'a list of strings, like ["a", "b"]'
+        elif origin is dict:
+            ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in value.items())
+            want = "a table of strings"
+        else:  # a type this check does not know: AgentConfig judges it
+            return None
+        if ok:
+            return None
+        wants.append(want)
+    return " or ".join(wants)
+
+
 def load_config(path: Path, **overrides: Any) -> AgentConfig:
     """Read an ``agent.toml``; relative paths are relative to the file.
 
@@ -200,6 +236,11 @@ def load_config(path: Path, **overrides: Any) -> AgentConfig:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    hints = typing.get_type_hints(AgentConfig)
+    for key, value in data.items():
+        why = type_problem(value, hints[key])
+        if why:
+            raise ValueError(f"{path}: {key} must be {why}, got {value!r}")
     for key in ("state_dir", "trust_root", "claim_token_file", "provision_ca_file",
                 "broker_ca_file", "repository_ca"):
         if key not in data:
