@@ -19,6 +19,7 @@ from _models import broken, save, slowed, train_small
 from _support import ASSETS, TOKEN, register_digits, wait_deployment, wait_devices_known
 
 from edgefleet.controller import FleetController, RolloutPolicy, Settings, init_keys
+from edgefleet.controller.rollout import JOB_DONE
 from edgefleet.simulations.brokers import MosquittoProcess
 from edgefleet.simulations.fleet import Fleet, wait_until
 
@@ -214,7 +215,13 @@ def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
                            min_samples=200, max_latency_ratio=3.0, wave_timeout_s=60)
 
     dep = ctl.deploy("digits", twin["version"], policy=policy)
-    wait_until(lambda: fleet.agents[fleet.ids[0]].shadow_ref is not None, 30)
+    first = fleet.ids[0]
+    # installed as its shadow, or its job ended without (then the message says why)
+    wait_until(lambda: fleet.agents[first].shadow_ref is not None or
+               (ctl.store.get_job(dep["id"], first) or {}).get("state") in JOB_DONE, 60)
+    assert fleet.agents[first].shadow_ref is not None, (ctl.store.get_job(dep["id"], first),
+                                                        ctl.store.get_deployment(dep["id"])[
+                                                            "state"])
     assert fleet.agents[fleet.ids[0]].active.version != twin["version"]  # never served
     dep = wait_deployment(ctl, dep["id"], 90)
 
