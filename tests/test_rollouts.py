@@ -1,7 +1,7 @@
 """Safe rollouts on 20 real agents and a real Mosquitto, with live traffic on every agent.
 
-The scenarios share one fleet (module scope) and run in order; each starts from
-whatever version the fleet runs when it begins.
+Each scenario gets its own broker, controller and fleet, all running the same good model
+when it begins; the candidate models are trained once for the module.
 """
 
 from __future__ import annotations
@@ -49,49 +49,61 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rollouts")
-    models = root / "models"
-    models.mkdir()
+def models(tmp_path_factory):
+    """The candidate models, trained once for the module, and their raw latencies."""
+    root = tmp_path_factory.mktemp("rollout-models")
     good = train_small((32,), 1)
     files = {
-        "good": save(good, models / "good.onnx"),
-        "broken": save(broken(good), models / "broken.onnx"),
+        "good": save(good, root / "good.onnx"),
+        "broken": save(broken(good), root / "broken.onnx"),
         # much slower in compute, so that it is at least twice as slow as what the agents
         # observe (their latency includes waiting for the interpreter, shared by 20 agents)
-        "slow": save(slowed(good, 512, depth=24), models / "slow.onnx"),
-        "weak": save(train_small((4,), 4), models / "weak.onnx"),
-        "alt": save(train_small((32,), 2), models / "alt.onnx"),
+        "slow": save(slowed(good, 512, depth=24), root / "slow.onnx"),
+        "weak": save(train_small((4,), 4), root / "weak.onnx"),
+        "alt": save(train_small((32,), 2), root / "alt.onnx"),
     }
-    trust_root = init_keys(root / "keys")
-    broker = MosquittoProcess(workdir=root / "mq")
+    x = np.load(ASSETS / "eval.npz")["x"]
+    # measured before any fleet runs, so that no traffic shares the cores
+    raw_latency = {name: _raw_latency(files[name], x[:1]) for name in ("good", "slow")}
+    return {"files": files, "x": x, "raw_latency": raw_latency}
+
+
+@pytest.fixture
+def env(tmp_path, models):
+    """A fresh broker, controller and 20-agent fleet per scenario, all running the good
+    model, with traffic on every agent: one scenario's slow or stuck agent cannot carry
+    into the next."""
+    trust_root = init_keys(tmp_path / "keys")
+    broker = MosquittoProcess(workdir=tmp_path / "mq")
     broker.start()
-    ctl = FleetController(Settings(db_url=f"sqlite:///{root / 'ctl.db'}", broker_url=broker.url,
-                                   keys_dir=root / "keys", data_dir=root / "ctl",
-                                   admin_token=TOKEN, client_id="rollout-ctl",
-                                   rollout_tick_s=0.2))
-    ctl.start()
+    ctl = FleetController(Settings(db_url=f"sqlite:///{tmp_path / 'ctl.db'}",
+                                   broker_url=broker.url, keys_dir=tmp_path / "keys",
+                                   data_dir=tmp_path / "ctl", admin_token=TOKEN,
+                                   client_id="rollout-ctl", rollout_tick_s=0.2))
     # 20 agents, their links and the controller share this process and two cores: a 60 s
     # keep-alive, so an agent busy installing on a loaded machine is not dropped by the
     # broker mid-test (a cut link is seen at once: the proxy resets it)
-    fleet = Fleet(root / "fleet", broker.url, trust_root, N, with_links=True,
+    fleet = Fleet(tmp_path / "fleet", broker.url, trust_root, N, with_links=True,
                   tags={"site": "lab"}, summary_window_s=1.0, resend_after_s=2.0,
                   keepalive_s=60)
-    fleet.start()
-    fleet.wait_connected(30)
-    wait_devices_known(ctl, fleet.ids, 20)
-    base = register_digits(ctl, files["good"])
-    dep = wait_deployment(ctl, ctl.deploy("digits", base["version"])["id"], 90)
-    assert dep["state"] == "succeeded"
-    x = np.load(ASSETS / "eval.npz")["x"]
-    raw_latency = {name: _raw_latency(files[name], x[:1]) for name in ("good", "slow")}
-    traffic = Traffic(fleet, x)
-    yield {"ctl": ctl, "fleet": fleet, "files": files, "broker": broker, "x": x,
-           "raw_latency": raw_latency}
-    traffic.stop()
-    fleet.stop()
-    ctl.stop()
-    broker.stop()
+    traffic = None
+    try:
+        ctl.start()
+        fleet.start()
+        fleet.wait_connected(30)
+        wait_devices_known(ctl, fleet.ids, 20)
+        base = register_digits(ctl, models["files"]["good"])
+        dep = wait_deployment(ctl, ctl.deploy("digits", base["version"])["id"], 90)
+        assert dep["state"] == "succeeded", dep["result"]
+        traffic = Traffic(fleet, models["x"])
+        yield {"ctl": ctl, "fleet": fleet, "broker": broker, "base": base["version"],
+               **models}
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        fleet.stop()
+        ctl.stop()
+        broker.stop()
 
 
 def _raw_latency(path, x: np.ndarray) -> float:
@@ -114,20 +126,9 @@ def _versions(fleet: Fleet) -> dict[str, int]:
     return {d: a.active.version for d, a in fleet.agents.items()}
 
 
-def _current(fleet: Fleet) -> int:
-    """The version the whole fleet runs, once it runs one (a device slower than an earlier
-    test's wave timeout is still catching up from its retained desired state)."""
-    def one() -> set[int] | None:
-        versions = set(_versions(fleet).values())
-        return versions if len(versions) == 1 else None
-
-    (version,) = wait_until(one, 90)
-    return version
-
-
 def test_staged_rollout_with_a_model_failing_its_smoke_test_stops_at_the_first_wave(env):
     ctl, fleet = env["ctl"], env["fleet"]
-    before = _current(fleet)
+    before = env["base"]
     bad = register_digits(ctl, env["files"]["broken"])
     policy = RolloutPolicy(strategy="staged", waves=(20, 50, 100), health_window_s=1.0,
                            max_failure_rate=0.0, wave_timeout_s=60, on_breach="rollback")
@@ -153,7 +154,7 @@ def test_staged_rollout_with_a_model_failing_its_smoke_test_stops_at_the_first_w
 
 def test_a_model_twice_as_slow_is_caught_by_the_p95_gate_not_the_smoke_test(env):
     ctl, fleet = env["ctl"], env["fleet"]
-    before = _current(fleet)
+    before = env["base"]
     lat = env["raw_latency"]  # measured before the traffic started
     assert lat["slow"] >= 2 * lat["good"], lat  # the candidate really is twice as slow
     slow = register_digits(ctl, env["files"]["slow"])
@@ -199,8 +200,9 @@ def test_a_silent_device_does_not_hold_the_rollout_past_the_wave_timeout(env):
         # the others are healthy, or as slow as the wave timeout on a busy machine
         assert set(states.values()) <= {"healthy", "timed_out"}, states
         assert "healthy" in states.values()
-    finally:  # the next tests share this fleet
-        fleet.restore(silent)  # it catches up from its retained desired state
+    finally:
+        fleet.restore(silent)
+    # back on the network, it catches up from its retained desired state
     wait_until(lambda: fleet.agents[silent].active.version == alt["version"], 30)
 
 
@@ -209,7 +211,7 @@ def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
     # the twin is the active model's own file registered again, so it agrees on every
     # input (another training run of the same network agrees on only ~98% of the eval set,
     # right at the gate); its latency ratio is reported and gated
-    active = ctl.registry.get("digits", _current(fleet))
+    active = ctl.registry.get("digits", env["base"])
     twin = register_digits(ctl, Path(active["file"]))
     policy = RolloutPolicy(strategy="shadow", sample=0.5, min_agreement=0.98, duration_s=4.0,
                            min_samples=200, max_latency_ratio=3.0, wave_timeout_s=60)
@@ -236,7 +238,7 @@ def test_shadow_reports_agreement_and_latency_and_promotes_when_they_hold(env):
 
 def test_shadow_does_not_promote_a_model_that_disagrees(env):
     ctl, fleet = env["ctl"], env["fleet"]
-    before = _current(fleet)
+    before = env["base"]
     weak = register_digits(ctl, env["files"]["weak"])
     policy = RolloutPolicy(strategy="shadow", sample=0.5, min_agreement=0.98, duration_s=4.0,
                            min_samples=200, wave_timeout_s=60)
@@ -252,7 +254,7 @@ def test_shadow_does_not_promote_a_model_that_disagrees(env):
 
 def test_ab_reports_per_arm_metrics_and_promote_moves_the_other_arm_over(env):
     ctl, fleet = env["ctl"], env["fleet"]
-    before = _current(fleet)
+    before = env["base"]
     cand = register_digits(ctl, env["files"]["good"])
     policy = RolloutPolicy(strategy="ab", split=50, duration_s=3.0, min_samples=50,
                            wave_timeout_s=60)
