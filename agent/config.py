@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from edgefleet.contract.topics import valid_device_id
+from edgefleet.contract.names import NAME
 
 from ._retention import MIN_BUFFER_BYTES
 
@@ -112,8 +112,7 @@ class AgentConfig:
     loop_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
-        if not valid_device_id(self.device_id):
-            raise ValueError(f"device_id {self.device_id!r}: use letters, digits, '.', '_', '-'")
+        NAME.check(self.device_id, "device_id")
         parse_broker_url(self.broker_url)
         if self.intra_op_threads < 1:
             raise ValueError("intra_op_threads must be ≥ 1")

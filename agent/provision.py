@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 import ssl
 import time
 import tomllib
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.contract import EdgefleetError
+from edgefleet.contract.backoff import Backoff
 from edgefleet.contract.files import atomic_write
 
 __all__ = ["IDENTITY_FILE", "KEY_FILE", "ProvisioningError", "ensure_identity",
@@ -93,7 +93,7 @@ def ensure_identity(state_dir: Path, *, provision_url: str, claim_token: str,
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     url = provision_url.rstrip("/") + "/v1/provision"
-    started, backoff = time.monotonic(), 1.0
+    started, backoff = time.monotonic(), Backoff(1.0, 60.0)
     while True:
         ts = time.time()
         body = json.dumps({
@@ -120,9 +120,9 @@ def ensure_identity(state_dir: Path, *, provision_url: str, claim_token: str,
         if deadline_s and time.monotonic() - started > deadline_s:
             raise ProvisioningError(f"no answer from {url} within {deadline_s:.0f}s: "
                                     f"{problem}", reason="provisioning_unreachable")
-        log.warning("provisioning at %s failed (%s); retrying in %.0fs", url, problem, backoff)
-        sleep(backoff * random.uniform(0.5, 1.0))
-        backoff = min(backoff * 2, 60.0)
+        wait = next(backoff)
+        log.warning("provisioning at %s failed (%s); retrying in %.0fs", url, problem, wait)
+        sleep(wait)
     identity = {"device_id": answer["device_id"], "mqtt_password": answer["mqtt_password"],
                 "broker_url": answer.get("broker_url") or "", "provisioned_at": time.time(),
                 "controller": provision_url}

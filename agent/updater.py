@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import shutil
 import threading
 import time
@@ -44,6 +43,7 @@ from edgefleet.contract import (
     TrustError,
     bundle_paths,
 )
+from edgefleet.contract.backoff import Backoff
 from edgefleet.contract.bundle import manifest_path_ok, model_target
 
 from ._blobs import BlobCache
@@ -130,7 +130,7 @@ class ChunkFetcher(LocalFetcher):
         limit = self.limit
         offset, total = 0, None
         started = time.monotonic()
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         if self.known_absent(file):  # as the controller would answer, without asking
             raise tuf_exc.DownloadHTTPError(f"{file} not found", 404)
         copy = self.local_copy(file)
@@ -165,11 +165,11 @@ class ChunkFetcher(LocalFetcher):
                     raise FetchError(f"{file}: gave up after {self._deadline:.0f}s "
                                      f"at byte {offset}: {exc}") from exc
                 self.retries += 1
-                log.info("fetch %s@%d failed (%s); retrying in %.1fs", file, offset, exc, backoff)
-                self._sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, 5.0)
+                wait = next(backoff)
+                log.info("fetch %s@%d failed (%s); retrying in %.1fs", file, offset, exc, wait)
+                self._sleep(wait)
                 continue
-            backoff = 0.2
+            backoff.reset()
             if chunk.status == "not_found":
                 raise tuf_exc.DownloadHTTPError(f"{file} not found", 404)
             if chunk.status != "ok" or chunk.offset != offset or chunk.file != file:

@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from typing import Any, ClassVar
 
 from .messages import Message
+from .names import NAME
 
 __all__ = ["MANIFEST_MAX_BYTES", "SMOKE_MAX_BYTES", "BundleFile", "Manifest", "TargetTrust",
            "TensorSpec", "bundle_paths", "manifest_path_ok", "model_target", "sha256_file"]
@@ -43,7 +43,6 @@ __all__ = ["MANIFEST_MAX_BYTES", "SMOKE_MAX_BYTES", "BundleFile", "Manifest", "T
 BUNDLE_ROOT = "bundles"
 MANIFEST_MAX_BYTES = 64 * 1024  # a manifest bigger than this is refused by both ends
 SMOKE_MAX_BYTES = 8 * 1024 * 1024  # the smoke test's file, whatever the model's size
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # the largest file of each role a device downloads (checked before it downloads)
 FILE_ROLES = {"smoke": SMOKE_MAX_BYTES, "profile": 8 * 1024 * 1024,
               "labels": 8 * 1024 * 1024}
@@ -71,8 +70,10 @@ class BundleFile(Message):
     length: int
 
     def __post_init__(self) -> None:
-        if not _FILE_NAME.match(self.name) or self.name in RESERVED_NAMES:
-            raise ValueError(f"bad bundle file name {self.name!r}")
+        NAME.check(self.name, "bundle file name")
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"bundle file name {self.name!r} is reserved (the store writes "
+                             f"{' and '.join(RESERVED_NAMES)})")
         if self.role not in FILE_ROLES:
             raise ValueError(f"bundle file role {self.role!r}: expected one of "
                              f"{sorted(FILE_ROLES)}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from .names import NAME
+
 __all__ = [
     "PREFIX",
     "BLOB_PREFIX",
@@ -30,8 +32,6 @@ CTL_STATE = f"{PREFIX}/ctl/state"
 BLOB_PREFIX = f"{PREFIX}/blob"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
 
 class DeviceTopic:
     """Suffixes of the per-device topics, ``fleet/v1/dev/{id}/<suffix>``."""
@@ -49,7 +49,7 @@ class DeviceTopic:
 
 def valid_device_id(device_id: str) -> bool:
     """Whether ``device_id`` is usable in topics (no wildcards, slashes or spaces)."""
-    return bool(_DEVICE_ID.match(device_id))
+    return NAME.valid(device_id)
 
 
 def device_topic(device_id: str, suffix: str, **fields: str) -> str:
@@ -58,11 +58,9 @@ def device_topic(device_id: str, suffix: str, **fields: str) -> str:
     Raises:
         ValueError: the device id or a field would break the topic structure.
     """
-    if not valid_device_id(device_id):
-        raise ValueError(f"invalid device id {device_id!r}")
+    NAME.check(device_id, "device id")
     for key, value in fields.items():
-        if not valid_device_id(value):
-            raise ValueError(f"invalid {key} {value!r}")
+        NAME.check(value, key)
     return f"{PREFIX}/dev/{device_id}/{suffix.format(**fields)}"
 
 

@@ -23,6 +23,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.contract.names import TOKEN_NAME
+
 from ._api_types import SeqQuery
 from ._token_store import public_token
 from .auth import (
@@ -30,7 +32,6 @@ from .auth import (
     DEVICE,
     PUBLIC,
     ROUTES,
-    TOKEN_NAME_PATTERN,
     Principal,
     allows,
     check_table,
@@ -203,9 +204,9 @@ def _error_text(body: bytes) -> str:
 
 class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # 0 is not false, "1" not 1
-    name: str = Field(pattern=TOKEN_NAME_PATTERN,
-                      description="the actor name in audit: 1-64 letters, digits, '.', '_', "
-                                  "'@' or '-' (not a reserved name: admin, the controller's)")
+    name: str = Field(pattern=TOKEN_NAME.pattern,
+                      description=f"the actor name in audit: {TOKEN_NAME.expected} (not a "
+                                  "reserved name: admin, the controller's)")
     role: Literal["viewer", "operator", "admin"]
     ttl_s: float | None = Field(None, gt=0, le=10 * 365 * 86400,
                                 description="seconds until it expires (none: never)")

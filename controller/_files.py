@@ -22,16 +22,15 @@ relative path inside the store).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 from edgefleet.contract import NotFoundError
 from edgefleet.contract.files import atomic_write
+
+from ._locks import lock_file, locked
 
 __all__ = ["FILE_STORES", "DirectoryFiles", "FileStore", "check_key", "open_files"]
 
@@ -187,12 +186,8 @@ class DirectoryFiles:
             raise NotFoundError(f"no file {key}")
         return path
 
-    @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        with open(self.root / f".lock-{digest}", "ab") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            yield  # the flock goes with the descriptor
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return locked(lock_file(self.root, name))
 
 
 def open_files(kind: str, data_dir: Path, engine: object = None) -> FileStore:

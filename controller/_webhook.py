@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import random
 import threading
 import urllib.error
 import urllib.request
 from typing import Any
+
+from edgefleet.contract.backoff import Backoff
 
 __all__ = ["WebhookSender"]
 
@@ -30,8 +31,12 @@ class WebhookSender:
         url: where to POST (e.g. a Slack incoming webhook).
         queue_max: payloads waiting at most; beyond it new ones are dropped.
         max_attempts: tries per payload.
-        backoff_s: first retry delay, doubled each time up to ``max_backoff_s``.
+        backoff_s: first retry delay, doubled each time up to ``max_backoff_s``; each
+            wait is within ±20% of it.
         timeout_s: per request.
+
+    Raises:
+        ValueError: not an http(s) URL, or a negative backoff.
     """
 
     def __init__(self, url: str, *, queue_max: int = 1000, max_attempts: int = 5,
@@ -41,8 +46,7 @@ class WebhookSender:
             raise ValueError(f"webhook URL must be http(s)://, got {url!r}")
         self.url = url
         self.max_attempts = max(1, max_attempts)
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self._backoff = Backoff(backoff_s, max_backoff_s, jitter=(0.8, 1.2))
         self.timeout_s = timeout_s
         self.counters = {"sent": 0, "failed": 0, "retried": 0, "dropped": 0}
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_max)
@@ -86,7 +90,7 @@ class WebhookSender:
 
     def _deliver(self, payload: dict[str, Any]) -> None:
         body = json.dumps(payload, default=str).encode()
-        delay = self.backoff_s
+        self._backoff.reset()
         for attempt in range(1, self.max_attempts + 1):
             retry, why = self._post(body)
             if why is None:
@@ -95,9 +99,8 @@ class WebhookSender:
             if not retry or attempt == self.max_attempts or self._stop.is_set():
                 break
             self.counters["retried"] += 1
-            if self._stop.wait(delay * random.uniform(0.8, 1.2)):
+            if self._stop.wait(next(self._backoff)):
                 break
-            delay = min(delay * 2, self.max_backoff_s)
         self.counters["failed"] += 1
         log.warning("alert webhook gave up on %s: %s",
                     (payload.get("edgefleet") or {}).get("key"), why)

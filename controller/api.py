@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
+from edgefleet.contract.names import NAME
 from edgefleet.optimizer import OptimizeTarget
 
 from ._api_devices import add_device_routes
@@ -58,7 +59,7 @@ from .service import FleetController
 __all__ = ["create_app"]
 
 
-HardwareClass = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+HardwareClass = Annotated[str, Field(pattern=NAME.pattern)]
 
 
 class OptimizeBody(BaseModel):

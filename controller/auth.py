@@ -33,13 +33,14 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
+from edgefleet.contract.names import TOKEN_NAME
+
 __all__ = [
     "ADMIN",
     "CONSOLE",
     "DEVICE",
     "OPERATOR",
     "PUBLIC",
-    "TOKEN_NAME_PATTERN",
     "RESERVED_NAMES",
     "ROLES",
     "ROUTES",
@@ -130,8 +131,6 @@ ROUTES: Final[Mapping[tuple[str, str], Access]] = {
 # Actor names that are not tokens: the bootstrap admin token and the controller itself.
 RESERVED_NAMES: Final = frozenset({"admin", "orchestrator", "controller", "system",
                                    "anonymous", "device"})
-TOKEN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
-_NAME = re.compile(TOKEN_NAME_PATTERN)
 _PREFIX: Final = "eft"
 
 
@@ -201,8 +200,8 @@ def token_refusal(row: Mapping[str, Any] | None, presented: str, now: float) -> 
 
 def valid_token_name(name: str) -> str | None:
     """Why ``name`` cannot name a token (None: it can)."""
-    if not _NAME.match(name):
-        return "token names are 1-64 letters, digits, '.', '_', '@' or '-'"
+    if not TOKEN_NAME.valid(name):
+        return f"token names are {TOKEN_NAME.expected}"
     if name.lower() in RESERVED_NAMES:
         return f"{name!r} is reserved (the bootstrap admin token or the controller)"
     return None

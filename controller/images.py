@@ -11,8 +11,9 @@ A recipe is a target's metadata plus its template files. The recipes are embedde
 (:func:`builtin_recipe`), so an installed controller builds images without a checkout;
 ``firmware-images/<target>/`` in the repository holds the same recipes as readable
 files, which :func:`load_recipe` loads for customised builds (tests pin the two
-together). Standard library only, and no edgefleet imports:
-``firmware-images/build_overlay.py`` loads this file from a checkout with nothing installed.
+together). Standard library only, and of edgefleet only the name rule
+(``contract/names.py``, itself standard library): ``firmware-images/build_overlay.py``
+loads the two files from a checkout with nothing installed.
 
 Errors: :class:`ImageBuildError` (a ``ValueError``) names the bad input; no message
 contains the claim token.
@@ -39,8 +40,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 try:
+    from ..contract.names import NAME
     from ._image_recipes import BUILTIN_META, COMMON_FILES, RPI_AGENT_UNIT, UNIT_CHANGES
 except ImportError:  # loaded as a lone file by firmware-images/build_overlay.py
+    from _edgefleet_names import NAME  # type: ignore[no-redef]
     from _image_recipes import (  # type: ignore[no-redef]
         BUILTIN_META,
         COMMON_FILES,
@@ -56,7 +59,6 @@ TARGETS = ("rpi-os-arm64", "jetson-l4t")
 CLAIM_TOKEN_ENV = "EDGEFLEET_CLAIM_TOKEN"
 TEMPLATES = ("edgefleet-agent.service", "edgefleet-install.service", "install-agent.sh",
              "edgefleet.sysusers", "edgefleet.tmpfiles")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # device ids, tag keys, classes
 _TOKEN = re.compile(r"^[\x21-\x7e]{16,4096}$")
 _VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*[A-Za-z0-9.+!_-]*$")
 _COMMAND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
@@ -155,8 +157,9 @@ def _recipe(meta: Mapping[str, Any], files: dict[str, str], source: str) -> Reci
         raise ImageBuildError(f"recipe {source}: unknown keys {sorted(unknown)}")
     if meta.get("target") not in TARGETS:
         raise ImageBuildError(f"recipe {source}: target must be one of {', '.join(TARGETS)}")
-    if not _NAME.match(str(meta.get("hardware_class", ""))):
-        raise ImageBuildError(f"recipe {source}: hardware_class must be auto or a name like rpi5")
+    if not NAME.valid(str(meta.get("hardware_class", ""))):
+        raise ImageBuildError(f"recipe {source}: hardware_class must be auto or a name like "
+                              f"rpi5 ({NAME.expected})")
     lists = {key: meta.get(key, []) for key in ("pythons", "apt_packages")}
     for key, value in lists.items():
         if not isinstance(value, list) or not all(isinstance(v, str) and _COMMAND.match(v)
@@ -311,8 +314,8 @@ def build_overlay(recipe: Recipe, *, out: Path, controller_url: str, trust_root:
     hw = hardware_class or recipe.hardware_class
     for what, name in (("hardware class", hw), ("device id", device_id), *(
             ("tag", key) for key in (tags or {}))):
-        if name is not None and not _NAME.match(name):
-            raise ImageBuildError(f"{what} {name!r}: use letters, digits, '.', '_', '-'")
+        if name is not None and not NAME.valid(name):
+            raise ImageBuildError(f"{what} {name!r}: expected {NAME.expected}")
     if any(not value or not value.isprintable() for value in (tags or {}).values()):
         raise ImageBuildError("tag values must be non-empty and printable")
     try:

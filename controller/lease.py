@@ -22,7 +22,6 @@ operator's action on one replica while the leader steps the same deployment):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import tempfile
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
+
+from ._locks import lock_file, locked, try_lock
 
 __all__ = ["Lease", "lock_key"]
 
@@ -126,11 +127,8 @@ class Lease:
     def _file_acquire(self) -> bool:
         if self._file is not None:
             return True
-        f = open(self._dir / f".{self.name}.lock", "ab")  # noqa: SIM115 - held open
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
+        f = try_lock(self._dir / f".{self.name}.lock")
+        if f is None:
             return False
         self._file = f
         log.info("this replica now leads (%s)", self.name)
@@ -150,10 +148,8 @@ class Lease:
                                  {"k": lock_key(key)})
                     conn.commit()
             return
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        with open(self._dir / f".lock-{digest}", "ab") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            yield  # the flock goes with the descriptor
+        with locked(lock_file(self._dir, key)):
+            yield
 
 
 def _sqlite_dir(engine: sa.Engine) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ from edgefleet.contract import (
 )
 from edgefleet.contract.features import INPUT_KINDS
 from edgefleet.contract.files import atomic_write
+from edgefleet.contract.names import NAME
 from edgefleet.optimizer import (
     TASKS,
     OptimizeTarget,
@@ -61,7 +61,6 @@ __all__ = ["Registry", "load_datasets"]
 
 _KINDS = (*INPUT_KINDS, "mask", "skip")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILE = "model.onnx"
 _TFLITE_FILE = "model.tflite"
 log = logging.getLogger(__name__)
@@ -220,11 +219,9 @@ class Registry:
             ValueError: bad name, not a loadable model, bad datasets (naming the input
                 and what was expected), an unknown task or input kind.
         """
-        if not _NAME.match(name):
-            raise ValueError("model name: letters, digits, '.', '_', '-' (max 64)")
+        NAME.check(name, "model name")
         for hw in hardware_classes or []:
-            if not _NAME.match(hw):
-                raise ValueError(f"hardware class {hw!r}: letters, digits, '.', '_', '-'")
+            NAME.check(hw, "hardware class")
         with self._scratch(f"register-{name}-") as stage:
             path, signature, tflite = _write_model(stage, model)
             runtime = "litert" if tflite else "onnxruntime"
@@ -439,10 +436,13 @@ class Registry:
                 classes already covered by another variant of this version.
         """
         self.store.get_model(name, version)
-        if not _NAME.match(variant) or variant in ("manifest.json",):
-            raise ValueError(f"variant name {variant!r}: letters, digits, '.', '_', '-'")
-        if not hardware_classes or not all(_NAME.match(c) for c in hardware_classes):
-            raise ValueError("a variant needs hardware classes (letters, digits, '.', '_', '-')")
+        NAME.check(variant, "variant name")
+        if variant in ("manifest.json",):
+            raise ValueError(f"variant name {variant!r} is reserved")
+        if not hardware_classes:
+            raise ValueError("a variant needs at least one hardware class")
+        for hw in hardware_classes:
+            NAME.check(hw, "hardware class")
         taken = {c for v in self.variants(name, version) for c in v["hardware_classes"]}
         if taken & set(hardware_classes):
             raise ValueError(f"classes {sorted(taken & set(hardware_classes))} already have a "

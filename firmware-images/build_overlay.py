@@ -35,6 +35,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 def _load_builder() -> ModuleType:
     _load("_image_recipes", CHECKOUT / "controller" / "_image_recipes.py")  # its recipes
+    _load("_edgefleet_names", CHECKOUT / "contract" / "names.py")  # what a name may be
     return _load("edgefleet_images", CHECKOUT / "controller" / "images.py")
 
 

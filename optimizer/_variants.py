@@ -10,7 +10,6 @@ lets ``choose_for_class`` pick per class. Files written to ``out_dir`` besides
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from edgefleet.contract.errors import OptimizationError
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.hardware import CLASS_TRAITS, detect
+from edgefleet.contract.names import NAME
 from edgefleet.optimizer._classes import Candidate, ClassChoice, choose_for_class
 from edgefleet.optimizer._decisions import decide_gates
 from edgefleet.optimizer._evaluate import score
@@ -30,7 +30,6 @@ from edgefleet.optimizer._types import OptimizationResult, OptimizeTarget
 
 __all__ = ["ClassPlan", "optimize_for_classes"]
 
-_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BLOCKS = 4  # the two .tflite files are timed in alternating blocks
 
 
@@ -136,9 +135,9 @@ def optimize_for_classes(
     wanted = list(dict.fromkeys(classes))
     if not wanted:
         raise ValueError("give at least one hardware class")
-    bad = [c for c in wanted if not _CLASS.match(c)]
+    bad = [c for c in wanted if not NAME.valid(c)]
     if bad:
-        raise ValueError(f"hardware class names are letters, digits, '.', '_', '-': {bad}")
+        raise ValueError(f"hardware class names {bad}: expected {NAME.expected}")
     target = target or OptimizeTarget()
     say = progress or (lambda _: None)
     machine = machine_class or detect().hardware_class

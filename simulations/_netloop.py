@@ -42,6 +42,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgefleet.contract._sockets import no_delay
+from edgefleet.contract.backoff import Backoff
 
 __all__ = ["LinkShape", "SharedLoop"]
 
@@ -68,13 +69,13 @@ class _Entry:
     """What the loop knows about one client."""
 
     __slots__ = ("client", "connecting", "deliver", "dropped", "dead", "free_at", "last_at",
-                 "min_s", "max_s", "backoff", "partitioned", "reconnect_at", "removed", "shape",
+                 "backoff", "partitioned", "reconnect_at", "removed", "shape",
                  "sock")
 
-    def __init__(self, client: mqtt.Client, min_s: float, max_s: float) -> None:
+    def __init__(self, client: mqtt.Client, min_s: float, max_s: float,
+                 uniform: Callable[[float, float], float]) -> None:
         self.client = client
-        self.min_s, self.max_s = max(min_s, 0.05), max(max_s, min_s, 0.05)
-        self.backoff = self.min_s
+        self.backoff = Backoff(max(min_s, 0.05), max(max_s, min_s, 0.05), uniform=uniform)
         self.sock: Any = None
         self.reconnect_at: float | None = None
         self.shape: LinkShape | None = None
@@ -143,7 +144,7 @@ class SharedLoop:
     def add(self, client: mqtt.Client, *, reconnect_min_s: float,
             reconnect_max_s: float) -> None:
         """Take over a client on which ``connect_async`` was called; it connects soon."""
-        entry = _Entry(client, reconnect_min_s, reconnect_max_s)
+        entry = _Entry(client, reconnect_min_s, reconnect_max_s, self._rng.uniform)
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -280,8 +281,7 @@ class SharedLoop:
                 entry.sock = None
             if entry.sock is None and not (entry.dead or entry.connecting) and \
                     entry.reconnect_at is None and id(client) in self._entries:
-                self._schedule_connect(entry, entry.backoff * self._rng.uniform(0.5, 1.0))
-                entry.backoff = min(entry.backoff * 2, entry.max_s)
+                self._schedule_connect(entry, next(entry.backoff))
         if threading.current_thread() is self._thread:
             closed()  # before paho closes it
         else:
@@ -373,8 +373,7 @@ class SharedLoop:
                 self._sel.unregister(entry.sock)
             entry.sock = None
         if not entry.dead:
-            self._schedule_connect(entry, entry.backoff * self._rng.uniform(0.5, 1.0))
-            entry.backoff = min(entry.backoff * 2, entry.max_s)
+            self._schedule_connect(entry, next(entry.backoff))
 
     def _forget(self, entry: _Entry) -> None:
         entry.dead = True
@@ -436,7 +435,7 @@ class SharedLoop:
         try:
             entry.client.loop_misc()
             if entry.client.is_connected():
-                entry.backoff = entry.min_s
+                entry.backoff.reset()
         except Exception:
             log.exception("network loop: keep-alive error")
 
