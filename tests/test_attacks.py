@@ -214,7 +214,8 @@ def test_indefinite_freeze_with_a_replayed_expired_timestamp_is_rejected(control
     controller.registry.ensure_bundle("digits", v2["version"])
     # the attacker keeps serving the last timestamp the device saw, hiding the new one
     (repo.metadata_dir / "timestamp.json").write_bytes(frozen)
-    time.sleep(2.5)
+    expires = Metadata[Timestamp].from_bytes(frozen).signed.expires.timestamp()
+    time.sleep(max(0.0, expires - time.time()) + 0.2)  # until the frozen timestamp expires
 
     _rejected(controller, agent, v2["version"], "expired_metadata", evalset)
     # the device says so: it serves what it has and installs nothing new
@@ -433,6 +434,12 @@ def test_replayed_forged_or_expired_control_command_is_refused(controller, servi
     _publish_raw(mosquitto.url, topic, payload)
     wait_until(lambda: agent.guard.rejected[reason] >= 1, 10)
     assert agent.status()["commands"]["rejected"][reason] >= 1
-    time.sleep(0.5)  # an accepted deploy would have started by now
-    assert agent.jobs.current is None and not agent.store.find("digits", v2["version"])
+    # a genuine command sent after it is handled after it, on the same thread: once it is
+    # seen, an accepted deploy would have been handed to the job runner
+    probe = Command(id=f"probe{time.monotonic_ns()}", action="rebirth", issued_at=time.time(),
+                    expires_at=time.time() + 600, device=device)
+    _publish_raw(mosquitto.url, topic, controller.repo.sign_command(probe.encode()))
+    wait_until(lambda: probe.id in agent.guard._seen, 10)
+    assert agent.jobs._wanted is None and agent.jobs.current is None
+    assert not agent.store.find("digits", v2["version"])
     _still_serving_v1(agent, evalset)

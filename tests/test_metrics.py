@@ -49,8 +49,9 @@ def test_metrics_describe_the_fleet_in_valid_exposition_format(controller, make_
     p95 = samples[("edgefleet_model_latency_seconds",
                    (("model", "digits"), ("percentile", "95"), ("version", "1")))]
     assert 0 < p95 < 1
+    # the reference checker (Debian's prometheus package; scripts/test installs it)
     promtool = shutil.which("promtool")
-    if promtool:  # the reference checker, where it is installed
-        check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
-                               capture_output=True, timeout=30)
-        assert check.returncode == 0, check.stdout + check.stderr
+    assert promtool, "promtool not found: install Debian's prometheus package"
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr

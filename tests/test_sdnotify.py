@@ -95,17 +95,18 @@ def test_watchdog_interval_comes_from_watchdog_usec_for_this_process_only():
 
 def test_watchdog_pings_at_half_the_interval_while_alive(systemd_socket, monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", systemd_socket.address)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: a ping every 0.1 s
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # 1 s: a ping every 0.5 s
     watchdog = Watchdog(lambda: True)
     assert watchdog.start()
     try:
-        pings = systemd_socket.receive(1.0)
+        pings = systemd_socket.receive(3.0)
     finally:
         watchdog.stop()
     assert {text for _, text in pings} == {"WATCHDOG=1"}
-    assert 7 <= len(pings) <= 13, len(pings)
+    # about six; fewer when a loaded machine runs the thread late, never a flood
+    assert 3 <= len(pings) <= 7, len(pings)
     gaps = [b[0] - a[0] for a, b in zip(pings, pings[1:], strict=False)]
-    assert max(gaps) < 0.2  # never as late as the timeout itself
+    assert max(gaps) < 1.0, gaps  # never as late as the timeout itself
     assert systemd_socket.receive(0.3) == []  # stop() ends the pings
 
 
@@ -116,16 +117,17 @@ def test_watchdog_withholds_pings_once_the_agent_is_not_alive(systemd_socket, mo
     watchdog = Watchdog(alive.is_set, interval_s=0.1)
     watchdog.start()
     try:
-        before = systemd_socket.receive(0.3)
+        systemd_socket.wait_for("WATCHDOG=1", timeout_s=10)  # pinging while alive
+        pings_before = watchdog.pings
         alive.clear()  # a worker thread died
-        time.sleep(0.06)  # at most one ping was already on its way
-        systemd_socket.receive(0.01)
-        after = systemd_socket.receive(0.4)
+        # the watchdog's thread ends at its next check, having sent at most the one ping
+        # that was already past its check
+        assert watchdog._thread is not None
+        watchdog._thread.join(10)
+        assert not watchdog._thread.is_alive()
+        assert watchdog.pings - pings_before <= 1
     finally:
         watchdog.stop()
-    assert len(before) >= 4
-    assert after == []
-    assert watchdog._thread is not None and not watchdog._thread.is_alive()
 
 
 def test_a_raising_liveness_check_counts_as_dead():
@@ -140,8 +142,9 @@ def test_a_raising_liveness_check_counts_as_dead():
 
     watchdog = Watchdog(broken, interval_s=0.05, send=send)
     watchdog.start()
-    time.sleep(0.2)
-    watchdog.stop()
+    assert watchdog._thread is not None
+    watchdog._thread.join(10)  # it gives up at its first check
+    assert not watchdog._thread.is_alive()
     assert sent == []
 
 
@@ -158,8 +161,8 @@ def test_agent_run_tells_systemd_ready_pings_and_stopping(tmp_path, trust_root, 
     try:
         seen = systemd_socket.wait_for("READY=1", timeout_s=60)
         assert not [s for s in seen if s != "WATCHDOG=1" and "READY=1" not in s]
-        pings = systemd_socket.receive(1.0)
-        assert 3 <= sum(text == "WATCHDOG=1" for _, text in pings) <= 7
+        pings = systemd_socket.receive(2.0)  # every 0.2 s: about ten
+        assert 3 <= sum(text == "WATCHDOG=1" for _, text in pings) <= 12
         proc.send_signal(signal.SIGTERM)
         systemd_socket.wait_for("STOPPING=1", timeout_s=10)
         assert proc.wait(timeout=30) == 0
