@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent import futures
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -28,6 +28,7 @@ from edgefleet.contract import EdgefleetError, InputError, ModelError
 from ._v2 import (
     DTYPES,
     EXTENSIONS,
+    Serving,
     V2Request,
     decode_bytes,
     error_kind,
@@ -37,9 +38,6 @@ from ._v2 import (
     v2_datatype,
 )
 from ._v2_messages import SERVICE, messages
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 __all__ = ["GrpcServer", "decode_infer_request"]
 
@@ -111,7 +109,7 @@ def decode_infer_request(request: Any) -> V2Request:
 class _Service:
     """The six calls; each answers from the agent or aborts with a status."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Serving) -> None:
         self.agent = agent
         self.m = messages()
 
@@ -184,7 +182,7 @@ class GrpcServer:
         OSError: the address cannot be bound.
     """
 
-    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, agent: Serving, host: str = "127.0.0.1", port: int = 0, *,
                  max_message_bytes: int = 64 * 1024 * 1024, workers: int = 4) -> None:
         m, service = messages(), _Service(agent)
         calls = {"ServerLive": service.server_live, "ServerReady": service.server_ready,

@@ -8,15 +8,17 @@ published again on the next connect.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import edgefleet
 from edgefleet.contract import (
+    Clock,
     CompatibilityError,
     DesiredState,
     DeviceTopic,
@@ -25,19 +27,23 @@ from edgefleet.contract import (
     FetchError,
     JobState,
     JobStatus,
+    ModelRef,
     RollbackError,
     TargetTrust,
     TrustError,
 )
 
+from ._blobs import BlobCache
+from ._job_choices import Choice, Holdings, blobs_to_take, choose
+from ._mqtt import AgentLink
 from ._pacing import StatusPacer
 from ._smoke import smoke_test
-from .runtime import available_runtimes
+from .config import AgentConfig
+from .models import InstalledModel, ModelStore
+from .runtime import Runtime, available_runtimes
+from .updater import BundleUpdater
 
-if TYPE_CHECKING:
-    from .agent import Agent
-
-__all__ = ["JobRunner", "JobSlots", "smoke_test"]
+__all__ = ["JobHost", "JobRunner", "JobSlots", "smoke_test"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,50 @@ class JobSlots:
             self.__enter__()
 
 
+class JobHost(Protocol):
+    """What the job worker needs of the agent it works for (``Agent`` is one).
+
+    Read when needed, not kept: a host may replace its store after construction (a
+    simulated device's store that runs out of disk).
+    """
+
+    # its parts
+    @property
+    def config(self) -> AgentConfig: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> ModelStore: ...
+    @property
+    def link(self) -> AgentLink: ...
+    @property
+    def updater(self) -> BundleUpdater: ...
+    @property
+    def blobs(self) -> BlobCache: ...
+    @property
+    def hardware_class(self) -> str: ...
+
+    # what it serves and shadows, and the switches between them
+    @property
+    def active(self) -> ModelRef | None: ...
+    @property
+    def shadow_ref(self) -> ModelRef | None: ...
+    def on_trial(self, job: str) -> bool: ...
+    def shadowed(self, name: str, version: int) -> tuple[InstalledModel, Runtime] | None: ...
+    def load_runtime(self, installed: InstalledModel) -> Runtime: ...
+    def activate(self, installed: InstalledModel, runtime: Runtime, d: DesiredState) -> None: ...
+    def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None: ...
+    def start_shadow(self, installed: InstalledModel, runtime: Runtime,
+                     sample: float) -> None: ...
+    def stop_shadow(self) -> None: ...
+    def announce(self) -> None: ...
+
+
 class JobRunner:
     """Applies desired states for one agent, one at a time."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, host: JobHost) -> None:
+        self.host = host
         # held while the worker refreshes trust or applies a job; a host running many
         # agents on a few cores bounds how many do so at once (see ``Agent.start``)
         self.slots: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -94,13 +139,13 @@ class JobRunner:
         self._wake = threading.Event()
         self._wanted: DesiredState | None = None
         self.current: DesiredState | None = None
-        finished = agent.store.finished_jobs()  # survives restarts
+        finished = host.store.finished_jobs()  # survives restarts
         self.done: dict[str, str] = {job: v["state"] for job, v in finished.items()}
         self._newest = max((float(v.get("issued_at", 0)) for v in finished.values()),
                            default=0.0)
         self._last_status: dict[str, bytes] = {}
         self.announce_due = False  # a change (trust) to say in a birth when the job ends
-        self.pacer = StatusPacer(self._publish_status, agent.config.status_interval_s)
+        self.pacer = StatusPacer(self._publish_status, host.config.status_interval_s)
         # whether trust metadata could last be refreshed; "expired" means the device keeps
         # serving what it has but installs nothing new until fresh metadata arrives
         self.trust: dict[str, Any] = {"state": "unknown", "reason": "", "checked_at": 0.0}
@@ -118,7 +163,7 @@ class JobRunner:
                 # asked again (e.g. by a restarted controller): say again how it ended
                 payload = self._last_status.get(desired.job)
                 if payload is not None:
-                    self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=desired.job)
+                    self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=desired.job)
                 return
             if desired.issued_at < self._newest:
                 log.info("ignored desired state %s: older than one already applied",
@@ -148,7 +193,7 @@ class JobRunner:
             pending, self._after_refresh = self._after_refresh, []
         self._last_on_demand = time.monotonic()
         try:
-            self.agent.updater.refresh()
+            self.host.updater.refresh()
             self._on_refreshed(None)
         except TrustError as exc:
             self._on_refreshed(exc)
@@ -166,20 +211,20 @@ class JobRunner:
             else "untrusted"
         changed = self.trust["state"] != state
         self.trust = {"state": state, "reason": exc.reason if exc else "",
-                      "checked_at": self.agent.clock.time()}
+                      "checked_at": self.host.clock.time()}
         if changed and exc is not None:
             log.warning("trust metadata %s (%s): serving the installed model, installing "
                         "nothing new", state, exc.reason)
         if changed and self.current is not None:
             self.announce_due = True  # said once, with the job's outcome, when it ends
         elif changed:
-            self.agent.announce()
+            self.host.announce()
 
     # -- reporting ----------------------------------------------------------------------
     def report(self, d: DesiredState, state: str, *, reason: str = "", detail: str = "",
                progress: dict[str, Any] | None = None) -> None:
         payload = JobStatus(job=d.job, deployment=d.deployment, state=state,
-                            ts=self.agent.clock.time(), model=d.model, version=d.version,
+                            ts=self.host.clock.time(), model=d.model, version=d.version,
                             reason=reason, detail=detail[:500], progress=progress or {}).encode()
         self._last_status[d.job] = payload
         while len(self._last_status) > 20:
@@ -187,20 +232,20 @@ class JobRunner:
         if state in JobState.TERMINAL:
             self.done[d.job] = state
             self._newest = max(self._newest, d.issued_at)
-            self.agent.store.record_job(d.job, state, d.issued_at)
+            self.host.store.record_job(d.job, state, d.issued_at)
         self.pacer.send(d.job, payload, final=state in JobState.TERMINAL)
 
     def _publish_status(self, job: str, payload: bytes) -> None:
-        self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
+        self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
 
     def republish(self) -> None:
         """After a reconnect: the latest status of recent jobs, in case they were lost."""
         for job, payload in list(self._last_status.items())[-5:]:
-            self.agent.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
+            self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
 
     def on_progress(self, file: str, done: int, total: int) -> None:
         job = self.current
-        cfg = self.agent.config
+        cfg = self.host.config
         is_model = file.startswith("targets/") and not file.endswith("manifest.json")
         due = done == total or done % (cfg.chunk_bytes * 8) < cfg.chunk_bytes
         if job is not None and is_model and due:
@@ -229,11 +274,11 @@ class JobRunner:
         """
         if stop.is_set():
             return retry_at
-        interval = self.agent.config.trust_check_interval_s
+        interval = self.host.config.trust_check_interval_s
         # idle only: a job waiting to run refreshes the metadata itself
         if (interval > 0 and time.monotonic() - self._last_refresh > interval
                 and self.current is None and self._wanted is None
-                and self.agent.link.connected.is_set()):
+                and self.host.link.connected.is_set()):
             self.after_trust_refresh(lambda: None)
         if self._after_refresh:
             self._refresh_trust()
@@ -252,9 +297,9 @@ class JobRunner:
         except EdgefleetError as exc:
             log.warning("job %s failed: %s (%s)", desired.job, exc, exc.reason)
             self.report(desired, JobState.FAILED, reason=exc.reason, detail=str(exc))
-            self.agent.updater.clear()  # a failed job's download is of no further use
+            self.host.updater.clear()  # a failed job's download is of no further use
         except Exception as exc:  # never let a bad bundle kill the worker
-            self.agent.updater.clear()  # on a full disk, the partial download first
+            self.host.updater.clear()  # on a full disk, the partial download first
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # the device's fault, not the bundle's: say so; the old model stays
                 log.error("job %s: out of disk space: %s", desired.job, exc)
@@ -268,64 +313,67 @@ class JobRunner:
             with self._lock:
                 self.current = None
             if self.announce_due:  # nothing the job did announced it
-                self.agent.announce()
+                self.host.announce()
         with self._lock:
             if self._wanted is not None and self._wanted.job == desired.job:
                 self._wanted = None
         return retry_at
 
     def _apply(self, d: DesiredState) -> None:
-        agent = self.agent
-        active = agent.active
-        if d.mode == "active" and active is not None and (active.name, active.version) == (
-                d.model, d.version):
-            agent.stop_shadow()
-            if agent.on_trial(d.job):  # its health window is still running
+        """Carry out what ``choose`` makes of ``d`` and what this device holds."""
+        host = self.host
+        local = host.store.find(d.model, d.version) if d.allow_downgrade else None
+        held = Holdings(active=host.active, shadow=host.shadow_ref, on_trial=host.on_trial(d.job),
+                        installed=local is not None)
+        choice = choose(d, held)
+        if choice is Choice.PROMOTE_SHADOW:
+            promoted = host.shadowed(d.model, d.version)
+            if promoted is not None:  # already loaded: the switch is instant
+                host.activate(*promoted, d)
+                return
+            choice = choose(d, dataclasses.replace(held, shadow=None))  # stopped meanwhile
+        if choice is Choice.ALREADY_ACTIVE or choice is Choice.HEALTH_WINDOW_RUNNING:
+            host.stop_shadow()
+            if choice is Choice.HEALTH_WINDOW_RUNNING:
                 self.report(d, JobState.ACTIVATED, detail="health window running")
             else:
                 self.report(d, JobState.HEALTHY, detail="already active")
-            return
-        shadow = agent.shadow_ref
-        if d.mode == "shadow" and shadow is not None and (shadow.name, shadow.version) == (
-                d.model, d.version):
+        elif choice is Choice.ALREADY_SHADOWING:
             self.report(d, JobState.SHADOWING, detail="already shadowing")
-            return
-        promoted = agent.shadowed(d.model, d.version) if d.mode == "active" else None
-        if promoted is not None:  # the shadowed candidate is promoted: already loaded
-            agent.activate(*promoted, d)
-            return
-        if d.allow_downgrade:  # a controller-ordered rollback: prefer what is on disk
-            local = agent.store.find(d.model, d.version)
-            if local is not None:
-                trust = agent.store.trust_of(local)
-                self.check_counter(d.model, trust.release_counter if trust else 0)
-                agent.switch_to(local, d, reason="rollback")
-                return
+        elif choice is Choice.SWITCH_TO_LOCAL and local is not None:
+            trust = host.store.trust_of(local)
+            self.check_counter(d.model, trust.release_counter if trust else 0)
+            host.switch_to(local, d, reason="rollback")
+        else:
+            self._install(d, held.active)
+
+    def _install(self, d: DesiredState, active: ModelRef | None) -> None:
+        """Download, verify, install and smoke test ``d``'s bundle, then activate or
+        shadow it."""
+        host = self.host
         self.report(d, JobState.DOWNLOADING)
         # a device capped for a metered link pulls at its own pace instead of taking
         # broadcast blocks at the broker's; one fetching over HTTP(S) takes none either
         # (and files it holds already are copied, not taken from anywhere)
-        pulls_only = bool(agent.config.max_download_bytes_per_s or agent.config.repository_url)
-        broadcast = [] if pulls_only else [
-            sha for sha in d.broadcast
-            if not agent.config.reuse_local_files or agent.store.file_with(sha) is None]
-        named = {} if pulls_only or not d.broadcast else dict(d.metadata)
-        # the metadata first: it is asked for first, and the broker sends retained
-        # blocks in the order of the subscriptions
-        broadcast = [sha for sha in named.values() if sha not in broadcast] + broadcast
-        agent.link.subscribe_blobs(agent.blobs.expect(broadcast))
-        agent.fetcher.named = named
-        agent.fetcher.roots_upto = d.root_version if named else 0
+        cfg = host.config
+        pulls_only = bool(cfg.max_download_bytes_per_s or cfg.repository_url)
+        held = [sha for sha in d.broadcast if host.store.file_with(sha) is not None] \
+            if cfg.reuse_local_files and not pulls_only else []
+        plan = blobs_to_take(d, pulls_only=pulls_only, held=held)
+        fetcher = host.updater.fetcher
+        host.link.subscribe_blobs(host.blobs.expect(plan.take))
+        fetcher.named = plan.named
+        fetcher.roots_upto = d.root_version if plan.named else 0
         try:
-            bundle = agent.updater.fetch(d.model, d.version, manifest_path=d.manifest,
-                                         check=self.check_target,
-                                         on_refreshed=self._on_refreshed)
+            bundle = host.updater.fetch(d.model, d.version, manifest_path=d.manifest,
+                                        check=self.check_target,
+                                        on_refreshed=self._on_refreshed)
         finally:  # what TUF verified is in the download folder now
-            agent.fetcher.named = {}
-            agent.fetcher.roots_upto = 0
-            if broadcast:
-                agent.link.unsubscribe_blobs(broadcast)
-                agent.blobs.forget(broadcast)
+            fetcher.named = {}
+            fetcher.roots_upto = 0
+            if plan.take:
+                host.link.unsubscribe_blobs(plan.take)
+                host.blobs.forget(plan.take)
         self.report(d, JobState.VERIFYING)
         m = bundle.manifest
         if (active is not None and active.name == m.name and m.version < active.version
@@ -334,16 +382,16 @@ class JobRunner:
                                 f"{active.name}:{active.version}")
         self.check_compatible(m.runtime, m.compatibility)
         self.report(d, JobState.INSTALLING)
-        installed = agent.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
-                                        bundle.data, move=True)
-        agent.updater.clear()
-        runtime = agent.load_runtime(installed)
+        installed = host.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
+                                       bundle.data, move=True)
+        host.updater.clear()
+        runtime = host.load_runtime(installed)
         smoke_test(installed, runtime)
         if d.mode == "shadow":
-            agent.start_shadow(installed, runtime, d.shadow_sample or 0.1)
+            host.start_shadow(installed, runtime, d.shadow_sample or 0.1)
             self.report(d, JobState.SHADOWING)
             return
-        agent.activate(installed, runtime, d)
+        host.activate(installed, runtime, d)
 
     def check_target(self, trust: TargetTrust) -> None:
         """What the targets keys signed about a bundle, checked before it is downloaded.
@@ -352,7 +400,7 @@ class JobRunner:
             CompatibilityError: the bundle is for other hardware classes.
             RollbackError: its release counter is below this device's floor.
         """
-        hw = self.agent.hardware_class
+        hw = self.host.hardware_class
         if not trust.allows(hw):
             raise CompatibilityError(f"signed for hardware classes {trust.hardware_classes}, "
                                      f"this device is {hw}", reason="wrong_hardware")
@@ -360,7 +408,7 @@ class JobRunner:
 
     def check_counter(self, model: str, counter: int) -> None:
         """Raises: RollbackError when ``counter`` is below the device's release floor."""
-        floor = self.agent.store.release_floor(model)
+        floor = self.host.store.release_floor(model)
         if counter < floor:
             raise RollbackError(f"{model}: release counter {counter} is below {floor}, the "
                                 f"highest this device has run", reason="counter_rollback")
@@ -372,9 +420,9 @@ class JobRunner:
             raise CompatibilityError(f"runtime {runtime} is not installed on this device",
                                      reason="runtime_unavailable")
         classes = compat.get("hardware_classes") or []
-        if classes and self.agent.hardware_class not in classes:
+        if classes and self.host.hardware_class not in classes:
             raise CompatibilityError(f"bundle is for {classes}, this device is "
-                                     f"{self.agent.hardware_class}",
+                                     f"{self.host.hardware_class}",
                                      reason="wrong_hardware")
         need = str(compat.get("min_agent_version", "0"))
         if _version_tuple(need) > _version_tuple(edgefleet.__version__):

@@ -31,7 +31,7 @@ def litert_module() -> tuple[str, Any] | None:
     except ImportError:
         pass
     try:
-        from tflite_runtime import interpreter as tflite  # type: ignore[import-not-found]
+        from tflite_runtime import interpreter as tflite
 
         return "tflite-runtime", tflite
     except ImportError:

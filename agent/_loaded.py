@@ -1,9 +1,12 @@
-"""What the agent holds in memory about the model it serves and a health window in progress."""
+"""What the agent holds in memory about the model it serves and a health window in
+progress, and what one inference gives back."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+
+import numpy as np
 
 from edgefleet.contract import DesiredState, ModelRef
 
@@ -12,7 +15,7 @@ from .health import HealthPolicy
 from .models import InstalledModel
 from .runtime import Runtime
 
-__all__ = ["Loaded", "Trial"]
+__all__ = ["Loaded", "Prediction", "Trial"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,3 +54,14 @@ class Trial:
     # the newest latencies only: a long window at a high rate must not grow memory
     latencies: collections.deque[float] = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=4096))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One inference: the outputs by name, the model that answered, how long it took and,
+    for a classifier, the top label."""
+
+    outputs: dict[str, np.ndarray]
+    model: ModelRef
+    latency_ms: float
+    top: str | None

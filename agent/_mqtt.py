@@ -98,7 +98,7 @@ class AgentLink:
         self._rebirth_at = -_REBIRTH_EVERY_S
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
-        # paho's stubs say int, its loop takes float seconds
+        # paho annotates whole seconds; its loop takes fractions as well
         self._client.reconnect_delay_set(config.reconnect_min_s,  # type: ignore[arg-type]
                                          config.reconnect_max_s)  # type: ignore[arg-type]
         self._client.max_queued_messages_set(1000)

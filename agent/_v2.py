@@ -18,14 +18,20 @@ import dataclasses
 import json
 import math
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgefleet.contract import EdgefleetError, InputError, ModelError, datatypes
+from edgefleet.contract import EdgefleetError, InputError, Manifest, ModelError, ModelRef, datatypes
 
-__all__ = ["DTYPES", "EXTENSIONS", "V2Request", "decode_bytes", "decode_request", "encode_response",
-           "error_kind", "raw_bytes", "select_outputs", "served", "v2_datatype"]
+from ._signature import v2_shape
+
+if TYPE_CHECKING:
+    from ._loaded import Prediction
+
+__all__ = ["DTYPES", "EXTENSIONS", "Serving", "V2Request", "decode_bytes", "decode_request",
+           "encode_response", "error_kind", "metadata_of", "raw_bytes", "select_outputs", "served",
+           "v2_datatype"]
 
 EXTENSIONS = ["binary_tensor_data", "edgefleet_agent_status"]
 DTYPES = datatypes.NUMPY
@@ -173,7 +179,7 @@ def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
             data = item.encode() if isinstance(item, str) else bytes(item)
             parts.append(struct.pack("<I", len(data)) + data)
         return b"".join(parts)
-    return memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]
+    return np.ascontiguousarray(arr).data.cast("B")
 
 
 def select_outputs(model: str, wanted: list[str] | None,
@@ -202,7 +208,33 @@ def error_kind(exc: EdgefleetError) -> str:
             "inference_failed": "invalid"}.get(exc.reason, "internal")
 
 
-def served(agent: Any, model: str, version: str | int | None) -> Any:
+class Serving(Protocol):
+    """What the v2 endpoints (REST and gRPC) ask of the agent behind them."""
+
+    @property
+    def active(self) -> ModelRef | None:
+        """The model served, if any."""
+
+    def predict(self, feeds: dict[str, np.ndarray], *,
+                model: str | None = None) -> Prediction:
+        """Run the served model (raises ``InputError``, ``ModelError``)."""
+
+    def model_metadata(self, name: str) -> dict[str, Any] | None:
+        """The v2 metadata of ``name`` while it is served (``None``: it is not)."""
+
+    def status(self) -> dict[str, Any]:
+        """The agent's own status (the ``edgefleet_agent_status`` extension)."""
+
+
+def metadata_of(m: Manifest) -> dict[str, Any]:
+    """A model's v2 metadata: name, versions, platform and its tensors (``-1`` for
+    dynamic dimensions)."""
+    return {"name": m.name, "versions": [str(m.version)], "platform": m.runtime,
+            "inputs": [{**i.to_dict(), "shape": v2_shape(i.shape)} for i in m.inputs],
+            "outputs": [{**o.to_dict(), "shape": v2_shape(o.shape)} for o in m.outputs]}
+
+
+def served(agent: Serving, model: str, version: str | int | None) -> ModelRef:
     """The ``ModelRef`` ``agent`` serves if it is ``model`` (at ``version``, when given);
     cheap enough for every call (metadata is built only where it is asked for).
 

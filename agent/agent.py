@@ -9,7 +9,6 @@ waits on the network or on a disk commit.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import shutil
 import threading
@@ -19,10 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import edgefleet
 from edgefleet.contract import (
-    Ack,
-    Birth,
     Clock,
     DesiredState,
     DeviceTopic,
@@ -39,20 +35,22 @@ from ._blobs import BlobCache
 from ._http_fetch import HttpFetcher
 from ._jobs import JobRunner, JobSlots
 from ._loaded import Loaded as _Loaded
+from ._loaded import Prediction
 from ._loaded import Trial as _Trial
 from ._logs import Repeating
 from ._mqtt import AgentLink, NetworkLoop
-from ._signature import v2_shape
-from ._system import SystemMetrics
+from ._restart import resume
+from ._transport import open_updater
+from ._uplink import TelemetryUplink, birth
+from ._v2 import metadata_of
 from .commands import CommandGuard, ControlInbox
-from .config import AgentConfig, repository_base
+from .config import AgentConfig
 from .health import HealthPolicy, judge, p95
 from .models import InstalledModel, ModelStore
-from .runtime import Runtime, available_runtimes, load_runtime
+from .runtime import Runtime, load_runtime
 from .server import InferenceServer
-from .shadow import ShadowRunner
-from .telemetry import TelemetryBuffer
-from .updater import BundleUpdater, ChunkFetcher
+from .shadow import ShadowSlot
+from .updater import ChunkFetcher
 
 if TYPE_CHECKING:
     from ._grpc import GrpcServer
@@ -62,14 +60,6 @@ __all__ = ["Agent", "Prediction"]
 log = logging.getLogger(__name__)
 # thousands of idle job workers waking every second cost a hosting process whole cores
 _HOSTED_JOB_IDLE_S = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    outputs: dict[str, np.ndarray]
-    model: ModelRef
-    latency_ms: float
-    top: str | None
 
 
 class Agent:
@@ -101,15 +91,10 @@ class Agent:
                                else config.hardware_class)
         self._stop = threading.Event()
         self.jobs = JobRunner(self)
-        self._shadow: ShadowRunner | None = None
-        self._shadow_model: _Loaded | None = None
-        self.buffer = TelemetryBuffer(state / "telemetry.db", window_s=config.summary_window_s,
-                                      queue_max=config.telemetry_queue_max,
-                                      max_bytes=config.max_buffer_bytes,
-                                      max_raw_rows=config.max_raw_rows,
-                                      flush_interval_s=config.telemetry_flush_interval_s,
-                                      system_metrics=system_metrics or SystemMetrics(state),
-                                      shadow_stats=self._shadow_stats)
+        self._shadow = ShadowSlot()
+        self.uplink = TelemetryUplink(config, system_metrics=system_metrics,
+                                      shadow_stats=self._shadow.take_stats)
+        self.buffer = self.uplink.buffer
         self.guard = CommandGuard(config.device_id, tuf_dir / "root.json",
                                   state / "commands-seen.json", self.clock,
                                   max_age_s=config.command_max_age_s)
@@ -122,29 +107,12 @@ class Agent:
                               network=network, blobs=self.blobs,
                               handlers={DeviceTopic.CMD: self.inbox.on_cmd,
                                         DeviceTopic.DESIRED: self.inbox.on_desired,
-                                        DeviceTopic.TELEMETRY_ACK: self._on_ack})
-        local = self.store.file_with if config.reuse_local_files else None
+                                        DeviceTopic.TELEMETRY_ACK: self.uplink.on_ack})
         self.fetcher: ChunkFetcher | HttpFetcher
-        if config.repository_url:  # bundles over HTTP(S); no broadcast
-            repository = repository_base(config.repository_url)
-            self.fetcher = HttpFetcher(repository, ca_file=config.repository_ca,
-                                       timeout_s=config.fetch_timeout_s,
-                                       deadline_s=config.download_deadline_s,
-                                       max_bytes_per_s=config.max_download_bytes_per_s,
-                                       progress=self.jobs.on_progress, stop=self._stop,
-                                       local=local)
-        else:
-            repository = "mqtt:/"
-            self.fetcher = ChunkFetcher(self.link.request_chunk, chunk_bytes=config.chunk_bytes,
-                                        timeout_s=config.fetch_timeout_s,
-                                        deadline_s=config.download_deadline_s,
-                                        max_bytes_per_s=config.max_download_bytes_per_s,
-                                        progress=self.jobs.on_progress, stop=self._stop,
-                                        blobs=self.blobs,
-                                        broadcast_wait_s=config.broadcast_wait_s, local=local)
-        self.fetcher.temp_dir = state / "downloads"
-        self.updater = BundleUpdater(tuf_dir, state / "downloads", self.fetcher,
-                                     repository_url=repository)
+        self.updater, self.fetcher = open_updater(
+            config, tuf_dir, request_chunk=self.link.request_chunk, blobs=self.blobs,
+            local=self.store.file_with if config.reuse_local_files else None,
+            progress=self.jobs.on_progress, stop=self._stop)
         self._active: _Loaded | None = None
         self._previous: _Loaded | None = None  # kept loaded for an instant rollback
         self._trial: _Trial | None = None
@@ -174,7 +142,8 @@ class Agent:
             self.fetcher.waiting = job_slots.released
         self._load_installed()
         idle_s = _HOSTED_JOB_IDLE_S if hosted else 1.0
-        workers: list[tuple[Any, str]] = [(lambda: self.jobs.run(self._stop, idle_s), "jobs")]
+        workers: list[tuple[Callable[[], None], str]] = [
+            (lambda: self.jobs.run(self._stop, idle_s), "jobs")]
         if not hosted:
             self.buffer.start()
             self.server = InferenceServer(self, self.config.api_host, self.config.api_port,
@@ -222,56 +191,18 @@ class Agent:
     def _load(self, installed: InstalledModel) -> _Loaded:
         return _Loaded(installed, self.load_runtime(installed))
 
-    def _load_installed(self) -> None:
-        trial = self.store.read_trial()
-        state = self.store.read_state()
-        for key in ("active", "last_good"):
-            ref = state[key]
-            installed = self.store.get(ref) if ref else None
-            if installed is None:
-                continue
-            try:
-                self._active = self._load(installed)
-            except ModelError as exc:
-                log.error("installed %s model %s cannot load: %s", key, ref, exc)
-                continue
-            if key == "last_good":
-                self.store.rollback(failed=True)
-            log.info("serving %s:%d", installed.manifest.name, installed.manifest.version)
-            break
-        if trial is None:
-            return
-        desired = DesiredState(**trial["desired"])
-        if key == "active" and self._active is not None:
-            self._resume_trial(trial)
-        else:  # the model on trial did not even load: it is not the one serving
-            self.store.update_trial(None)
-            self.jobs.report(desired, JobState.ROLLED_BACK, reason="load_failed",
-                             detail="the model on trial could not be loaded after a restart")
+    def _hot(self, installed: InstalledModel) -> _Loaded:
+        """``installed`` loaded: the previous model when it is that one (kept loaded for an
+        instant switch back), else loaded now."""
+        previous = self._previous
+        if previous is not None and previous.installed.ref == installed.ref:
+            return previous
+        return self._load(installed)
 
-    def _resume_trial(self, trial: dict[str, Any]) -> None:
-        """A restart inside a health window: resume it once, roll back if it repeats."""
-        desired = DesiredState(**{k: v for k, v in trial["desired"].items()})
-        policy = HealthPolicy.from_dict(desired.health)
-        attempts = int(trial.get("attempts", 0)) + 1
-        if attempts > policy.max_trial_restarts:
-            detail = f"agent restarted {attempts} times inside the health window"
-            target = self.store.rollback(failed=True)
-            if target is None:
-                self.store.commit()
-                self.jobs.report(desired, JobState.FAILED, reason="crashed_during_health_window",
-                                 detail=detail + "; no last known good model, still serving it")
-                return
-            installed = self.store.get(target)
-            if installed is not None:
-                self._active = self._load(installed)
-            self.jobs.report(desired, JobState.ROLLED_BACK, reason="crashed_during_health_window",
-                             detail=detail)
-            return
-        self.store.update_trial({**trial, "attempts": attempts})
-        self._trial = _Trial(desired, policy, self.clock.time(), trial.get("baseline_p95"))
-        self.jobs.report(desired, JobState.ACTIVATED, detail="agent restarted; health window "
-                                                             "starts again")
+    def _load_installed(self) -> None:
+        """Serve the installed model and settle a health window a restart interrupted."""
+        resumed = resume(self.store, self._load, self.clock, self.jobs.report)
+        self._active, self._trial = resumed.active, resumed.trial
 
     # -- inference --------------------------------------------------------------------
     @property
@@ -281,8 +212,7 @@ class Agent:
 
     @property
     def shadow_ref(self) -> ModelRef | None:
-        shadow = self._shadow
-        return shadow.ref if shadow else None
+        return self._shadow.ref
 
     def predict(self, feeds: dict[str, np.ndarray] | np.ndarray, *,
                 model: str | None = None) -> Prediction:
@@ -327,7 +257,7 @@ class Agent:
             trial.count += 1
             trial.latencies.append(latency_ms)
         self._recent.append(latency_ms)
-        shadow = self._shadow
+        shadow = self._shadow.runner
         if shadow is not None:
             shadow.offer(feeds, first, latency_ms)
         return Prediction(outputs, loaded.ref, latency_ms, top)
@@ -346,15 +276,14 @@ class Agent:
             trial.latencies.append(latency_ms)
 
     def model_metadata(self, name: str) -> dict[str, Any] | None:
+        """The v2 metadata of ``name`` while it is the model served (``None``: it is not)."""
         loaded = self._active
         if loaded is None or loaded.installed.manifest.name != name:
             return None
-        m = loaded.installed.manifest
-        return {"name": m.name, "versions": [str(m.version)], "platform": m.runtime,
-                "inputs": [{**i.to_dict(), "shape": v2_shape(i.shape)} for i in m.inputs],
-                "outputs": [{**o.to_dict(), "shape": v2_shape(o.shape)} for o in m.outputs]}
+        return metadata_of(loaded.installed.manifest)
 
     def status(self) -> dict[str, Any]:
+        """What ``edgefleet agent status`` and ``GET /v2/agent/status`` show."""
         state = self.store.read_state()
         trial = self._trial
         return {"device_id": self.config.device_id, "connected": self.link.connected.is_set(),
@@ -381,8 +310,7 @@ class Agent:
             self.store.activate(installed.ref, trial=trial)
             self._previous, self._active = self._active, _Loaded(installed, runtime)
             self._recent.clear()
-            shadow = self._shadow
-            if shadow is not None and shadow.ref == installed.ref:
+            if self._shadow.ref == installed.ref:
                 self.stop_shadow()  # promoted
             self._trial = _Trial(d, policy, self.clock.time(), baseline) if trial else None
         self.jobs.report(d, JobState.ACTIVATED)
@@ -390,9 +318,8 @@ class Agent:
             self._raise_floor(installed)
             self.jobs.report(d, JobState.HEALTHY)
         self.announce()
-        state = self.store.read_state()
-        self.store.prune({r for r in state.values() if r is not None} |
-                         ({self._shadow.ref} if self._shadow else set()))
+        keep = {*self.store.read_state().values(), self._shadow.ref}
+        self.store.prune({r for r in keep if r is not None})
 
     def _raise_floor(self, installed: InstalledModel) -> None:
         """A model ran healthy: its release counter becomes the floor for its name."""
@@ -408,11 +335,7 @@ class Agent:
     def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None:
         """Controller-ordered switch to a model already on disk (a rollback)."""
         with self._switch_lock:
-            previous = self._previous
-            if previous is not None and previous.installed.ref == installed.ref:
-                loaded = previous  # kept hot: instant
-            else:
-                loaded = self._load(installed)
+            loaded = self._hot(installed)
             self.store.activate(installed.ref)
             self._previous, self._active = self._active, loaded
             self._trial = None
@@ -434,9 +357,7 @@ class Agent:
             installed = self.store.get(target) if target else None
             if installed is None:
                 return None
-            previous = self._previous
-            loaded = previous if previous and previous.installed.ref == target else \
-                self._load(installed)
+            loaded = self._hot(installed)
             self.store.rollback(failed=failed)
             self._previous, self._active = (None if failed else self._active), loaded
             self._trial = None
@@ -446,27 +367,15 @@ class Agent:
         return target
 
     def start_shadow(self, installed: InstalledModel, runtime: Runtime, sample: float) -> None:
-        self.stop_shadow()
-        self._shadow_model = _Loaded(installed, runtime)
-        self._shadow = ShadowRunner(installed.ref, runtime, sample)
+        """Run ``installed`` beside the active model on a ``sample`` of live inputs."""
+        self._shadow.start(installed, runtime, sample)
 
     def stop_shadow(self) -> None:
-        shadow, self._shadow = self._shadow, None
-        if shadow is not None:
-            shadow.stop()
+        self._shadow.stop()
 
     def shadowed(self, name: str, version: int) -> tuple[InstalledModel, Runtime] | None:
         """The shadowed candidate, loaded, if it is ``name:version`` (promotion is instant)."""
-        loaded = self._shadow_model
-        if self._shadow is None or loaded is None:
-            return None
-        ref = loaded.installed.ref
-        return (loaded.installed, loaded.runtime) if (ref.name, ref.version) == (
-            name, version) else None
-
-    def _shadow_stats(self) -> dict[str, Any]:
-        shadow = self._shadow
-        return shadow.take_stats() if shadow is not None else {}
+        return self._shadow.loaded(name, version)
 
     def _check_trial(self, now: float) -> None:
         trial = self._trial
@@ -504,19 +413,12 @@ class Agent:
 
     # -- MQTT handlers (paho's thread) --------------------------------------------------
     def _birth(self, bd_seq: int) -> bytes:
-        state = self.store.read_state()
-        return Birth(bd_seq=bd_seq, agent_version=edgefleet.__version__, ts=self.clock.time(),
-                     hw={**self.hardware.to_dict(), "class": self.hardware_class,
-                         "tags": dict(self.config.tags), "providers": self._providers()},
-                     runtimes=available_runtimes(), active=state["active"],
-                     last_good=state["last_good"], trust=dict(self.jobs.trust),
-                     api_url=self.server.url if self.server else "").encode()
-
-    def _providers(self) -> dict[str, Any]:
-        """What the active model runs on (and why not on what was asked for)."""
         active = self._active
-        report = getattr(active.runtime, "providers", None) if active else None
-        return report.to_dict() if report is not None else {}
+        return birth(bd_seq, now=self.clock.time(),
+                     hw={**self.hardware.to_dict(), "class": self.hardware_class,
+                         "tags": dict(self.config.tags)},
+                     serving=active.runtime if active else None, state=self.store.read_state(),
+                     trust=self.jobs.trust, api_url=self.server.url if self.server else "")
 
     def announce(self) -> None:
         """Publish a fresh birth (state changed: model, trust)."""
@@ -524,12 +426,9 @@ class Agent:
         self.link.publish(DeviceTopic.BIRTH, self._birth(self.link.bd_seq))
 
     def _on_connected(self) -> None:
-        self.buffer.reset_sent()
+        self.uplink.on_connected()
         self.jobs.republish()
         self.jobs.wake()
-
-    def _on_ack(self, payload: bytes) -> None:
-        self.buffer.ack(Ack.decode(payload).seqs)
 
     # -- telemetry loop ---------------------------------------------------------------
     def _loop(self) -> None:
@@ -547,16 +446,4 @@ class Agent:
         now = self.clock.time()
         self._check_trial(now)
         self.buffer.close_windows(now)
-        if not self.link.connected.is_set():
-            return
-        due = self.buffer.pending(now, resend_after_s=self.config.resend_after_s,
-                                  limit=self.config.publish_batch)
-        sent = []
-        for summary in due:
-            late = now - summary.window_end > self.config.summary_window_s
-            payload = dataclasses.replace(summary, historical=late).encode()
-            if not self.link.publish(DeviceTopic.TELEMETRY, payload):
-                break
-            sent.append(summary.seq)
-        if sent:
-            self.buffer.mark_sent(sent, now)
+        self.uplink.publish_due(self.link, now)

@@ -100,7 +100,8 @@ class OnnxRuntime:
 
     def run_unchecked(self, feeds: dict[str, np.ndarray]) -> list[Any]:
         """``session.run`` without checks, for benchmarks that compare against raw."""
-        return self._session.run(self._output_names, feeds)  # type: ignore[no-any-return]
+        outputs: list[Any] = self._session.run(self._output_names, feeds)
+        return outputs
 
 
 def _spec(arg: Any) -> TensorSpec:

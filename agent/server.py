@@ -36,17 +36,14 @@ import logging
 import socket
 import socketserver
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 import edgefleet
 from edgefleet.contract import EdgefleetError, ModelError
 
-from ._v2 import EXTENSIONS, decode_request, encode_response, error_kind, served
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from ._v2 import EXTENSIONS, Serving, decode_request, encode_response, error_kind, served
 
 __all__ = ["EXTENSIONS", "InferenceServer", "decode_v2_inputs"]
 
@@ -301,7 +298,7 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], agent: Agent, *, max_request_bytes: int,
+    def __init__(self, address: tuple[str, int], agent: Serving, *, max_request_bytes: int,
                  idle_timeout_s: float, max_connections: int) -> None:
         self.agent = agent
         self.max_request_bytes = max_request_bytes
@@ -337,12 +334,13 @@ class InferenceServer:
     """Serves the v2 endpoint for an agent on ``host:port`` (port 0 picks a free one).
 
     Args:
+        agent: what the endpoint serves (the ``Agent``; see ``Serving``).
         max_request_bytes: the largest request body accepted (413 above it).
         idle_timeout_s: a connection idle (or stalled mid-request) this long is closed.
         max_connections: connections served at once; more are answered 503.
     """
 
-    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
+    def __init__(self, agent: Serving, host: str = "127.0.0.1", port: int = 0, *,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  idle_timeout_s: float = 30.0, max_connections: int = 64) -> None:
         self._server = _Server((host, port), agent, max_request_bytes=max_request_bytes,

@@ -20,9 +20,11 @@ import numpy as np
 
 from edgefleet.contract import ModelRef
 
+from ._loaded import Loaded
+from .models import InstalledModel
 from .runtime import Runtime
 
-__all__ = ["ShadowRunner"]
+__all__ = ["ShadowRunner", "ShadowSlot"]
 
 log = logging.getLogger(__name__)
 _Item = tuple[dict[str, np.ndarray], np.ndarray, float]
@@ -106,3 +108,42 @@ class ShadowRunner:
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=1.0)
         self._thread.join(2.0)
+
+
+class ShadowSlot:
+    """The candidate an agent shadows, if any: its runner, and the candidate loaded, so
+    that promoting it switches at once."""
+
+    def __init__(self) -> None:
+        self.runner: ShadowRunner | None = None  # read on the inference path
+        self._loaded: Loaded | None = None
+
+    @property
+    def ref(self) -> ModelRef | None:
+        runner = self.runner
+        return runner.ref if runner else None
+
+    def start(self, installed: InstalledModel, runtime: Runtime, sample: float) -> None:
+        """Shadow ``installed`` (instead of any candidate shadowed before)."""
+        self.stop()
+        self._loaded = Loaded(installed, runtime)
+        self.runner = ShadowRunner(installed.ref, runtime, sample)
+
+    def stop(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.stop()
+
+    def loaded(self, name: str, version: int) -> tuple[InstalledModel, Runtime] | None:
+        """The candidate and its runtime, if it is ``name:version`` and still shadowed."""
+        loaded = self._loaded
+        if self.runner is None or loaded is None:
+            return None
+        ref = loaded.installed.ref
+        return (loaded.installed, loaded.runtime) if (ref.name, ref.version) == (
+            name, version) else None
+
+    def take_stats(self) -> dict[str, Any]:
+        """This window's comparison figures (``{}`` while nothing is shadowed)."""
+        runner = self.runner
+        return runner.take_stats() if runner is not None else {}

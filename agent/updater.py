@@ -143,10 +143,10 @@ class ChunkFetcher(LocalFetcher):
         while offset < limit and (total is None or offset < total):
             count = min(self._chunk, limit - offset)
             block = self.blobs.block(sha, offset) if sha is not None and self.blobs else None
-            if block is not None:
+            if sha is not None and block is not None:
                 data, total = block
                 data = data[:limit - offset]
-                self.used_broadcast.add(sha)  # type: ignore[arg-type]
+                self.used_broadcast.add(sha)
                 self.bytes_from_broadcast += len(data)
                 offset += len(data)
                 yield data

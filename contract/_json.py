@@ -15,7 +15,7 @@ from typing import Any
 try:
     import orjson
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # then the stdlib's json does the work
 
 __all__ = ["dumps", "loads"]
 

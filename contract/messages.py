@@ -57,10 +57,16 @@ _BIRTH_DICT_BYTES = 4096
 T = TypeVar("T", bound="Message")
 
 
-_origin = functools.cache(typing.get_origin)  # field types are few and hashable
+@functools.cache  # field types are few and hashable
+def _origin(hint: Any) -> object:
+    return typing.get_origin(hint)
 
 
-def _path(where: Any) -> str:
+# where a field is: a message kind, or (where its parent is, its name or list index)
+_Where = str | tuple["_Where", str | int]
+
+
+def _path(where: _Where) -> str:
     """A field's path, kept as ``(parent, name or index)`` and spelled out for an error."""
     if isinstance(where, str):
         return where
@@ -68,7 +74,7 @@ def _path(where: Any) -> str:
     return f"{_path(parent)}[{key}]" if isinstance(key, int) else f"{_path(parent)}.{key}"
 
 
-def _check(value: Any, hint: Any, where: Any) -> Any:
+def _check(value: Any, hint: Any, where: _Where) -> Any:
     # the plain field types first: most fields of most messages are one of them
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -112,10 +118,10 @@ def _check(value: Any, hint: Any, where: Any) -> Any:
         if not isinstance(value, dict):
             raise MessageError(f"{_path(where)}: expected an object, got {type(value).__name__}")
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise MessageError(f"{_path(where)}: expected an object, got {type(value).__name__}")
-        return _from_dict(hint, value, where)  # type: ignore[arg-type]
+        return _from_dict(hint, value, where)
     raise TypeError(f"unsupported field type {hint!r} at {_path(where)}")
 
 
@@ -129,7 +135,7 @@ def _fields(cls: type) -> tuple[tuple[str, Any, bool], ...]:
                  for f in dataclasses.fields(cls) if f.init)
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: Any) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: _Where) -> Any:
     kwargs = {}
     for name, hint, required in _fields(cls):
         if name not in data:
@@ -166,7 +172,8 @@ class Message:
     kind: ClassVar[str] = "message"
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)  # type: ignore[no-any-return]
+        plain: dict[str, Any] = _plain(self)  # a message is a dataclass: an object
+        return plain
 
     def encode(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
