@@ -50,8 +50,9 @@ def image_build(
         "--provision-ca", help="PEM CA bundle for the controller's certificate (a private "
                                "CA).")] = None,
     recipe_dir: Annotated[Path | None, typer.Option(
-        "--recipe", help="Load the recipe from this directory (e.g. "
-                         "firmware-images/rpi-os-arm64) instead of the built-in one.")] = None,
+        "--recipe", help="Load the recipe from this directory (e.g. a copy of "
+                         "controller/image_recipes/rpi-os-arm64) instead of the built-in "
+                         "one.")] = None,
     allow_http: Annotated[bool, typer.Option(
         "--allow-http", help="Accept a plain http:// controller URL that is not loopback.")]
     = False,

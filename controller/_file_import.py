@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ._files import DirectoryFiles, FileStore
-from ._tables import models, variants
+from ._registry_store import RegistryStore
 
 __all__ = ["import_directory"]
 
@@ -81,22 +81,14 @@ def import_directory(data_dir: Path, target: FileStore, engine: sa.Engine) -> di
                 continue
             target.put_file(key, local)
             copied += 1
-    repointed, missing = 0, list[str]()
-    models_dir = data_dir / "models"
-    with engine.begin() as c:
-        for table in (models, variants):
-            label = [table.c.name, table.c.version]
-            if table is variants:
-                label.append(table.c.variant)
-            for row in c.execute(sa.select(table.c.file, *label)).all():
-                ref = row[0]
-                moved = _model_key(ref, models_dir)
-                if moved is None:
-                    if not _is_key(target, ref):
-                        missing.append(":".join(str(v) for v in row[1:]))
-                    continue
-                where = sa.and_(*(col == val for col, val in zip(label, row[1:], strict=True)))
-                c.execute(table.update().where(where).values(file=moved))
-                repointed += 1
-    return {"copied": copied, "unchanged": unchanged, "rows_repointed": repointed,
-            "rows_missing": missing}
+    registry = RegistryStore(engine)
+    moves, missing = list[tuple[dict[str, Any], str]](), list[str]()
+    for ref in registry.file_refs():
+        moved = _model_key(ref["file"], data_dir / "models")
+        if moved is not None:
+            moves.append((ref, moved))
+        elif not _is_key(target, ref["file"]):
+            missing.append(":".join(str(ref[k]) for k in ("name", "version", "variant")
+                                    if ref[k] != ""))
+    return {"copied": copied, "unchanged": unchanged,
+            "rows_repointed": registry.move_file_refs(moves), "rows_missing": missing}

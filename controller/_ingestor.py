@@ -213,7 +213,7 @@ class Ingestor:
         items = self._decoded(batch)
         devices = {item[0] for item in items}
         if self.shared:  # replicas: positions read (and locked) in the writing transaction
-            with self.store.engine.begin() as conn:
+            with self.store.transaction() as conn:
                 states = self.store.load_streams(devices, conn=conn, lock=True)
                 judged = self._judge(items, states)
                 self.store.write_batch(judged.rows, judged.positions, judged.new_streams,

@@ -9,7 +9,7 @@ resolution, rollups at hour resolution (an hour counts when it starts in the ran
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,6 +104,13 @@ class TelemetryStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One transaction for the calls below that take ``conn`` (``load_streams`` with
+        ``lock``, then ``write_batch``)."""
+        with self.engine.begin() as c:
+            yield c
 
     # -- ingest -------------------------------------------------------------------------
     def load_streams(self, devices: Iterable[str], *, conn: sa.Connection | None = None,

@@ -7,13 +7,13 @@ oneshot unit and ``/usr/lib/edgefleet/install-agent.sh``), the hardened
 ``edgefleet-agent.service``, the ``edgefleet`` system user (sysusers.d), ownership fixes
 (tmpfiles.d) and ``/etc/edgefleet/{agent.toml,root.json,claim-token}``.
 
-A recipe is a target's metadata plus its template files. The recipes are embedded here
-(:func:`builtin_recipe`), so an installed controller builds images without a checkout;
-``firmware-images/<target>/`` in the repository holds the same recipes as readable
-files, which :func:`load_recipe` loads for customised builds (tests pin the two
-together). Standard library only, and of edgefleet only the name rule
-(``contract/names.py``, itself standard library): ``firmware-images/build_overlay.py``
-loads the two files from a checkout with nothing installed.
+A recipe is a target's metadata (``recipe.toml``) plus its template files. The recipes
+that ship with edgefleet are package data beside this module, ``image_recipes/<target>/``
+with the templates both targets share in ``image_recipes/common/``
+(:func:`builtin_recipe`); :func:`load_recipe` loads a customised copy from any directory.
+Standard library only, and of edgefleet only the name rule (``contract/names.py``, itself
+standard library): ``firmware-images/build_overlay.py`` loads the two files from a
+checkout with nothing installed, and the recipes from beside this one.
 
 Errors: :class:`ImageBuildError` (a ``ValueError``) names the bad input; no message
 contains the claim token.
@@ -41,17 +41,10 @@ from urllib.parse import urlsplit
 
 try:
     from ..contract.names import NAME
-    from ._image_recipes import BUILTIN_META, COMMON_FILES, RPI_AGENT_UNIT, UNIT_CHANGES
 except ImportError:  # loaded as a lone file by firmware-images/build_overlay.py
     from _edgefleet_names import NAME  # type: ignore[no-redef]
-    from _image_recipes import (  # type: ignore[no-redef]
-        BUILTIN_META,
-        COMMON_FILES,
-        RPI_AGENT_UNIT,
-        UNIT_CHANGES,
-    )
 
-__all__ = ["CLAIM_TOKEN_ENV", "TARGETS", "BuildResult", "ImageBuildError", "Recipe",
+__all__ = ["CLAIM_TOKEN_ENV", "RECIPES", "TARGETS", "BuildResult", "ImageBuildError", "Recipe",
            "build_overlay", "builtin_recipe", "check_trust_root", "load_recipe",
            "read_claim_token"]
 
@@ -68,6 +61,9 @@ _WHEEL = re.compile(r"^edgefleet-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-none-any\.w
 _WHEELS = "usr/lib/edgefleet/wheels"
 _UNITS = "usr/lib/systemd/system"
 _CA_FILE = "/etc/edgefleet/provision-ca.pem"
+# the built-in recipes (package data): beside this file, whether it is imported from the
+# package or loaded alone from a checkout
+RECIPES = Path(__file__).with_name("image_recipes")
 
 
 class ImageBuildError(ValueError):
@@ -124,11 +120,7 @@ def builtin_recipe(target: str) -> Recipe:
     """
     if target not in TARGETS:
         raise ImageBuildError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    unit = RPI_AGENT_UNIT
-    for old, new in UNIT_CHANGES.get(target, ()):
-        unit = unit.replace(old, new)
-    return _recipe(BUILTIN_META[target], {**COMMON_FILES, "edgefleet-agent.service": unit},
-                   "builtin")
+    return dataclasses.replace(load_recipe(RECIPES / target), source="builtin")
 
 
 def load_recipe(directory: Path) -> Recipe:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -36,7 +35,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from edgefleet.contract import NotFoundError, RegistryError, SignatureError
 from edgefleet.contract.topics import valid_device_id
 
-from ._tables import claim_tokens, device_credentials
 from .brokerconf import password_line, write_credentials
 from .store import Store
 
@@ -52,6 +50,25 @@ def provision_message(device_id: str, public_key_pem: str, ts: float) -> bytes:
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _invalid_token() -> SignatureError:
+    return SignatureError("the claim token is unknown, used up, expired or revoked",
+                          reason="invalid_claim_token")
+
+
+def _usable_token(token: dict[str, Any] | None, claim_token: str,
+                  now: float) -> dict[str, Any]:
+    """The claim token's row if it can provision a device now.
+
+    Raises:
+        SignatureError: unknown, revoked, expired or used up (``invalid_claim_token``).
+    """
+    if (token is None or token["revoked_at"] is not None or token["expires_at"] < now
+            or token["uses_left"] <= 0
+            or not hmac.compare_digest(token["hash"], _hash(claim_token))):
+        raise _invalid_token()
+    return token
 
 
 class Provisioner:
@@ -77,11 +94,7 @@ class Provisioner:
         self.reload = reload
         self.clock = clock
         self._lock = threading.Lock()
-        self.revoked: set[str] = set()
-        with store.engine.begin() as c:
-            self.revoked = {r.device for r in c.execute(
-                sa.select(device_credentials.c.device)
-                .where(device_credentials.c.revoked_at.is_not(None)))}
+        self.revoked: set[str] = store.credentials.revoked_devices()
 
     # -- claim tokens -------------------------------------------------------------------
     def create_claim_token(self, *, label: str, uses: int = 1, ttl_s: float = 7 * 86400,
@@ -99,24 +112,18 @@ class Provisioner:
         row = {"id": token_id, "label": label[:128], "hash": _hash(secret), "uses_left": uses,
                "expires_at": now + ttl_s, "created_at": now, "created_by": created_by,
                "revoked_at": None}
-        with self.store.engine.begin() as c:
-            c.execute(claim_tokens.insert().values(**row))
+        self.store.credentials.add_claim_token(row)
         return {**self._public_token(row), "token": secret}
 
     def list_claim_tokens(self) -> list[dict[str, Any]]:
-        with self.store.engine.begin() as c:
-            rows = c.execute(sa.select(claim_tokens).order_by(claim_tokens.c.created_at))
-            return [self._public_token(dict(r._mapping)) for r in rows]
+        return [self._public_token(row) for row in self.store.credentials.claim_tokens()]
 
     def revoke_claim_token(self, token_id: str) -> dict[str, Any]:
         """Raises: NotFoundError."""
-        with self.store.engine.begin() as c:
-            done = c.execute(claim_tokens.update().where(claim_tokens.c.id == token_id)
-                             .values(revoked_at=self.clock())).rowcount
-            if not done:
-                raise NotFoundError(f"no claim token {token_id}")
-            row = c.execute(sa.select(claim_tokens).where(claim_tokens.c.id == token_id)).one()
-        return self._public_token(dict(row._mapping))
+        row = self.store.credentials.revoke_claim_token(token_id, self.clock())
+        if row is None:
+            raise NotFoundError(f"no claim token {token_id}")
+        return self._public_token(row)
 
     def _public_token(self, row: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
@@ -145,44 +152,29 @@ class Provisioner:
         del key
         password = secrets.token_urlsafe(24)
         now = self.clock()
-        with self._lock, self.store.engine.begin() as c:
-            token = self._usable_token(c, claim_token, now)
-            existing = c.execute(sa.select(device_credentials)
-                                 .where(device_credentials.c.device == device)).first()
-            if existing is not None and existing.revoked_at is not None:
+        with self._lock, self.store.credentials.transaction() as tx:
+            token = _usable_token(tx.claim_token(_hash(claim_token)), claim_token, now)
+            existing = tx.credentials(device)
+            if existing is not None and existing["revoked_at"] is not None:
                 raise RegistryError(f"{device} was revoked; it cannot be provisioned again",
                                     reason="device_revoked")
-            if existing is not None and existing.key_id != key_id:
+            if existing is not None and existing["key_id"] != key_id:
                 raise RegistryError(f"{device} is already provisioned with another key",
                                     reason="device_conflict")
-            c.execute(claim_tokens.update().where(claim_tokens.c.id == token.id)
-                      .values(uses_left=token.uses_left - 1))
+            if not tx.spend_token(token["id"]):  # another replica took its last use
+                raise _invalid_token()
             values = {"public_key": public_key.strip(), "key_id": key_id,
                       "passwd_line": password_line(device, password), "provisioned_at": now,
-                      "claim_token": token.id, "revoked_at": None, "revoked_by": None}
-            if existing is None:
-                c.execute(device_credentials.insert().values(device=device, **values))
-            else:  # the same device (same key) again, e.g. after a factory reset
-                c.execute(device_credentials.update()
-                          .where(device_credentials.c.device == device).values(**values))
+                      "claim_token": token["id"], "revoked_at": None, "revoked_by": None}
+            # a device provisioned before: the same one (same key), e.g. after a reset
+            tx.save_credentials(device, values, new=existing is None)
         self.sync_broker()
         return {"device_id": device, "mqtt_username": device, "mqtt_password": password,
                 "broker_url": broker_url}
 
     def _check_token(self, claim_token: str) -> None:
-        with self.store.engine.connect() as c:
-            self._usable_token(c, claim_token, self.clock())
-
-    @staticmethod
-    def _usable_token(c: sa.Connection, claim_token: str, now: float) -> Any:
-        token = c.execute(sa.select(claim_tokens)
-                          .where(claim_tokens.c.hash == _hash(claim_token))).first()
-        if (token is None or token.revoked_at is not None or token.expires_at < now
-                or token.uses_left <= 0
-                or not hmac.compare_digest(token.hash, _hash(claim_token))):
-            raise SignatureError("the claim token is unknown, used up, expired or revoked",
-                                 reason="invalid_claim_token")
-        return token
+        _usable_token(self.store.credentials.claim_token(_hash(claim_token)), claim_token,
+                      self.clock())
 
     def _check_proof(self, public_key: str, proof: str, ts: float,
                      device_id: str) -> Ed25519PublicKey:
@@ -209,10 +201,8 @@ class Provisioner:
         Raises:
             NotFoundError: no credentials for that device.
         """
-        with self._lock, self.store.engine.begin() as c:
-            done = c.execute(device_credentials.update()
-                             .where(device_credentials.c.device == device)
-                             .values(revoked_at=self.clock(), revoked_by=actor)).rowcount
+        with self._lock:
+            done = self.store.credentials.revoke_device(device, now=self.clock(), actor=actor)
         if not done:
             raise NotFoundError(f"no provisioned device {device}")
         self.revoked.add(device)
@@ -225,13 +215,11 @@ class Provisioner:
         Raises:
             NotFoundError: never provisioned.
         """
-        with self.store.engine.begin() as c:
-            row = c.execute(sa.select(device_credentials)
-                            .where(device_credentials.c.device == device)).first()
+        row = self.store.credentials.credentials(device)
         if row is None:
             raise NotFoundError(f"no provisioned device {device}")
-        return {k: getattr(row, k) for k in ("device", "key_id", "public_key", "provisioned_at",
-                                             "claim_token", "revoked_at", "revoked_by")}
+        return {k: row[k] for k in ("device", "key_id", "public_key", "provisioned_at",
+                                    "claim_token", "revoked_at", "revoked_by")}
 
     def sync_broker(self) -> None:
         """Rewrite the broker's password and ACL files from the store, then reload it."""
@@ -239,12 +227,9 @@ class Provisioner:
             return
         if not self.controller_password:
             raise ValueError("managing the broker's files needs the controller's MQTT password")
-        with self.store.engine.begin() as c:
-            lines = {r.device: r.passwd_line for r in c.execute(
-                sa.select(device_credentials.c.device, device_credentials.c.passwd_line)
-                .where(device_credentials.c.revoked_at.is_(None)))}
         write_credentials(self.broker_auth_dir, controller_user=self.controller_user,
-                          controller_password=self.controller_password, device_lines=lines)
+                          controller_password=self.controller_password,
+                          device_lines=self.store.credentials.password_lines())
         if self.reload is not None:
             self.reload()
 

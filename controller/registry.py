@@ -21,7 +21,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from edgefleet.contract import (
     MANIFEST_MAX_BYTES,
@@ -53,7 +52,6 @@ from edgefleet.optimizer import (
 
 from ._bundle_data import Runner, bundle_data, runner
 from ._files import DirectoryFiles, FileStore
-from ._tables import variants
 from .signing import TrustRepository
 from .store import Store
 
@@ -240,8 +238,7 @@ class Registry:
 
     def _counter(self, name: str) -> int:
         """The highest release counter of ``name`` so far (0: a new model)."""
-        return max((int(r.get("release_counter") or 1) for r in self.store.list_models()
-                    if r["name"] == name), default=0)
+        return self.store.models.release_counter(name)
 
     def _add(self, name: str, path: Path, signature: dict[str, Any], labels: list[str],
              metrics: dict[str, Any], *, parent: int | None, variant: str,
@@ -256,18 +253,17 @@ class Registry:
 
         digest, size = sha256_file(str(path))
         with self.files.lock(f"model:{name}"):
-            version = self.store.next_version(name)
+            version = self.store.models.next_version(name)
             for file_name, content in (data or {}).items():
                 self.files.put(f"{name}/{version}/{file_name}", content)
             key = f"{name}/{version}/{path.name}"
             self.files.put_file(key, path)
-            self.store.add_model(name=name, version=version, parent=parent, variant=variant,
-                                 runtime=runtime, file=self._ref(key), sha256=digest,
-                                 size_bytes=size, signature=signature, labels=labels,
-                                 metrics=metrics, report=report,
-                                 hardware_classes=list(hardware_classes or []),
-                                 release_counter=release_counter)
-        return self.store.get_model(name, version)
+            self.store.models.add_model(
+                name=name, version=version, parent=parent, variant=variant, runtime=runtime,
+                file=self._ref(key), sha256=digest, size_bytes=size, signature=signature,
+                labels=labels, metrics=metrics, report=report,
+                hardware_classes=list(hardware_classes or []), release_counter=release_counter)
+        return self.store.models.get_model(name, version)
 
     def dataset(self, name: str, version: int, kind: str,
                 signature: dict[str, Any] | None = None) -> Samples | None:
@@ -277,13 +273,13 @@ class Registry:
         Raises:
             ValueError: the data does not fit ``signature`` (a variant with other inputs).
         """
-        row: dict[str, Any] | None = self.store.get_model(name, version)
+        row: dict[str, Any] | None = self.store.models.get_model(name, version)
         signature = signature or (row or {}).get("signature") or {}
         while row is not None:
             key = f"{name}/{row['version']}/{kind}.npz"
             if self.files.exists(key):
                 return load_datasets(self.files.get(key), signature, kind=kind, stored=True)
-            row = self.store.get_model(name, row["parent"]) if row["parent"] else None
+            row = self.store.models.get_model(name, row["parent"]) if row["parent"] else None
         return None
 
     def optimize(self, name: str, version: int, target: OptimizeTarget,
@@ -302,7 +298,7 @@ class Registry:
             OptimizationError: the optimizer failed.
             ValueError: malformed hardware class names.
         """
-        row = self.store.get_model(name, version)
+        row = self.store.models.get_model(name, version)
         if row["runtime"] not in ("onnxruntime", "litert"):
             raise OptimizationError(f"{name}:{version} is a {row['runtime']} model; the "
                                     "optimizer takes ONNX and .tflite models",
@@ -380,7 +376,7 @@ class Registry:
         Raises:
             NotFoundError: unknown version or variant.
         """
-        base = self.store.get_model(name, version)
+        base = self.store.models.get_model(name, version)
         row = dict(base) if not variant else {**base, **self._variant(name, version, variant),
                                               "variant": variant}
         model_file = PurePosixPath(row["file"]).name
@@ -414,12 +410,9 @@ class Registry:
                    **{f"{base_path}/{n}": data for n, data in files.items()}}
         self.repo.add_targets(targets, custom=dict.fromkeys(targets, trust))
         if variant:
-            with self.store.engine.begin() as c:
-                c.execute(variants.update().where(
-                    (variants.c.name == name) & (variants.c.version == version)
-                    & (variants.c.variant == variant)).values(bundled=True))
+            self.store.models.mark_variant_bundled(name, version, variant)
         else:
-            self.store.mark_bundled(name, version)
+            self.store.models.mark_bundled(name, version)
         return manifest_path
 
     # -- per-class variants -----------------------------------------------------------
@@ -435,7 +428,7 @@ class Registry:
             ValueError: bad variant name or classes, a model that does not load, or
                 classes already covered by another variant of this version.
         """
-        self.store.get_model(name, version)
+        self.store.models.get_model(name, version)
         NAME.check(variant, "variant name")
         if variant in ("manifest.json",):
             raise ValueError(f"variant name {variant!r} is reserved")
@@ -459,16 +452,11 @@ class Registry:
                "sha256": digest, "size_bytes": size, "signature": signature,
                "hardware_classes": list(hardware_classes), "report": report,
                "bundled": False, "created_at": time.time()}
-        with self.store.engine.begin() as c:
-            c.execute(variants.insert().values(**row))
+        self.store.models.add_variant(row)
         return row
 
     def variants(self, name: str, version: int) -> list[dict[str, Any]]:
-        with self.store.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(
-                sa.select(variants).where((variants.c.name == name)
-                                          & (variants.c.version == version))
-                .order_by(variants.c.variant))]
+        return self.store.models.variants(name, version)
 
     def _variant(self, name: str, version: int, variant: str) -> dict[str, Any]:
         for v in self.variants(name, version):
@@ -520,6 +508,6 @@ class Registry:
 
     def get(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""
-        return self.store.get_model(name, version)
+        return self.store.models.get_model(name, version)
 
 

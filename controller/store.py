@@ -30,8 +30,10 @@ from edgefleet.contract._json import dumps
 from ._alert_store import AlertStore
 from ._audit_store import AuditStore
 from ._console_store import ConsoleStore
+from ._credential_store import CredentialStore
+from ._registry_store import RegistryStore
 from ._statuses import StatusUpdate
-from ._tables import deployments, desired, devices, events, jobs, models
+from ._tables import deployments, desired, devices, events, jobs
 from ._telemetry_store import TelemetryStore
 from ._token_store import TokenStore
 from .rollout import CohortMetrics, ShadowMetrics
@@ -142,7 +144,9 @@ def _rows(result: sa.Result[Any]) -> list[dict[str, Any]]:
 
 
 class Store:
-    """All controller persistence.
+    """All controller persistence. Tables of one concern have a store of their own,
+    reached through this one: ``models`` (registry rows), ``credentials`` (claim tokens,
+    device credentials), ``telemetry``, ``alerts``, ``audit``, ``tokens``, ``console``.
 
     Args:
         url: an SQLAlchemy URL (``sqlite:///ctl.db``, ``postgresql+psycopg://…``).
@@ -174,43 +178,28 @@ class Store:
         self.telemetry = TelemetryStore(self.engine)
         self.alerts = AlertStore(self.engine)
         self.console = ConsoleStore(self.engine)
+        self.models = RegistryStore(self.engine)  # model versions and their variants
+        self.credentials = CredentialStore(self.engine)  # claim tokens, device credentials
         self._status_statements: dict[Any, Any] = {}
         self._session_statements: dict[Any, Any] = {}
 
-    # -- models -----------------------------------------------------------------------
+    # -- models (``_registry_store``) -------------------------------------------------------
     def add_model(self, **values: Any) -> dict[str, Any]:
         """Insert a model version (``version`` defaults to the next free one for ``name``)."""
-        with self.engine.begin() as c:
-            current = c.execute(sa.select(sa.func.max(models.c.version))
-                                .where(models.c.name == values["name"])).scalar()
-            values = {"bundled": False, "report": None, "parent": None,
-                      "version": (current or 0) + 1, **values, "created_at": time.time()}
-            c.execute(models.insert().values(**values))
-        return values
+        return self.models.add_model(**values)
 
     def next_version(self, name: str) -> int:
-        with self.engine.connect() as c:
-            current = c.execute(sa.select(sa.func.max(models.c.version))
-                                .where(models.c.name == name)).scalar()
-        return (current or 0) + 1
+        return self.models.next_version(name)
 
     def get_model(self, name: str, version: int) -> dict[str, Any]:
         """Raises: NotFoundError."""
-        with self.engine.connect() as c:
-            row = _row(c.execute(sa.select(models).where(
-                models.c.name == name, models.c.version == version)).first())
-        if row is None:
-            raise NotFoundError(f"no model {name}:{version}")
-        return row
+        return self.models.get_model(name, version)
 
     def list_models(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as c:
-            return _rows(c.execute(sa.select(models).order_by(models.c.name, models.c.version)))
+        return self.models.list_models()
 
     def mark_bundled(self, name: str, version: int) -> None:
-        with self.engine.begin() as c:
-            c.execute(models.update().where(models.c.name == name, models.c.version == version)
-                      .values(bundled=True))
+        self.models.mark_bundled(name, version)
 
     # -- devices ----------------------------------------------------------------------
     def upsert_device(self, device_id: str, **values: Any) -> None:

@@ -2,8 +2,9 @@
 """Build an edgefleet device image overlay from a checkout, with nothing installed.
 
 Same as ``edgefleet image build`` (see README.md here), for a build host that has only
-Python 3.11+: it loads the builder, ``controller/images.py``, straight from this
-checkout and the recipe from the directory next to this script.
+Python 3.11+: it loads the builder, ``controller/images.py``, and the name rule it uses,
+``contract/names.py``, straight from this checkout; the builder reads its recipes from
+``controller/image_recipes/``, the files the installed package ships.
 
     python3 firmware-images/build_overlay.py rpi-os-arm64 \\
         --controller-url https://controller.example:8443 --root keys/root.json \\
@@ -20,8 +21,7 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -34,7 +34,6 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 def _load_builder() -> ModuleType:
-    _load("_image_recipes", CHECKOUT / "controller" / "_image_recipes.py")  # its recipes
     _load("_edgefleet_names", CHECKOUT / "contract" / "names.py")  # what a name may be
     return _load("edgefleet_images", CHECKOUT / "controller" / "images.py")
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-id")
     p.add_argument("--tag", "-t", action="append", default=[], help="key=value (repeat)")
     p.add_argument("--provision-ca", type=Path, help="PEM CA bundle for the controller")
-    p.add_argument("--recipe", type=Path, help="recipe directory (default: ./TARGET here)")
+    p.add_argument("--recipe", type=Path, help="recipe directory (default: the built-in one)")
     p.add_argument("--allow-http", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
@@ -64,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in t for t in args.tag) or len(tags) != len(args.tag):
         p.error("--tag must be a new key=value each time")
     try:
-        recipe = images.load_recipe(args.recipe or HERE / args.target)
+        recipe = (images.load_recipe(args.recipe) if args.recipe
+                  else images.builtin_recipe(args.target))
         if recipe.target != args.target:
             p.error(f"recipe {args.recipe} is for {recipe.target}, not {args.target}")
         token, source = images.read_claim_token(args.claim_token)

@@ -28,6 +28,7 @@ from edgefleet.cli import app
 from edgefleet.controller.api import create_app
 from edgefleet.controller.http import ApiServer
 from edgefleet.controller.images import (
+    RECIPES,
     TARGETS,
     ImageBuildError,
     build_overlay,
@@ -140,15 +141,45 @@ def test_agent_unit_is_hardened_for_its_target(tmp_path, trust_root, target):
     assert not [line for line in lines if line.startswith("DeviceAllow=")]
 
 
-def test_checked_in_recipes_are_the_builtin_ones():
+def test_both_targets_build_from_the_one_copy_of_their_recipe_files():
+    """Each built-in recipe is read from the package's recipe files: its own directory,
+    then ``common/``. The Jetson unit is a file of its own, not an edit of the Pi one."""
+    assert sorted(p.relative_to(RECIPES).as_posix()
+                  for p in RECIPES.rglob("*") if p.is_file()) == [
+        "common/edgefleet-install.service", "common/edgefleet.sysusers",
+        "common/edgefleet.tmpfiles", "common/install-agent.sh",
+        "jetson-l4t/edgefleet-agent.service", "jetson-l4t/recipe.toml",
+        "rpi-os-arm64/edgefleet-agent.service", "rpi-os-arm64/recipe.toml"]
     for target in TARGETS:
-        on_disk = load_recipe(REPO / "firmware-images" / target)
-        assert dataclasses.replace(on_disk, source="builtin") == builtin_recipe(target)
+        recipe = builtin_recipe(target)
+        assert recipe.target == target and recipe.source == "builtin"
+        for name, text in recipe.files.items():
+            own = RECIPES / target / name
+            assert text == (own if own.is_file() else RECIPES / "common" / name).read_text()
+        loaded = load_recipe(RECIPES / target)
+        assert dataclasses.replace(loaded, source="builtin") == recipe
+
+
+def test_no_second_copy_of_the_recipes_in_the_source():
+    """No recipe file outside the package's recipe folder, and no template text in code."""
+    markers = ("SystemCallFilter=@system-service", "ConditionPathExists=!/opt/edgefleet",
+               'u edgefleet - "edgefleet agent"', "REQUIREMENT=@REQUIREMENT@")
+    home, copies = REPO / "controller" / "image_recipes", []
+    for folder in ("agent", "cli", "contract", "controller", "optimizer", "simulations",
+                   "firmware-images"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if (not path.is_file() or home in path.parents
+                    or path.suffix not in (".py", ".service", ".toml", ".sh", ".sysusers",
+                                           ".tmpfiles")):
+                continue
+            if path.name == "recipe.toml" or any(m in path.read_text() for m in markers):
+                copies.append(path.relative_to(REPO).as_posix())
+    assert copies == []
 
 
 @pytest.mark.parametrize("extras", ['["tflite"]', '["agent", "controller"]', '"agent"'])
 def test_a_recipe_must_install_the_agent_and_only_device_extras(tmp_path, extras):
-    shutil.copytree(REPO / "firmware-images", tmp_path / "fw")
+    shutil.copytree(RECIPES, tmp_path / "fw")
     recipe = tmp_path / "fw" / "rpi-os-arm64" / "recipe.toml"
     text = recipe.read_text().replace('extras = ["agent", "tflite"]', f"extras = {extras}")
     recipe.write_text(text)

@@ -64,6 +64,24 @@ def test_a_bare_install_has_numpy_and_its_command_names_the_extra(venv, tmp_path
         assert "Traceback" not in done.stderr
 
 
+def test_an_installed_package_ships_the_image_recipes(venv):
+    """``edgefleet image build`` reads its recipes from the package: an install without a
+    checkout holds every recipe file, byte for byte."""
+    where = _run(venv["bin"] / "python", "-c",
+                 "import edgefleet, pathlib; print(pathlib.Path(edgefleet.__file__).parent)")
+    assert where.returncode == 0, where.stderr
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in root.rglob("*") if p.is_file()}
+
+    shipped = files(Path(where.stdout.strip()) / "controller" / "image_recipes")
+    assert sorted(shipped) == sorted(files(ROOT / "controller" / "image_recipes"))
+    assert shipped == files(ROOT / "controller" / "image_recipes")
+    assert {"rpi-os-arm64/recipe.toml", "jetson-l4t/edgefleet-agent.service",
+            "common/install-agent.sh"} <= set(shipped)
+
+
 def test_the_agent_extra_alone_runs_an_agent_against_a_broker(venv, mosquitto, trust_root,
                                                               tmp_path):
     added = _run(venv["bin"] / "python", "-m", "pip", "install", "-q",

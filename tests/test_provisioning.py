@@ -22,11 +22,12 @@ from typer.testing import CliRunner
 from edgefleet.agent import Agent, load_config
 from edgefleet.agent.provision import ProvisioningError, provision_from_config
 from edgefleet.cli import app
-from edgefleet.contract import DeviceTopic, RegistryError, SignatureError
-from edgefleet.controller import FleetController, Settings
+from edgefleet.contract import DeviceTopic, NotFoundError, RegistryError, SignatureError
+from edgefleet.controller import FleetController, Settings, Store
+from edgefleet.controller._credential_store import CredentialTransaction
 from edgefleet.controller.api import create_app
 from edgefleet.controller.http import ApiServer
-from edgefleet.controller.provisioning import provision_message
+from edgefleet.controller.provisioning import Provisioner, provision_message
 from edgefleet.simulations.brokers import MosquittoProcess, free_port
 from edgefleet.simulations.fleet import wait_until
 
@@ -217,3 +218,37 @@ def test_claim_tokens_are_limited_expiring_revocable_and_bound_to_a_key(controll
         controller.provision(claim_token=prov.create_claim_token(label="y", created_by="a")[
             "token"], **_request(key, "cam-1"))
     assert revoked.value.reason == "device_revoked"
+
+
+def test_a_one_use_claim_token_raced_by_two_replicas_provisions_one_device(db_url,
+                                                                          monkeypatch):
+    """Replicas share the database, not a lock: when another replica spends a token's last
+    use while this one is checking it, this one refuses the device."""
+    stores = [Store(db_url), Store(db_url)]
+    here, other = Provisioner(stores[0]), Provisioner(stores[1])
+    token = here.create_claim_token(label="one", uses=1, created_by="admin")["token"]
+    read, raced = CredentialTransaction.credentials, []
+
+    def read_then_race(tx, device):
+        row = read(tx, device)
+        if not raced:  # the other replica, between this one's check and its spending
+            raced.append(device)
+            raced.append(other.provision(claim_token=token, broker_url="mqtt://b:1883",
+                                         **_request(Ed25519PrivateKey.generate(), "cam-b")))
+        return row
+
+    monkeypatch.setattr(CredentialTransaction, "credentials", read_then_race)
+    try:
+        with pytest.raises(SignatureError) as refused:
+            here.provision(claim_token=token, broker_url="mqtt://b:1883",
+                           **_request(Ed25519PrivateKey.generate(), "cam-a"))
+        assert refused.value.reason == "invalid_claim_token"
+        assert raced[0] == "cam-a" and raced[1]["device_id"] == "cam-b"
+        assert other.identity("cam-b")["device"] == "cam-b"
+        with pytest.raises(NotFoundError):  # nothing of it was stored
+            here.identity("cam-a")
+        assert [(t["uses_left"], t["state"]) for t in here.list_claim_tokens()] == [(0, "used")]
+    finally:
+        for store in stores:
+            store.engine.dispose()
+
