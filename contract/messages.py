@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import functools
 import json
 import re
@@ -380,8 +381,9 @@ class ChunkResponse:
             raise MessageError(f"chunk: bad header ({exc})") from exc
 
 
-class JobState:
-    """The steps a device reports while it applies a desired state."""
+class JobState(enum.StrEnum):
+    """The steps a device reports while it applies a desired state (each is its string on
+    the wire)."""
 
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
@@ -391,9 +393,10 @@ class JobState:
     FAILED = "failed"  # never switched (download, trust, smoke test…)
     ROLLED_BACK = "rolled_back"  # switched, then went back to the last known good model
     SHADOWING = "shadowing"  # installed beside the active model, running on samples
-    TERMINAL = frozenset({"healthy", "failed", "rolled_back"})
-    ALL = frozenset({"downloading", "verifying", "installing", "activated", "healthy", "failed",
-                     "rolled_back", "shadowing"})
+
+    TERMINAL = enum.nonmember(frozenset({"healthy", "failed", "rolled_back"}))
+    ALL = enum.nonmember(frozenset({"downloading", "verifying", "installing", "activated",
+                                    "healthy", "failed", "rolled_back", "shadowing"}))
 
 
 @dataclasses.dataclass(frozen=True)

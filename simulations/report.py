@@ -163,7 +163,7 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
     }
 
 
-# The scale targets for a rollout (docs/simulations.md): all healthy within a
+# The scale targets for a rollout (docs/simulations.md): all healthy within a
 # minute, and at most three times what the broker alone needs to fan out the same bytes.
 HEALTHY_WITHIN_S = 60.0
 MAX_RATIO_TO_FANOUT = 3.0

@@ -126,3 +126,13 @@ def test_topics_refuse_wildcards_and_separators():
             device_topic(bad, "cmd")
     assert parse_device_topic("fleet/v1/dev/+/birth") is None
     assert parse_device_topic("other/v1/dev/a/birth") is None
+
+
+def test_job_states_are_one_enum_whose_sets_name_its_members():
+    from edgefleet.contract.messages import JobState
+
+    assert {state.value for state in JobState} == JobState.ALL
+    assert {JobState.HEALTHY, JobState.FAILED, JobState.ROLLED_BACK} == JobState.TERMINAL
+    status = JobStatus(job="j", deployment="d", state=JobState.ROLLED_BACK, ts=1.0)
+    assert json.loads(status.encode())["state"] == "rolled_back"
+    assert JobStatus.decode(status.encode()).state == JobState.ROLLED_BACK
