@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.contract.names import TOKEN_NAME
 
+from ._api_errors import InvalidRequest
 from ._api_types import SeqQuery
 from ._token_store import public_token
 from .auth import (
@@ -37,6 +38,7 @@ from .auth import (
     check_table,
     split_token,
     token_refusal,
+    valid_token_name,
 )
 
 if TYPE_CHECKING:
@@ -218,6 +220,9 @@ def add_security_routes(app: FastAPI, ctl: "FleetController") -> None:
     @app.post("/v1/tokens", status_code=201)
     def create_token(request: Request, user: ActorName, body: TokenBody) -> dict[str, Any]:
         """The token is in this answer only; the controller keeps its sha256."""
+        why = valid_token_name(body.name)  # a reserved name fits the pattern
+        if why:
+            raise InvalidRequest(why)
         row, token = ctl.store.tokens.create(body.name, body.role, created_by=user,
                                              now=ctl.clock.time(), ttl_s=body.ttl_s)
         view = public_token(row, ctl.clock.time())

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 
+from ._api_errors import refused_input
 from ._api_types import VersionQuery
 from .aggregate import ALPHA, Aggregate
 
@@ -61,14 +62,16 @@ def query_telemetry(ctl: "FleetController", *, device: str | None = None,
 
     Raises:
         NotFoundError: an unknown deployment.
-        ValueError: a malformed selector or an unknown ``group_by``.
+        InvalidRequest: a malformed selector.
+        ValueError: an unknown ``group_by``.
     """
     from .service import select_devices
 
     if group_by not in GROUPS:
         raise ValueError(f"group_by is one of {sorted(GROUPS)}")
     devices: set[str] | None = {device} if device else None
-    tags = parse_selector(selector)
+    with refused_input():
+        tags = parse_selector(selector)
     if tags:
         matched = set(select_devices(ctl.store.list_devices(), ids=None, selector=tags))
         devices = matched if devices is None else devices & matched

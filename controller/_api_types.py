@@ -1,12 +1,15 @@
-"""Bounded integer types for the HTTP API: what the store can hold, refused with a 422
-(naming the parameter) rather than reaching SQL as a number it cannot bind."""
+"""Types of the HTTP API's parameters and bodies: integers the store can hold (a larger
+one is a 422 naming the parameter, not a number SQL cannot bind) and hardware class
+names."""
 
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
-__all__ = ["INT64_MAX", "JsonInt", "SeqQuery", "VersionPath", "VersionQuery"]
+from edgefleet.contract.names import NAME
+
+__all__ = ["INT64_MAX", "HardwareClass", "JsonInt", "SeqQuery", "VersionPath", "VersionQuery"]
 
 INT64_MAX = 2**63 - 1  # signed BIGINT: SQLite's INTEGER and PostgreSQL's bigint
 
@@ -23,3 +26,5 @@ def _integral(value: Any) -> Any:
 # an integer in a strict body: JSON Schema counts 3.0 as an integer, so it is taken as 3;
 # 3.5, "3" and true are refused
 JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+HardwareClass = Annotated[str, Field(pattern=NAME.pattern)]  # what a device class may be named

@@ -26,6 +26,7 @@ from .rollout import (
     ACTIVE,
     JOB_DONE,
     JOB_SETTLED,
+    WAVE_STRATEGIES,
     CohortMetrics,
     RolloutPolicy,
     action_applies,
@@ -40,7 +41,6 @@ __all__ = ["ACTIVE", "Orchestrator", "describe"]
 
 log = logging.getLogger(__name__)
 DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
-WAVE_STRATEGIES = ("all-at-once", "staged", "canary")
 DISPLAY_EVERY_S = 5.0  # cohort figures a policy does not gate on are read this often
 # sends each (device, desired state) of a batch
 Publish = Callable[[list[tuple[str, DesiredState]]], None]

@@ -11,22 +11,34 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ACTIONS",
     "ACTIVE",
-    "BOUNDS",
     "JOB_DONE",
     "JOB_SETTLED",
     "ON_BREACH",
-    "OPTIONAL",
     "SILENT",
     "STRATEGIES",
+    "WAVE_STRATEGIES",
     "CohortMetrics",
     "Decision",
     "RolloutPolicy",
     "ShadowMetrics",
+    "Strategy",
     "cohort_position",
     "evaluate_shadow",
     "action_applies",
@@ -37,29 +49,19 @@ __all__ = [
     "split_arms",
 ]
 
-STRATEGIES = ("all-at-once", "staged", "canary", "shadow", "ab")
+Strategy = Literal["all-at-once", "staged", "canary", "shadow", "ab"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+# the strategies that send the new version wave by wave (shadow and A/B have no waves)
+WAVE_STRATEGIES: tuple[Strategy, ...] = ("all-at-once", "staged", "canary")
 # Not finished: devices reserved, abort possible. ``pending_approval`` is not driven (nothing
 # sent, no timeout running) until approved; approval starts its clock.
 ACTIVE = ("running", "paused", "promoting", "rolling_back", "awaiting_decision",
           "pending_approval")
 ACTIONS = ("pause", "resume", "abort", "rollback", "promote", "drop", "approve")
-ON_BREACH = ("pause", "abort", "rollback")
-SILENT = ("failed", "skipped")  # what a device silent at the wave timeout counts as
-# the numeric fields' bounds (JSON Schema's words): RolloutPolicy checks them and the
-# API's schema states them
-BOUNDS: dict[str, dict[str, float]] = {
-    "health_window_s": {"ge": 0}, "wave_timeout_s": {"ge": 0}, "duration_s": {"ge": 0},
-    "max_failure_rate": {"ge": 0, "le": 1}, "device_max_error_rate": {"ge": 0, "le": 1},
-    "min_agreement": {"ge": 0, "le": 1}, "sample": {"gt": 0, "le": 1},
-    "split": {"gt": 0, "lt": 100}, "min_samples": {"ge": 1},
-    "max_p95_regression": {"gt": 0}, "max_error_rate": {"gt": 0},
-    "max_latency_ratio": {"gt": 0}, "device_max_latency_ratio": {"gt": 0},
-}
-OPTIONAL = frozenset({"max_p95_regression", "max_error_rate", "max_latency_ratio",
-                      "device_max_latency_ratio"})  # null switches the gate off
-_HOLDS = {"ge": lambda v, x: v >= x, "gt": lambda v, x: v > x, "le": lambda v, x: v <= x,
-          "lt": lambda v, x: v < x}
-_SAYS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+OnBreach = Literal["pause", "abort", "rollback"]
+ON_BREACH: tuple[OnBreach, ...] = get_args(OnBreach)
+Silent = Literal["failed", "skipped"]  # what a device silent at the wave timeout counts as
+SILENT: tuple[Silent, ...] = get_args(Silent)
 TERMINAL_OK = frozenset({"healthy"})
 TERMINAL_BAD = frozenset({"failed", "rolled_back"})
 # a job that ran to its end, controller side (a device "healthy" on a rollback job is
@@ -67,72 +69,94 @@ TERMINAL_BAD = frozenset({"failed", "rolled_back"})
 JOB_DONE = TERMINAL_OK | TERMINAL_BAD | {"reverted", "revert_failed"}
 JOB_SETTLED = JOB_DONE | {"shadow_stopped", "shadow_stop_failed", "held", "hold_failed"}
 
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+_Above0 = Annotated[float, Field(gt=0, allow_inf_nan=False)]  # None switches its gate off
+_Percent = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
 
-@dataclasses.dataclass(frozen=True)
-class RolloutPolicy:
+
+def _integral(value: Any) -> Any:
+    """JSON counts 3.0 as an integer: take it as 3 (3.5, "3" and true stay refused)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def _summary(schema: dict[str, Any]) -> None:
+    """A model's description in the API's schema: its docstring's first paragraph."""
+    schema["description"] = str(schema.get("description", "")).split("\n\n")[0]
+
+
+class RolloutPolicy(BaseModel):
     """How a deployment proceeds and what stops it. Rates are fractions (0.02 = 2%).
 
+    The API takes it as the ``policy`` of a deployment, so its schema is this one; the
+    strategy is the deployment's own field there, beside the policy. Strict like every
+    API body: 0 is not false, "1" is not 1.
+
     Raises:
-        ValueError: from ``__post_init__`` for inconsistent settings.
+        pydantic.ValidationError: (a ``ValueError``) naming each field that is wrong and
+            what it takes, or waves that do not fit the strategy.
     """
 
-    strategy: str = "all-at-once"
-    waves: tuple[float, ...] = (100.0,)  # cumulative % of the targets per wave
-    health_window_s: float = 0.0  # device-side watch after activation
-    max_failure_rate: float = 0.0  # per wave
-    max_p95_regression: float | None = None  # new cohort p95 vs old, e.g. 0.2
-    max_error_rate: float | None = None  # inference errors in the new cohort
-    wave_timeout_s: float = 600.0  # no wave waits longer for its devices
-    on_breach: str = "rollback"  # pause | abort | rollback
-    silent: str = "failed"  # devices silent at the wave timeout count as failed | skipped
-    min_samples: int = 50  # inferences per cohort before a metric gate is judged
-    device_max_latency_ratio: float | None = 3.0
-    device_max_error_rate: float = 0.05
-    sample: float = 0.2  # shadow: fraction of live inputs mirrored
-    min_agreement: float = 0.98  # shadow: top-1 agreement needed to promote
-    max_latency_ratio: float | None = None  # shadow: candidate / active latency
-    duration_s: float = 0.0  # shadow and A/B
-    auto_promote: bool = True  # shadow
-    split: float = 50.0  # A/B: % of the targets on the new version
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True,
+                              json_schema_extra=_summary)
 
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("strategy", "on_breach", "silent", "waves", "auto_promote"):
-                continue
-            if value is None and "None" in str(f.type):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number")
-        if not isinstance(self.auto_promote, bool):
-            raise ValueError("auto_promote must be true or false")
-        try:
-            waves = tuple(float(w) for w in self.waves)
-        except (TypeError, ValueError):
-            raise ValueError("waves must be a list of percentages") from None
-        if self.strategy == "canary" and waves == (100.0,):
+    strategy: SkipJsonSchema[Strategy] = "all-at-once"
+    waves: tuple[_Percent, ...] = Field(
+        default=(100.0,), min_length=1, max_length=100, validate_default=True,
+        description="cumulative % of the targets per wave, increasing and ending at 100 "
+                    "(a canary's default is 10, 100; all-at-once has the one wave 100)")
+    health_window_s: _Seconds = Field(
+        default=0.0, description="a device watches the new model this long after activating it")
+    max_failure_rate: _Fraction = Field(
+        default=0.0, description="failed devices tolerated per wave")
+    max_p95_regression: _Above0 | None = Field(
+        default=None, description="new cohort p95 vs the previous version's, e.g. 0.2 "
+                                  "(null: off)")
+    max_error_rate: _Above0 | None = Field(
+        default=None, description="inference errors in the new cohort (null: off)")
+    wave_timeout_s: _Seconds = Field(
+        default=600.0, description="no wave waits longer for its devices")
+    on_breach: OnBreach = "rollback"
+    silent: Silent = Field(
+        default="failed", description="what devices silent at the wave timeout count as")
+    min_samples: Annotated[int, BeforeValidator(_integral)] = Field(
+        default=50, ge=1, description="inferences per cohort before a metric gate is judged")
+    device_max_latency_ratio: _Above0 | None = Field(
+        default=3.0, description="a device's p95 latency vs its previous model's, judged in "
+                                 "its health window (null: off)")
+    device_max_error_rate: _Fraction = Field(
+        default=0.05, description="a device's inference errors, judged in its health window")
+    sample: float = Field(
+        default=0.2, gt=0, le=1, allow_inf_nan=False,
+        description="shadow: fraction of live inputs mirrored")
+    min_agreement: _Fraction = Field(
+        default=0.98, description="shadow: top-1 agreement needed to promote")
+    max_latency_ratio: _Above0 | None = Field(
+        default=None, description="shadow: candidate / active latency allowed (null: off)")
+    duration_s: _Seconds = Field(default=0.0, description="shadow and A/B")
+    auto_promote: bool = Field(
+        default=True, description="shadow: promote when the thresholds hold")
+    split: float = Field(
+        default=50.0, gt=0, lt=100, allow_inf_nan=False,
+        description="A/B: % of the targets on the new version")
+
+    @field_validator("waves", mode="before")
+    @classmethod
+    def _waves_as_tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # JSON has lists
+
+    @field_validator("waves")
+    @classmethod
+    def _waves_fit(cls, waves: tuple[float, ...], info: ValidationInfo) -> tuple[float, ...]:
+        strategy = info.data.get("strategy")  # (absent when it was refused itself)
+        if strategy == "canary" and waves == (100.0,):
             waves = (10.0, 100.0)  # a canary is two waves; 10% unless told
-        object.__setattr__(self, "waves", waves)
-        if not waves or waves[-1] != 100.0 or any(
-                not 0 < w <= 100 for w in waves) or list(waves) != sorted(set(waves)):
-            raise ValueError("waves must be increasing percentages ending at 100, e.g. 5,25,100")
-        if self.strategy == "all-at-once" and waves != (100.0,):
-            raise ValueError("all-at-once has a single wave")
-        if self.on_breach not in ON_BREACH:
-            raise ValueError(f"on_breach must be one of {ON_BREACH}")
-        if self.silent not in SILENT:
-            raise ValueError(f"silent must be one of {SILENT}")
-        for name, bounds in BOUNDS.items():
-            value = getattr(self, name)
-            if value is None:  # a gate switched off (only optional fields get here)
-                continue
-            for op, limit in bounds.items():
-                if not _HOLDS[op](value, limit):
-                    off = " (or null to switch it off)" if name in OPTIONAL else ""
-                    raise ValueError(f"{name} must be {_SAYS[op]} {limit:g}{off}")
+        if waves[-1] != 100.0 or list(waves) != sorted(set(waves)):
+            raise PydanticCustomError(
+                "value_error", "must be increasing percentages ending at 100, e.g. 5,25,100")
+        if strategy == "all-at-once" and waves != (100.0,):
+            raise PydanticCustomError("value_error", "all-at-once has a single wave")
+        return waves
 
     @property
     def gates_on_metrics(self) -> bool:
@@ -140,26 +164,26 @@ class RolloutPolicy:
         return self.max_p95_regression is not None or self.max_error_rate is not None
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["waves"] = list(self.waves)
-        return d
+        """The stored form (JSON: waves as a list), which ``from_dict`` reads back."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPolicy:
-        """Raises: ValueError for unknown keys or bad values."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        """A policy from its stored form (``to_dict``, also what earlier releases
+        stored), a console form or a scenario file; fields left out keep their defaults.
+
+        Raises:
+            ValueError: for unknown keys or bad values, naming each field.
+        """
+        unknown = set(data) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"unknown policy fields {sorted(unknown)}")
-        values = dict(data)
-        if "waves" in values:
-            if not isinstance(values["waves"], (list, tuple)):
-                raise ValueError("waves must be a list of percentages")
-            values["waves"] = tuple(values["waves"])
         try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )) from exc
 
     def device_health(self) -> dict[str, Any]:
         """The on-device health policy shipped in each desired state."""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import time
+
+import httpx
 import pytest
 from _support import ASSETS, TOKEN, register_digits, wait_devices_known, wait_optimization
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from edgefleet.controller.api import create_app
+from edgefleet.controller.http import ApiServer
+from edgefleet.controller.provisioning import provision_message
+from edgefleet.controller.rollout import STRATEGIES, RolloutPolicy
+from edgefleet.simulations.fleet import wait_until
 
 
 @pytest.fixture
@@ -95,3 +106,127 @@ def test_register_optimize_deploy_through_the_api(client, make_fleet, controller
     dep = client.post("/v1/deployments", headers=AUTH, json={"model": "digits", "version": 2})
     assert dep.status_code == 201 and [j["device"] for j in dep.json()["jobs"]] == fleet.ids
     assert client.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize("method,path,body,says", [
+    ("POST", "/v1/deployments", {"model": "digits", "version": 1, "selector": {"site": "mars"}},
+     "no device matches this deployment's target"),
+    ("POST", "/v1/deployments", {"model": "digits", "version": 1, "devices": ["bad/id"]},
+     "invalid device id 'bad/id'"),
+    ("POST", "/v1/deployments", {"model": "digits", "version": 1, "devices": ["pi-1"],
+                                 "strategy": "ab"},
+     "an A/B deployment needs at least two devices"),
+    ("POST", "/v1/tokens", {"name": "admin", "role": "viewer"}, "'admin' is reserved"),
+    ("GET", "/v1/telemetry/query?selector=site", None,
+     "selector parts are key=value, got 'site'"),
+])
+def test_values_the_controller_refuses_are_422s_that_say_what_was_wrong(
+        client, controller, method, path, body, says):
+    register_digits(controller)
+    resp = client.request(method, path, headers=AUTH, json=body)
+    assert resp.status_code == 422 and resp.json()["reason"] == "invalid", resp.text
+    assert says in resp.json()["detail"]
+
+
+def test_a_model_file_that_does_not_load_is_a_422_naming_its_kind(client):
+    resp = client.post("/v1/models", headers=AUTH, data={"name": "x"},
+                       files={"model": ("m.onnx", b"not a model")})
+    assert (resp.status_code, resp.json()["reason"]) == (422, "invalid")
+    assert resp.json()["detail"].startswith("not a loadable ONNX model: ")
+
+
+def test_a_device_id_that_cannot_name_a_device_is_a_422_at_provisioning(client, controller):
+    key = Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    claim = controller.provisioner.create_claim_token(label="x", created_by="admin")["token"]
+    ts = time.time()
+    proof = base64.b64encode(key.sign(provision_message("pi 1", pem, ts))).decode()
+    resp = client.post("/v1/provision", json={"claim_token": claim, "public_key": pem,
+                                              "proof": proof, "ts": ts, "device_id": "pi 1"})
+    assert resp.status_code == 422
+    assert resp.json() == {"detail": "invalid device id 'pi 1'", "reason": "invalid"}
+
+
+@pytest.mark.parametrize("body,field,says", [
+    ({"strategy": "staged", "policy": {"waves": [50, 20, 100]}}, "waves", "increasing"),
+    ({"policy": {"waves": [50, 100]}}, "waves", "all-at-once has a single wave"),
+    ({"strategy": "canary", "policy": {"max_failure_rate": 2}}, "max_failure_rate",
+     "less than or equal to 1"),
+    ({"policy": {"on_breach": "panic"}}, "on_breach", "'pause', 'abort' or 'rollback'"),
+    ({"policy": {"min_samples": 0.5}}, "min_samples", "valid integer"),
+])
+def test_a_policy_the_rollout_rules_refuse_is_a_422_naming_the_field(client, body, field,
+                                                                       says):
+    resp = client.post("/v1/deployments", headers=AUTH,
+                       json={"model": "digits", "version": 1, **body})
+    assert resp.status_code == 422, resp.text
+    [error] = resp.json()["detail"]
+    assert error["loc"] == ["body", "policy", field] and says in error["msg"]
+
+
+def test_the_deploy_body_takes_the_rollout_policy_itself(client):
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    assert spec["DeployBody"]["properties"]["policy"]["$ref"] == \
+        "#/components/schemas/RolloutPolicy"
+    assert spec["DeployBody"]["properties"]["strategy"]["enum"] == list(STRATEGIES)
+    fields = spec["RolloutPolicy"]["properties"]
+    assert set(fields) == set(RolloutPolicy.model_fields) - {"strategy"}
+    assert fields["max_failure_rate"]["maximum"] == 1 and fields["min_samples"]["minimum"] == 1
+    assert fields["on_breach"]["enum"] == ["pause", "abort", "rollback"]
+
+
+def test_the_strategy_is_given_beside_the_policy_not_in_it(client, controller, make_fleet):
+    resp = client.post("/v1/deployments", headers=AUTH, json={
+        "model": "digits", "version": 1, "policy": {"strategy": "staged"}})
+    assert resp.status_code == 422 and "policy.strategy" in resp.json()["detail"][0]["msg"]
+    fleet = make_fleet(2)
+    wait_devices_known(controller, fleet.ids)
+    register_digits(controller)
+    canary = client.post("/v1/deployments", headers=AUTH, json={
+        "model": "digits", "version": 1, "strategy": "canary",
+        "policy": {"health_window_s": 1}})
+    assert canary.status_code == 201, canary.text
+    assert canary.json()["strategy"] == "canary"
+    assert canary.json()["policy"]["waves"] == [10.0, 100.0]  # judged as a canary's
+    assert canary.json()["policy"]["health_window_s"] == 1.0
+
+
+def test_a_bug_in_a_route_is_a_500_whose_traceback_the_server_logs(controller, monkeypatch):
+    """A stray ValueError is the controller's fault, not a bad request."""
+    def broken(limit: int) -> list[dict]:
+        raise ValueError("not the caller's fault")
+
+    monkeypatch.setattr(controller.optimizations, "recent", broken)
+    logged: list[logging.LogRecord] = []
+    catcher = logging.Handler(logging.ERROR)
+    catcher.emit = logged.append  # type: ignore[method-assign]
+    server_log = logging.getLogger("uvicorn.error")
+    server = ApiServer(create_app(controller))
+    server.start()
+    server_log.addHandler(catcher)
+    try:
+        resp = httpx.get(f"{server.url}/v1/optimizations", headers=AUTH, timeout=10)
+        wait_until(lambda: logged, 10)  # (the server logs it once the answer is sent)
+    finally:
+        server.stop()
+        server_log.removeHandler(catcher)
+    assert resp.status_code == 500 and resp.json()["reason"] == "internal"
+    assert "not the caller's fault" not in resp.text
+    [record] = logged
+    assert record.exc_info and isinstance(record.exc_info[1], ValueError)
+    assert str(record.exc_info[1]) == "not the caller's fault"
+
+
+def test_a_bug_in_a_mutating_route_is_a_500_in_the_audit_log(client, controller,
+                                                               monkeypatch):
+    register_digits(controller)
+
+    def broken(*_: object) -> None:
+        raise ValueError("not the caller's fault")
+
+    monkeypatch.setattr(controller.store.console, "put_card", broken)
+    resp = client.put("/v1/models/digits/1/card", headers=AUTH, json={"intended_use": "x"})
+    assert (resp.status_code, resp.json()["reason"]) == (500, "internal")
+    [entry] = controller.store.audit.entries(target="/v1/models/digits/1/card")
+    assert entry["detail"]["outcome"] == 500

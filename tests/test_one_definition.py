@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import typer.main
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -21,15 +22,17 @@ from pydantic import TypeAdapter, ValidationError
 from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.provision import ensure_identity
 from edgefleet.agent.updater import ChunkFetcher
+from edgefleet.cli import app as cli_app
 from edgefleet.contract import BundleFile, ChunkResponse, FetchError
 from edgefleet.contract.backoff import Backoff
 from edgefleet.contract.names import NAME, TOKEN_NAME
 from edgefleet.contract.topics import DeviceTopic, device_topic, valid_device_id
 from edgefleet.controller._api_security import TokenBody
+from edgefleet.controller._api_types import HardwareClass
 from edgefleet.controller._files import DirectoryFiles
 from edgefleet.controller._locks import lock_file, locked, try_lock
-from edgefleet.controller.api import HardwareClass
 from edgefleet.controller.auth import RESERVED_NAMES, valid_token_name
+from edgefleet.controller.rollout import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("agent", "cli", "contract", "controller", "optimizer", "simulations",
@@ -104,6 +107,17 @@ def test_the_name_rule_is_written_once_in_the_source():
     copies = [p.relative_to(ROOT).as_posix() for p in _sources()
               if "A-Za-z0-9][A-Za-z0-9._" in p.read_text()]
     assert copies == ["contract/names.py"]
+
+
+# -- rollout strategies ---------------------------------------------------------------------
+def test_the_rollout_strategies_are_listed_once_and_the_cli_offers_each():
+    copies = [p.relative_to(ROOT).as_posix() for p in _sources()
+              if re.search(r'"all-at-once",\s*"staged"', p.read_text())]
+    assert copies == ["controller/rollout.py"]
+    # the CLI loads nothing of the controller to start, so its help names them in words
+    deploy = typer.main.get_command(cli_app).commands["deploy"]  # type: ignore[attr-defined]
+    [strategy] = [p for p in deploy.params if p.name == "strategy"]
+    assert strategy.help == " | ".join(STRATEGIES)
 
 
 # -- file locks -----------------------------------------------------------------------------

@@ -187,3 +187,28 @@ def test_policy_round_trips_through_json_shapes():
     with pytest.raises(ValueError, match="unknown"):
         RolloutPolicy.from_dict({"colour": "red"})
 
+
+
+def test_a_policy_stored_by_an_earlier_release_loads_as_it_was():
+    # a deployments.policy row from before ``silent`` and ``split``, numbers as given
+    stored = {"strategy": "staged", "waves": [5, 25, 100], "health_window_s": 120,
+              "max_failure_rate": 0.02, "max_p95_regression": None, "max_error_rate": 0.01,
+              "wave_timeout_s": 600, "on_breach": "pause", "min_samples": 50,
+              "device_max_latency_ratio": 3.0, "device_max_error_rate": 0.05, "sample": 0.2,
+              "min_agreement": 0.98, "max_latency_ratio": None, "duration_s": 0,
+              "auto_promote": True}
+    policy = RolloutPolicy.from_dict(stored)
+    assert policy.waves == (5.0, 25.0, 100.0) and policy.on_breach == "pause"
+    assert (policy.silent, policy.split) == ("failed", 50.0)  # what they were without them
+    assert policy.to_dict() == {**stored, "silent": "failed", "split": 50.0}
+    assert RolloutPolicy.from_dict(policy.to_dict()) == policy
+
+
+def test_a_refused_policy_names_each_field_and_what_it_takes():
+    with pytest.raises(ValueError) as err:
+        RolloutPolicy.from_dict({"strategy": "staged", "waves": [50, 20, 100],
+                                 "max_failure_rate": 2, "min_samples": 0.5})
+    assert str(err.value) == (
+        "waves: must be increasing percentages ending at 100, e.g. 5,25,100; "
+        "max_failure_rate: Input should be less than or equal to 1; "
+        "min_samples: Input should be a valid integer")

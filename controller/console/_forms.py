@@ -15,7 +15,7 @@ from edgefleet.contract import EdgefleetError
 from .._api_security import identify_token, note, record_principal
 from .._api_telemetry import parse_selector
 from .._model_cards import ModelCardBody, model_card
-from ..rollout import ACTIONS, RolloutPolicy
+from ..rollout import ACTIONS, STRATEGIES, RolloutPolicy
 from . import _session
 from ._render import page, redirect, require, signed_in
 from ._session import COOKIE, LOGIN_COOKIE, Session, check_csrf
@@ -165,7 +165,8 @@ def add_forms(app: FastAPI, ctl: FleetController) -> None:
         if problems:
             return page(request, "deployment_new.html", session, status=422,
                         models=ctl.store.list_models(), form=form, reach=None,
-                        problems=problems, defaults=RolloutPolicy().to_dict())
+                        problems=problems, strategies=STRATEGIES,
+                        defaults=RolloutPolicy().to_dict())
         note(request, after={"id": dep["id"], "state": dep["state"]})
         return redirect(f"/ui/deployments/{dep['id']}")
 

@@ -16,7 +16,7 @@ from .._api_telemetry import parse_selector
 from .._console_store import DEVICE_SORTS, DeviceQuery
 from .._model_cards import model_card
 from .._views import describe
-from ..rollout import ACTIONS, ACTIVE, RolloutPolicy, action_applies, wave_failures
+from ..rollout import ACTIONS, ACTIVE, STRATEGIES, RolloutPolicy, action_applies, wave_failures
 from ..service import select_devices
 from ._charts import Series, bar_chart, data_table, line_chart
 from ._render import page, signed_in
@@ -252,7 +252,7 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
                 problems.append(f"selector: {exc}")
         return page(request, "deployment_new.html", session, models=ctl.store.list_models(),
                     form=dict(request.query_params), reach=reach, problems=problems,
-                    defaults=RolloutPolicy().to_dict())
+                    strategies=STRATEGIES, defaults=RolloutPolicy().to_dict())
 
     @app.get("/ui/deployments/{dep_id}", include_in_schema=False,
              response_class=HTMLResponse)
