@@ -1,8 +1,10 @@
 """The edgefleet exception tree, shared by agent and controller.
 
 Every error edgefleet raises on purpose derives from ``EdgefleetError``; callers can
-catch the root or any branch. Caller misuse (a wrong argument type, an impossible
-value) stays ``ValueError``/``TypeError``.
+catch the root or any branch. A value a user gave that is refused (a model file that does
+not load, data that does not fit it, a name, a deployment with no device) is
+``InvalidRequest``, which is also a ``ValueError``: the API answers it with a 422, while a
+plain ``ValueError`` or ``TypeError`` is a programming mistake (a 500).
 
 ::
 
@@ -20,6 +22,7 @@ value) stays ``ValueError``/``TypeError``.
     │   ├── InputError             a request's tensors do not match the signature
     │   └── SmokeTestError         the model loaded but gave the wrong answer
     ├── CompatibilityError         the bundle is not for this device or agent
+    ├── InvalidRequest             a value a user gave is refused (also a ValueError)
     ├── OptimizationError          quantization or pruning could not run
     └── RegistryError              unknown model, version or deployment; conflicts
         └── NotFoundError
@@ -34,6 +37,7 @@ __all__ = [
     "FetchError",
     "InputError",
     "IntegrityError",
+    "InvalidRequest",
     "MessageError",
     "ModelError",
     "ModelLoadError",
@@ -113,6 +117,13 @@ class SmokeTestError(ModelError):
 
 class CompatibilityError(EdgefleetError):
     reason = "incompatible"
+
+
+class InvalidRequest(EdgefleetError, ValueError):
+    """A value a user gave that is refused; the message names the field and what was
+    expected."""
+
+    reason = "invalid"
 
 
 class OptimizationError(EdgefleetError):

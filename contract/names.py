@@ -44,14 +44,18 @@ class NameRule:
         """Whether ``text`` follows the rule."""
         return self._compiled.fullmatch(text) is not None
 
-    def check(self, text: str, what: str) -> str:
+    def check(self, text: str, what: str, *,
+              error: type[ValueError] = ValueError) -> str:
         """``text`` if it follows the rule.
 
+        Args:
+            error: what to raise (the contract's ``InvalidRequest`` for a user's value).
+
         Raises:
-            ValueError: it does not; the message names ``what`` and the rule.
+            ValueError: it does not (``error``); the message names ``what`` and the rule.
         """
         if not self.valid(text):
-            raise ValueError(f"{what} {text!r}: expected {self.expected}")
+            raise error(f"{what} {text!r}: expected {self.expected}")
         return text
 
 

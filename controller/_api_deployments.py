@@ -16,7 +16,6 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from edgefleet.contract import RegistryError
 
-from ._api_errors import refused_input
 from ._api_security import ActorName, note
 from ._api_types import INT64_MAX, JsonInt
 from ._views import describe
@@ -82,9 +81,8 @@ def add_deployment_routes(app: FastAPI, ctl: "FleetController") -> None:
     @app.post("/v1/deployments", status_code=201)
     def create_deployment(request: Request, user: ActorName,
                           body: DeployBody) -> dict[str, Any]:
-        with refused_input():  # no device matches, an invalid device id, A/B on one device
-            dep = ctl.deploy(body.model, body.version, devices=body.devices,
-                             selector=body.selector, created_by=user, policy=body.policy)
+        dep = ctl.deploy(body.model, body.version, devices=body.devices,
+                         selector=body.selector, created_by=user, policy=body.policy)
         view = describe(ctl.store.get_deployment(dep["id"], with_events=True))
         note(request, body=body.model_dump(mode="json"),
              after={"id": view["id"], "state": view["state"]})

@@ -2,22 +2,14 @@
 
 The caller's fault is a 4xx that says what was wrong: a body or parameter that does not
 fit its schema (422, FastAPI's list of the fields at fault), a value the controller
-refuses (``InvalidRequest``, 422), an unknown thing (``NotFoundError``, 404), a conflict
-with what is there (``RegistryError``, 409), a full queue (429). Anything else is the
-controller's own fault: a 500, whose traceback the server logs. A ``ValueError`` is not
-a bad request by itself: a route turns one into ``InvalidRequest`` only around a call
-that refuses the caller's values that way (``refused_input``).
-
-``InvalidRequest`` extends the tree of ``edgefleet.contract.errors``::
-
-    EdgefleetError
-    └── InvalidRequest         a value in an API request the controller refuses
+refuses (the contract's ``InvalidRequest``, 422), an unknown thing (``NotFoundError``,
+404), a conflict with what is there (``RegistryError``, 409), a full queue (429). Anything
+else is the controller's own fault: a 500, whose traceback the server logs; a plain
+``ValueError`` is one of those, never a bad request by itself.
 """
 
 # FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -31,34 +23,19 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from edgefleet.contract import EdgefleetError, NotFoundError, OptimizationError, RegistryError
+from edgefleet.contract import (
+    EdgefleetError,
+    InvalidRequest,
+    NotFoundError,
+    OptimizationError,
+    RegistryError,
+)
 
 from .console import is_console
 from .console._render import SignInNeeded, console_error
 from .optimizations import QUEUE_FULL
 
-__all__ = ["ERROR_RESPONSES", "ApiError", "InvalidRequest", "add_error_handlers",
-           "refused_input"]
-
-
-class InvalidRequest(EdgefleetError):
-    """A value in a request that the controller refuses: a 422 saying what was wrong."""
-
-    reason = "invalid"
-
-
-@contextlib.contextmanager
-def refused_input() -> Iterator[None]:
-    """Around a call that refuses a caller's value with ``ValueError`` (a model that does
-    not load, a deployment without targets…): that refusal is the caller's fault.
-
-    Raises:
-        InvalidRequest: with the ``ValueError``'s message (and it as the cause).
-    """
-    try:
-        yield
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from exc
+__all__ = ["ERROR_RESPONSES", "ApiError", "InvalidRequest", "add_error_handlers"]
 
 
 class ApiError(BaseModel):

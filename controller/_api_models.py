@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from edgefleet.optimizer import OptimizeTarget
 
-from ._api_errors import refused_input
 from ._api_security import ActorName, note
 from ._api_types import HardwareClass, JsonInt, VersionPath
 from ._model_cards import ModelCardBody, model_card
@@ -92,12 +91,11 @@ def add_model_routes(app: FastAPI, ctl: "FleetController") -> None:
             if data is not None and len(data) > limit:
                 raise HTTPException(413, f"upload larger than {limit} bytes")
             blobs.append(data)
-        with refused_input():  # a file that does not load, data that does not fit it, a name
-            row = await run_in_threadpool(
-                ctl.registry.register, name, blobs[0] or b"",
-                labels=[str(x) for x in label_list], eval_npz=blobs[1],
-                calibration_npz=blobs[2], metrics=metric_map, hardware_classes=classes,
-                security_release=security_release, task=task or None, input_kinds=kinds)
+        row = await run_in_threadpool(
+            ctl.registry.register, name, blobs[0] or b"",
+            labels=[str(x) for x in label_list], eval_npz=blobs[1],
+            calibration_npz=blobs[2], metrics=metric_map, hardware_classes=classes,
+            security_release=security_release, task=task or None, input_kinds=kinds)
         note(request, after={"name": row["name"], "version": row["version"],
                              "sha256": row["sha256"], "hardware_classes": classes,
                              "release_counter": row["release_counter"]})
@@ -128,9 +126,8 @@ def add_model_routes(app: FastAPI, ctl: "FleetController") -> None:
         data = await model.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"upload larger than {limit} bytes")
-        with refused_input():  # a file that does not load, a name, classes taken already
-            row = await run_in_threadpool(ctl.registry.add_variant, name, version, data,
-                                          variant=variant, hardware_classes=classes)
+        row = await run_in_threadpool(ctl.registry.add_variant, name, version, data,
+                                      variant=variant, hardware_classes=classes)
         note(request, after={"name": name, "version": version, "variant": variant,
                              "hardware_classes": classes, "sha256": row["sha256"]})
         return _public(row)
@@ -177,10 +174,9 @@ def add_model_routes(app: FastAPI, ctl: "FleetController") -> None:
                                 latency_runs=body.latency_runs, task=body.task,
                                 min_sqnr_db=body.min_sqnr_db, min_cosine=body.min_cosine,
                                 fallback=body.fallback, evaluator=body.evaluator)
-        with refused_input():  # the version's eval set does not fit its model
-            job = ctl.optimizations.submit(name, version, target,
-                                           hardware_classes=body.hardware_classes,
-                                           created_by=user)
+        job = ctl.optimizations.submit(name, version, target,
+                                       hardware_classes=body.hardware_classes,
+                                       created_by=user)
         note(request, after={"job": job["id"], "name": name, "version": version,
                              "hardware_classes": body.hardware_classes})
         response.headers["Location"] = f"/v1/optimizations/{job['id']}"

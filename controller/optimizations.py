@@ -201,7 +201,7 @@ class OptimizationJobs:
             OptimizationError: neither an ONNX nor a ``.tflite`` model (``unsupported``).
             RegistryError: an ONNX model quantized already (``already_quantized``).
             RegistryError: no eval set on the version or an ancestor.
-            ValueError: its eval set does not fit the model.
+            InvalidRequest: its eval set does not fit the model.
         """
         row = self._registry.get(name, version)
         if row["runtime"] not in ("onnxruntime", "litert"):
@@ -226,7 +226,7 @@ class OptimizationJobs:
         """Check, then queue an optimization; returns the job's view (state ``queued``).
 
         Raises:
-            NotFoundError, OptimizationError, RegistryError, ValueError: see ``check``.
+            NotFoundError, OptimizationError, RegistryError, InvalidRequest: see ``check``.
             RegistryError: ``queue_max`` jobs are already waiting (reason ``QUEUE_FULL``),
                 or the controller is stopping (reason ``STOPPED``).
         """

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from edgefleet.contract import Clock, DesiredState, EdgefleetError, SystemClock
+from edgefleet.contract import Clock, DesiredState, EdgefleetError, InvalidRequest, SystemClock
 
 from ._views import describe
 from .auth import approval_refusal
@@ -106,7 +106,7 @@ class Orchestrator:
             wave_of = {d: i for i, ds in enumerate(plan["waves"]) for d in ds}
         elif policy.strategy == "ab":
             if len(targets) < 2:
-                raise ValueError("an A/B deployment needs at least two devices")
+                raise InvalidRequest("an A/B deployment needs at least two devices")
             new, control = split_arms(targets, dep_id, policy.split)
             plan["arms"] = {"new": new, "control": control}
         for d in targets:

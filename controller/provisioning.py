@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from edgefleet.contract import NotFoundError, RegistryError, SignatureError
+from edgefleet.contract import InvalidRequest, NotFoundError, RegistryError, SignatureError
 from edgefleet.contract.topics import valid_device_id
 
 from .brokerconf import password_line, write_credentials
@@ -102,10 +102,10 @@ class Provisioner:
         """A new claim token; its secret is in the result and nowhere else.
 
         Raises:
-            ValueError: uses < 1 or ttl_s ≤ 0.
+            InvalidRequest: uses < 1 or ttl_s ≤ 0.
         """
         if uses < 1 or ttl_s <= 0:
-            raise ValueError("a claim token needs uses ≥ 1 and ttl_s > 0")
+            raise InvalidRequest("a claim token needs uses ≥ 1 and ttl_s > 0")
         token_id = secrets.token_hex(6)
         secret = f"efc_{token_id}_{secrets.token_urlsafe(24)}"
         now = self.clock()
@@ -141,14 +141,14 @@ class Provisioner:
             SignatureError: bad token (``invalid_claim_token``), bad key or proof
                 (``invalid_proof``).
             RegistryError: the device id belongs to another key or was revoked.
-            ValueError: a malformed device id.
+            InvalidRequest: a malformed device id.
         """
         self._check_token(claim_token)  # before any work on what the caller sent
         key = self._check_proof(public_key, proof, ts, device_id or "")
         key_id = hashlib.sha256(public_key.strip().encode()).hexdigest()
         device = device_id or f"dev-{key_id[:12]}"
         if not valid_device_id(device) or device == self.controller_user:
-            raise ValueError(f"invalid device id {device!r}")
+            raise InvalidRequest(f"invalid device id {device!r}")
         del key
         password = secrets.token_urlsafe(24)
         now = self.clock()

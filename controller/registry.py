@@ -24,6 +24,7 @@ import numpy as np
 
 from edgefleet.contract import (
     MANIFEST_MAX_BYTES,
+    InvalidRequest,
     Manifest,
     NotFoundError,
     OptimizationError,
@@ -69,7 +70,7 @@ def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], b
     is_tflite)``.
 
     Raises:
-        ValueError: not a loadable ONNX or ``.tflite`` model (``directory`` is removed).
+        InvalidRequest: not a loadable ONNX or ``.tflite`` model (``directory`` is removed).
     """
     tflite = is_tflite(model)  # a LiteRT flatbuffer, else ONNX
     path = directory / (_TFLITE_FILE if tflite else _MODEL_FILE)
@@ -79,11 +80,11 @@ def _write_model(directory: Path, model: bytes) -> tuple[Path, dict[str, Any], b
     except Exception as exc:
         shutil.rmtree(directory, ignore_errors=True)
         kind = ".tflite" if tflite else "ONNX"
-        raise ValueError(f"not a loadable {kind} model: {exc}") from exc
+        raise InvalidRequest(f"not a loadable {kind} model: {exc}") from exc
     unserved = datatypes.unserved_inputs(signature["inputs"])
     if unserved:  # a device could install it, then answer every request with an error
         shutil.rmtree(directory, ignore_errors=True)
-        raise ValueError(f"inputs {', '.join(unserved)}: devices cannot be fed these "
+        raise InvalidRequest(f"inputs {', '.join(unserved)}: devices cannot be fed these "
                          f"datatypes over the inference protocol (they take "
                          f"{', '.join(sorted(datatypes.SERVED))}); export the model with "
                          "inputs of one of those")
@@ -98,7 +99,7 @@ def load_datasets(data: bytes, signature: dict[str, Any], *, kind: str,
     dtypes are converted where they safely can be (earlier releases took float64).
 
     Raises:
-        ValueError: naming the input and what was expected.
+        InvalidRequest: naming the input and what was expected.
     """
     return load_samples(data, signature, what=f"{kind} set", cast=stored)
 
@@ -110,15 +111,15 @@ def _check_runs(run: Callable[[], Runner], samples: Samples, kind: str) -> None:
         run: gives the model's runner (opened once, on first use).
 
     Raises:
-        ValueError: the model fails on it (with the runtime's reason).
+        InvalidRequest: the model fails on it (with the runtime's reason).
     """
     try:
         outputs = run()(samples.feed(0))
     except Exception as exc:  # OptimizationError from the runner, whatever the runtime
-        raise ValueError(f"{kind} set: the model fails on sample 0: {exc}") from exc
+        raise InvalidRequest(f"{kind} set: the model fails on sample 0: {exc}") from exc
     bad = [n for n, v in outputs.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
     if bad:
-        raise ValueError(f"{kind} set: the model's outputs {bad} are not finite on sample 0")
+        raise InvalidRequest(f"{kind} set: the model's outputs {bad} are not finite on sample 0")
 
 
 def _describe(signature: dict[str, Any], task: str | None,
@@ -126,16 +127,16 @@ def _describe(signature: dict[str, Any], task: str | None,
     """Check what the user said the model is, against its signature.
 
     Raises:
-        ValueError: an unknown task, input or input kind.
+        InvalidRequest: an unknown task, input or input kind.
     """
     if task and task not in TASKS:
-        raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+        raise InvalidRequest(f"task {task!r}: expected one of {', '.join(TASKS)}")
     names = [i["name"] for i in signature["inputs"]]
     for name, kind in (input_kinds or {}).items():
         if name not in names:
-            raise ValueError(f"input_kinds: {name!r} is not an input of the model ({names})")
+            raise InvalidRequest(f"input_kinds: {name!r} is not an input of the model ({names})")
         if kind not in _KINDS:
-            raise ValueError(f"input_kinds: {name!r}: kind {kind!r}, expected one of "
+            raise InvalidRequest(f"input_kinds: {name!r}: kind {kind!r}, expected one of "
                              f"{', '.join(_KINDS)}")
     return {"task": task or "", "input_kinds": dict(input_kinds or {})}
 
@@ -214,12 +215,12 @@ class Registry:
                 stats, mask, skip) where detection from the signature would be wrong.
 
         Raises:
-            ValueError: bad name, not a loadable model, bad datasets (naming the input
+            InvalidRequest: bad name, not a loadable model, bad datasets (naming the input
                 and what was expected), an unknown task or input kind.
         """
-        NAME.check(name, "model name")
+        NAME.check(name, "model name", error=InvalidRequest)
         for hw in hardware_classes or []:
-            NAME.check(hw, "hardware class")
+            NAME.check(hw, "hardware class", error=InvalidRequest)
         with self._scratch(f"register-{name}-") as stage:
             path, signature, tflite = _write_model(stage, model)
             runtime = "litert" if tflite else "onnxruntime"
@@ -271,7 +272,7 @@ class Registry:
         for ``signature`` (default: the version's own).
 
         Raises:
-            ValueError: the data does not fit ``signature`` (a variant with other inputs).
+            InvalidRequest: the data does not fit ``signature`` (a variant with other inputs).
         """
         row: dict[str, Any] | None = self.store.models.get_model(name, version)
         signature = signature or (row or {}).get("signature") or {}
@@ -425,20 +426,20 @@ class Registry:
 
         Raises:
             NotFoundError: unknown version.
-            ValueError: bad variant name or classes, a model that does not load, or
+            InvalidRequest: bad variant name or classes, a model that does not load, or
                 classes already covered by another variant of this version.
         """
         self.store.models.get_model(name, version)
-        NAME.check(variant, "variant name")
+        NAME.check(variant, "variant name", error=InvalidRequest)
         if variant in ("manifest.json",):
-            raise ValueError(f"variant name {variant!r} is reserved")
+            raise InvalidRequest(f"variant name {variant!r} is reserved")
         if not hardware_classes:
-            raise ValueError("a variant needs at least one hardware class")
+            raise InvalidRequest("a variant needs at least one hardware class")
         for hw in hardware_classes:
-            NAME.check(hw, "hardware class")
+            NAME.check(hw, "hardware class", error=InvalidRequest)
         taken = {c for v in self.variants(name, version) for c in v["hardware_classes"]}
         if taken & set(hardware_classes):
-            raise ValueError(f"classes {sorted(taken & set(hardware_classes))} already have a "
+            raise InvalidRequest(f"classes {sorted(taken & set(hardware_classes))} already have a "
                              f"variant of {name}:{version}")
         from edgefleet.contract import sha256_file
 

@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from edgefleet.contract import InvalidRequest
+
 __all__ = [
     "ACTIONS",
     "ACTIVE",
@@ -173,15 +175,15 @@ class RolloutPolicy(BaseModel):
         stored), a console form or a scenario file; fields left out keep their defaults.
 
         Raises:
-            ValueError: for unknown keys or bad values, naming each field.
+            InvalidRequest: for unknown keys or bad values, naming each field.
         """
         unknown = set(data) - set(cls.model_fields)
         if unknown:
-            raise ValueError(f"unknown policy fields {sorted(unknown)}")
+            raise InvalidRequest(f"unknown policy fields {sorted(unknown)}")
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            raise ValueError("; ".join(
+            raise InvalidRequest("; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
             )) from exc
 

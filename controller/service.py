@@ -26,6 +26,7 @@ from edgefleet.contract import (
     DesiredState,
     DeviceTopic,
     FetchRequest,
+    InvalidRequest,
     JobStatus,
     MessageError,
     NotFoundError,
@@ -499,16 +500,16 @@ class FleetController:
 
         Raises:
             NotFoundError: unknown model version.
-            ValueError: no target device, or an invalid device id.
+            InvalidRequest: no target device, or an invalid device id.
         """
         self.registry.get(model, version)
         for d in devices or []:
             if not valid_device_id(d):
-                raise ValueError(f"invalid device id {d!r}")
+                raise InvalidRequest(f"invalid device id {d!r}")
         known = self.store.list_devices()
         targets = select_devices(known, ids=devices, selector=selector)
         if not targets:
-            raise ValueError("no device matches this deployment's target")
+            raise InvalidRequest("no device matches this deployment's target")
         busy = self.store.devices_in(ACTIVE, targets)
         if busy:
             raise RegistryError(

@@ -12,9 +12,9 @@ sample). Every array stacks the same number of samples, in one of two layouts:
   given as ``[S, 2, 1, 128]``, a scalar sample rate as ``[S]``.
 
 ``load_samples`` checks names, dtypes (exactly the model's), ranks and fixed
-dimensions against the model's signature and raises ``ValueError`` naming the input
-and what was expected, so bad data is refused when it is registered, not when a
-bundle is built.
+dimensions against the model's signature and raises ``InvalidRequest`` (a ``ValueError``)
+naming the input and what was expected, so bad data is refused when it is registered,
+not when a bundle is built.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.contract import InvalidRequest
 from edgefleet.contract.npz import load_npz
 
 __all__ = ["Samples", "load_samples", "signature_text"]
@@ -89,22 +90,22 @@ def _npz(data: bytes, what: str) -> dict[str, np.ndarray]:
     try:
         return load_npz(data)
     except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{what}: not a valid .npz file ({exc})") from exc
+        raise InvalidRequest(f"{what}: not a valid .npz file ({exc})") from exc
     except Exception as exc:  # zipfile raises BadZipFile and friends
-        raise ValueError(f"{what}: not a valid .npz file ({exc})") from exc
+        raise InvalidRequest(f"{what}: not a valid .npz file ({exc})") from exc
 
 
 def _check_input(what: str, spec: dict[str, Any], arr: np.ndarray) -> bool:
     """Validate one input's array; returns whether it is in the feeds layout.
 
     Raises:
-        ValueError: naming the input and what was expected.
+        InvalidRequest: naming the input and what was expected.
     """
     name, shape, datatype = spec["name"], list(spec["shape"]), spec["datatype"]
     want = _NUMPY.get(datatype)
     where = f"{what}: input {name!r}"
     if want is not None and arr.dtype != np.dtype(want):  # load_samples(cast=True) cast it
-        raise ValueError(f"{where} is {arr.dtype}; the model takes {datatype} "
+        raise InvalidRequest(f"{where} is {arr.dtype}; the model takes {datatype} "
                          f"({np.dtype(want).name}): convert it, e.g. "
                          f"array.astype(np.{np.dtype(want).name})")
     rank = len(shape)
@@ -113,7 +114,7 @@ def _check_input(what: str, spec: dict[str, Any], arr: np.ndarray) -> bool:
     elif arr.ndim == rank and rank >= 1:
         first = shape[0]
         if isinstance(first, int) and first != 1:
-            raise ValueError(f"{where} has a fixed first axis of {first} ({shape}), so it "
+            raise InvalidRequest(f"{where} has a fixed first axis of {first} ({shape}), so it "
                              f"has no batch axis to put samples on: stack whole inputs on "
                              f"a new first axis, shape [samples, {', '.join(map(str, shape))}]")
         stacked, per_sample = False, [1, *arr.shape[1:]]
@@ -121,19 +122,19 @@ def _check_input(what: str, spec: dict[str, Any], arr: np.ndarray) -> bool:
         layouts = f"{rank + 1} axes (whole inputs stacked on a new first axis)"
         if rank >= 1:
             layouts = f"{rank} axes (samples along the batch axis) or " + layouts
-        raise ValueError(f"{where} has {arr.ndim} axes {list(arr.shape)}; the model's input "
+        raise InvalidRequest(f"{where} has {arr.ndim} axes {list(arr.shape)}; the model's input "
                          f"is {shape}: give {layouts}")
     if arr.shape[0] == 0:
-        raise ValueError(f"{where} holds no samples")
+        raise InvalidRequest(f"{where} holds no samples")
     for axis, (want_dim, got) in enumerate(zip(shape, per_sample, strict=True)):
         if isinstance(want_dim, int) and want_dim >= 0 and got != want_dim:
             if not stacked and axis == 0:
                 continue  # rows: the batch axis is the samples axis
-            raise ValueError(f"{where}: axis {axis} is {got} but the model fixes it at "
+            raise InvalidRequest(f"{where}: axis {axis} is {got} but the model fixes it at "
                              f"{want_dim} (input shape {shape}, sample shape {per_sample})")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{where} holds {bad} NaN or infinite values")
+        raise InvalidRequest(f"{where} holds {bad} NaN or infinite values")
     return stacked
 
 
@@ -150,7 +151,7 @@ def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval se
             input), as data stored by earlier releases may be; new data is refused.
 
     Raises:
-        ValueError: not an ``.npz``; an unknown, missing or mis-shaped input; a dtype
+        InvalidRequest: not an ``.npz``; an unknown, missing or mis-shaped input; a dtype
             other than the model's; differing sample counts; bad labels.
     """
     arrays = _npz(data, what)
@@ -159,17 +160,17 @@ def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval se
     expected = signature_text(inputs)
     if "x" in arrays and "x" not in names:
         if len(inputs) != 1:
-            raise ValueError(f"{what}: 'x' stands for the only input of a single-input model; "
+            raise InvalidRequest(f"{what}: 'x' stands for the only input of a single-input model; "
                              f"this one takes {expected}: key the arrays by input name")
         arrays[names[0]] = arrays.pop("x")
     labels = arrays.pop("y", None) if "y" not in names else None
     unknown = sorted(set(arrays) - set(names))
     if unknown:
-        raise ValueError(f"{what}: {unknown} are not inputs of the model; it takes {expected} "
+        raise InvalidRequest(f"{what}: {unknown} are not inputs of the model; it takes {expected} "
                          f"('y' holds labels)")
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise ValueError(f"{what}: input {missing[0]!r} is missing; the model takes {expected}")
+        raise InvalidRequest(f"{what}: input {missing[0]!r} is missing; the model takes {expected}")
     if cast:
         for spec in inputs:
             want = _NUMPY.get(spec["datatype"])
@@ -180,18 +181,18 @@ def load_samples(data: bytes, signature: dict[str, Any], *, what: str = "eval se
     stacked = {spec["name"]: _check_input(what, spec, arrays[spec["name"]]) for spec in inputs}
     counts = {n: int(a.shape[0]) for n, a in arrays.items()}
     if len(set(counts.values())) > 1:
-        raise ValueError(f"{what}: inputs hold different numbers of samples: {counts}")
+        raise InvalidRequest(f"{what}: inputs hold different numbers of samples: {counts}")
     count = next(iter(counts.values()), 0)
     if count == 0:
-        raise ValueError(f"{what}: no samples (the model takes {expected})")
+        raise InvalidRequest(f"{what}: no samples (the model takes {expected})")
     if labels is None and need_labels:
-        raise ValueError(f"{what}: labels 'y' are needed, one integer per sample")
+        raise InvalidRequest(f"{what}: labels 'y' are needed, one integer per sample")
     if labels is not None:
         if labels.ndim != 1 or len(labels) != count:
-            raise ValueError(f"{what}: 'y' must hold one label per sample ({count}), "
+            raise InvalidRequest(f"{what}: 'y' must hold one label per sample ({count}), "
                              f"got shape {list(labels.shape)}")
         if labels.dtype.kind not in "iu":
-            raise ValueError(f"{what}: labels 'y' must be integers (class indices), "
+            raise InvalidRequest(f"{what}: labels 'y' must be integers (class indices), "
                              f"got {labels.dtype}")
     batchable = all(not stacked[s["name"]] and not isinstance(s["shape"][0], int)
                     for s in inputs)

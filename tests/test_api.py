@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import time
 
 import httpx
+import numpy as np
 import pytest
 from _support import ASSETS, TOKEN, register_digits, wait_devices_known, wait_optimization
 from cryptography.hazmat.primitives import serialization
@@ -133,6 +135,24 @@ def test_a_model_file_that_does_not_load_is_a_422_naming_its_kind(client):
                        files={"model": ("m.onnx", b"not a model")})
     assert (resp.status_code, resp.json()["reason"]) == (422, "invalid")
     assert resp.json()["detail"].startswith("not a loadable ONNX model: ")
+
+
+@pytest.mark.parametrize("name,files,says", [
+    ("bad/name", {}, "model name 'bad/name': expected 1 to 64 letters"),
+    ("digits", {"eval_set": ("e.npz", b"not an npz")}, "eval set: not a valid .npz file"),
+    ("digits", {"eval_set": "wrong-input"}, "eval set: ['pics'] are not inputs of the model"),
+])
+def test_a_registration_the_registry_refuses_is_a_422_naming_what_was_wrong(client, name,
+                                                                            files, says):
+    if files.get("eval_set") == "wrong-input":
+        buf = io.BytesIO()
+        np.savez(buf, pics=np.zeros((2, 64), np.float32))
+        files = {"eval_set": ("e.npz", buf.getvalue())}
+    resp = client.post("/v1/models", headers=AUTH, data={"name": name},
+                       files={"model": ("m.onnx", (ASSETS / "digits.onnx").read_bytes()),
+                              **files})
+    assert (resp.status_code, resp.json()["reason"]) == (422, "invalid"), resp.text
+    assert says in resp.json()["detail"], resp.json()["detail"]
 
 
 def test_a_device_id_that_cannot_name_a_device_is_a_422_at_provisioning(client, controller):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from edgefleet.contract import EdgefleetError
+from edgefleet.contract import EdgefleetError, InvalidRequest
 
 from .._api_security import identify_token, note, record_principal
 from .._api_telemetry import parse_selector
@@ -51,21 +51,21 @@ def _policy(form: dict[str, str]) -> RolloutPolicy:
     """A rollout policy from the create form's fields (empty ones keep their defaults).
 
     Raises:
-        ValueError: naming the field and what it takes.
+        InvalidRequest: naming the field and what it takes.
     """
     values: dict[str, Any] = {"strategy": form.get("strategy") or "all-at-once"}
     if form.get("waves", "").strip():
         try:
             values["waves"] = [float(w) for w in form["waves"].replace(",", " ").split()]
         except ValueError:
-            raise ValueError("waves: cumulative percentages, e.g. 10 50 100") from None
+            raise InvalidRequest("waves: cumulative percentages, e.g. 10 50 100") from None
     for key in _POLICY_NUMBERS:
         text = form.get(key, "").strip()
         if text:
             try:
                 values[key] = int(text) if key == "min_samples" else float(text)
             except ValueError:
-                raise ValueError(f"{key}: expected a number, got {text!r}") from None
+                raise InvalidRequest(f"{key}: expected a number, got {text!r}") from None
     if form.get("on_breach"):
         values["on_breach"] = form["on_breach"]
     return RolloutPolicy.from_dict(values)
@@ -150,17 +150,20 @@ def add_forms(app: FastAPI, ctl: FleetController) -> None:
         problems = []
         try:
             policy = _policy(form)
-            version = int(form.get("version", "0") or 0)
+            try:
+                version = int(form.get("version", "0") or 0)
+            except ValueError:
+                raise InvalidRequest("version: expected a version number") from None
             selector = parse_selector(form.get("selector")) or None
             ids = [d for d in form.get("devices", "").replace(",", " ").split() if d] or None
             if not form.get("model"):
-                raise ValueError("model: choose the model to deploy")
+                raise InvalidRequest("model: choose the model to deploy")
             if selector is None and ids is None:
-                raise ValueError("targets: give a selector (tags, k=v) or device ids; a "
+                raise InvalidRequest("targets: give a selector (tags, k=v) or device ids; a "
                                  "console deployment never targets the whole fleet by default")
             dep = ctl.deploy(form["model"], version, devices=ids, selector=selector,
                              created_by=session.principal.name, policy=policy)
-        except (ValueError, EdgefleetError) as exc:
+        except EdgefleetError as exc:  # InvalidRequest, NotFoundError, a busy device…
             problems.append(str(exc))
         if problems:
             return page(request, "deployment_new.html", session, status=422,

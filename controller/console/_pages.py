@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 
-from edgefleet.contract import NotFoundError
+from edgefleet.contract import InvalidRequest, NotFoundError
 from edgefleet.contract.bundle import bundle_paths
 
 from .._api_telemetry import parse_selector
@@ -248,7 +248,7 @@ def add_pages(app: FastAPI, ctl: FleetController) -> None:
                 ids = [d for d in devices.replace(",", " ").split() if d] or None
                 reach = select_devices(ctl.store.list_devices(), ids=ids,
                                        selector=parse_selector(selector) or None)
-            except ValueError as exc:
+            except InvalidRequest as exc:
                 problems.append(f"selector: {exc}")
         return page(request, "deployment_new.html", session, models=ctl.store.list_models(),
                     form=dict(request.query_params), reach=reach, problems=problems,
