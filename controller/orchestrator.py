@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from edgefleet.contract import Clock, DesiredState, EdgefleetError, InvalidRequest, SystemClock
+from edgefleet.contract import Clock, DesiredState, EdgefleetError, SystemClock
 
+from ._cohorts import CohortFigures
 from ._views import describe
 from .auth import approval_refusal
 from .lease import Lease
@@ -27,13 +28,11 @@ from .rollout import (
     JOB_DONE,
     JOB_SETTLED,
     WAVE_STRATEGIES,
-    CohortMetrics,
     RolloutPolicy,
     action_applies,
     evaluate_shadow,
     evaluate_wave,
-    plan_waves,
-    split_arms,
+    plan_deployment,
 )
 from .store import Store
 
@@ -41,7 +40,6 @@ __all__ = ["ACTIVE", "Orchestrator", "describe"]
 
 log = logging.getLogger(__name__)
 DRIVEN = tuple(s for s in ACTIVE if s != "pending_approval")
-DISPLAY_EVERY_S = 5.0  # cohort figures a policy does not gate on are read this often
 # sends each (device, desired state) of a batch
 Publish = Callable[[list[tuple[str, DesiredState]]], None]
 # (model, version, devices) -> each device's bundle (its manifest path)
@@ -71,9 +69,7 @@ class Orchestrator:
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
         self.lease = lease
-        # cohort figures shown on a deployment whose policy does not gate on them:
-        # (deployment, wave) -> (when, new, base), worked out again after DISPLAY_EVERY_S
-        self._shown: dict[tuple[str, int], tuple[float, CohortMetrics, CohortMetrics]] = {}
+        self.figures = CohortFigures(store, self.clock)
 
     @property
     def leading(self) -> bool:
@@ -95,26 +91,10 @@ class Orchestrator:
                policy: RolloutPolicy, created_by: str, *,
                needs_approval: Sequence[str] = ()) -> dict[str, Any]:
         """Store a deployment and step it (``needs_approval``: production targets; waits)."""
-        devices = {d["id"]: d for d in self.store.list_devices()}
-        plan: dict[str, Any] = {"targets": targets}
+        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
+        plan, rows = plan_deployment(dep_id, targets, policy, running)
         if needs_approval:
             plan["approval"] = {"production_devices": list(needs_approval)}
-        rows = []
-        if policy.strategy in WAVE_STRATEGIES:
-            waves = policy.waves if policy.strategy != "all-at-once" else (100.0,)
-            plan["waves"] = plan_waves(targets, dep_id, waves)
-            wave_of = {d: i for i, ds in enumerate(plan["waves"]) for d in ds}
-        elif policy.strategy == "ab":
-            if len(targets) < 2:
-                raise InvalidRequest("an A/B deployment needs at least two devices")
-            new, control = split_arms(targets, dep_id, policy.split)
-            plan["arms"] = {"new": new, "control": control}
-        for d in targets:
-            active = (devices.get(d) or {}).get("active") or {}
-            rows.append({"device": d, "wave": wave_of.get(d, 0) if "waves" in plan else 0,
-                         "arm": ("new" if d in plan["arms"]["new"] else "control")
-                         if "arms" in plan else "",
-                         "from_model": active.get("name"), "from_version": active.get("version")})
         with self._exclusive(dep_id):
             self.store.add_deployment(dep_id, model, version, strategy=policy.strategy,
                                       policy=policy.to_dict(), plan=plan, targets=rows,
@@ -154,7 +134,7 @@ class Orchestrator:
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
         """Send devices back to the version they ran before this deployment."""
-        jobs = {j["device"]: j for j in self._jobs(dep)}
+        jobs = self._jobs_by_device(dep)
         by_version: dict[tuple[str, int], list[str]] = collections.defaultdict(list)
         for d in devices:
             j = jobs[d]
@@ -216,6 +196,9 @@ class Orchestrator:
             dep["jobs"] = self.store.get_deployment(dep["id"], brief_jobs=True)["jobs"]
         return dep["jobs"]  # type: ignore[no-any-return]
 
+    def _jobs_by_device(self, dep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {j["device"]: j for j in self._jobs(dep)}
+
     def _wave_devices(self, dep: dict[str, Any], k: int) -> list[str]:
         return list(dep["plan"]["waves"][k])
 
@@ -233,36 +216,6 @@ class Orchestrator:
             dep["id"], {"wave": k, "phase": "waves", "phase_started_at": self.clock.time()},
             "wave_started", "orchestrator", wave=k, devices=len(devices))
 
-    def _wave_metrics(self, dep: dict[str, Any], policy: RolloutPolicy, cohort: list[str],
-                      others: list[str]) -> tuple[CohortMetrics, CohortMetrics]:
-        """The cohort's figures: every tick when the policy gates on them, else (shown on
-        the deployment only) at most every ``DISPLAY_EVERY_S``: reading a wave's
-        telemetry costs the controller more than the rest of a tick."""
-        key, now = (dep["id"], int(dep.get("wave") or 0)), self.clock.time()
-        shown = self._shown.get(key)
-        if not policy.gates_on_metrics and shown is not None and \
-                now - shown[0] < DISPLAY_EVERY_S:
-            return shown[1], shown[2]
-        new, base = self._metrics(dep, cohort, others, dep["phase_started_at"])
-        if len(self._shown) > 1000:  # deployments that ended long ago
-            self._shown.clear()
-        self._shown[key] = (now, new, base)
-        return new, base
-
-    def _metrics(self, dep: dict[str, Any], cohort: list[str], others: list[str],
-                 since: float) -> tuple[CohortMetrics, CohortMetrics]:
-        jobs = {j["device"]: j for j in self._jobs(dep)}
-        olds = collections.Counter((jobs[d]["from_model"], jobs[d]["from_version"])
-                                   for d in cohort if jobs[d]["from_version"])
-        new = self.store.cohort_metrics(cohort, dep["model"], dep["version"], since)
-        if not olds:
-            return new, CohortMetrics()
-        (old_model, old_version), _ = olds.most_common(1)[0]
-        base = self.store.cohort_metrics(others, old_model, old_version, since)
-        if base.count == 0:  # nobody left on the old version: the cohort's own recent past
-            base = self.store.cohort_metrics(cohort, old_model, old_version, since - 600)
-        return new, base
-
     def _step_waves(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         k = dep["wave"]
         if k < 0:
@@ -273,7 +226,7 @@ class Orchestrator:
         later = [d for w in waves[k + 1:] for d in w]
         now = self.clock.time()
         counts = self.store.job_counts(dep["id"], wave=k)
-        new, base = self._wave_metrics(dep, policy, cohort, later)
+        new, base = self.figures.wave(dep, policy, self._jobs_by_device(dep), cohort, later)
         decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
@@ -358,7 +311,7 @@ class Orchestrator:
                      devices: list[str]) -> None:
         # "stop shadowing" is "run what you run now": the device keeps its active model
         running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
-        jobs = {j["device"]: j for j in self._jobs(dep)}
+        jobs = self._jobs_by_device(dep)
         for d in devices:
             now_on = running.get(d) or {}
             model = now_on.get("name") or jobs[d]["from_model"]
@@ -399,7 +352,8 @@ class Orchestrator:
             return
         now = self.clock.time()
         counts = self.store.job_counts(dep["id"], arm="new")
-        new, base = self._metrics(dep, arms["new"], arms["control"], dep["phase_started_at"])
+        new, base = self.figures.compare(dep, self._jobs_by_device(dep), arms["new"],
+                                         arms["control"], dep["phase_started_at"])
         decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
@@ -416,23 +370,7 @@ class Orchestrator:
 
     def arm_metrics(self, dep: dict[str, Any]) -> dict[str, Any]:
         """Per-arm figures since the A/B started (inferences, errors, p95, versions)."""
-        out = {}
-        since = dep["phase_started_at"] or dep["created_at"]
-        jobs = {j["device"]: j for j in self._jobs(dep)}
-        for arm, devices in dep["plan"]["arms"].items():
-            if arm == "new":
-                model, version = dep["model"], dep["version"]
-            else:
-                olds = collections.Counter((jobs[d]["from_model"], jobs[d]["from_version"])
-                                           for d in devices if jobs[d]["from_version"])
-                if not olds:
-                    continue
-                (model, version), _ = olds.most_common(1)[0]
-            m = self.store.cohort_metrics(devices, model, version, since)
-            out[arm] = {"devices": len(devices), "model": model, "version": version,
-                        "inferences": m.count, "errors": m.errors, "p95_ms": m.p95_ms,
-                        "error_rate": m.errors / m.count if m.count else None}
-        return out
+        return self.figures.arms(dep, self._jobs_by_device(dep))
 
     def _step_finish(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """Promotion or rollback: done when every sent device answered or timed out."""

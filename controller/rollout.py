@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_wave",
     "wave_failures",
     "needs_redrive",
+    "plan_deployment",
     "plan_waves",
     "split_arms",
 ]
@@ -224,6 +225,46 @@ def split_arms(devices: Sequence[str], deployment_id: str,
     if len(ordered) >= 2:
         k = min(max(k, 1), len(ordered) - 1)
     return ordered[:k], ordered[k:]
+
+
+def plan_deployment(deployment_id: str, targets: Sequence[str], policy: RolloutPolicy,
+                    running: Mapping[str, Mapping[str, Any]],
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A new deployment's plan and its job rows.
+
+    Args:
+        targets: the devices it reaches.
+        running: each device's active model (``{"name", "version"}``; missing or empty when
+            it runs none): where a rollback sends it back to.
+
+    Returns:
+        ``(plan, rows)``: the plan holds ``targets`` and ``waves`` (wave strategies) or
+        ``arms`` (A/B); one row per target with its wave, arm and previous version.
+
+    Raises:
+        InvalidRequest: an A/B deployment on fewer than two devices.
+    """
+    plan: dict[str, Any] = {"targets": list(targets)}
+    wave_of: dict[str, int] = {}
+    new_arm: set[str] = set()
+    if policy.strategy in WAVE_STRATEGIES:
+        waves = policy.waves if policy.strategy != "all-at-once" else (100.0,)
+        plan["waves"] = plan_waves(targets, deployment_id, waves)
+        wave_of = {d: i for i, ds in enumerate(plan["waves"]) for d in ds}
+    elif policy.strategy == "ab":
+        if len(set(targets)) < 2:
+            raise InvalidRequest("an A/B deployment needs at least two devices")
+        new, control = split_arms(targets, deployment_id, policy.split)
+        plan["arms"] = {"new": new, "control": control}
+        new_arm = set(new)
+    rows = []
+    for device in targets:
+        active = running.get(device) or {}
+        rows.append({"device": device, "wave": wave_of.get(device, 0),
+                     "arm": ("new" if device in new_arm else "control") if "arms" in plan
+                     else "",
+                     "from_model": active.get("name"), "from_version": active.get("version")})
+    return plan, rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.contract import InvalidRequest
 from edgefleet.controller.rollout import (
+    STRATEGIES,
+    WAVE_STRATEGIES,
     CohortMetrics,
     RolloutPolicy,
     ShadowMetrics,
@@ -17,6 +20,7 @@ from edgefleet.controller.rollout import (
     evaluate_shadow,
     evaluate_wave,
     needs_redrive,
+    plan_deployment,
     plan_waves,
     split_arms,
 )
@@ -212,3 +216,38 @@ def test_a_refused_policy_names_each_field_and_what_it_takes():
         "waves: must be increasing percentages ending at 100, e.g. 5,25,100; "
         "max_failure_rate: Input should be less than or equal to 1; "
         "min_samples: Input should be a valid integer")
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.from_regex(r"[a-z]{1,3}-[0-9]{1,3}", fullmatch=True), min_size=1,
+                    max_size=40, unique=True),
+       strategy=st.sampled_from(STRATEGIES), split=st.floats(1, 99),
+       running_share=st.floats(0, 1))
+def test_a_plan_gives_every_target_one_row_in_one_wave_or_arm_and_its_previous_version(
+        ids, strategy, split, running_share):
+    policy = RolloutPolicy(strategy=strategy, split=split)
+    running = {d: {"name": "m", "version": i + 1}
+               for i, d in enumerate(ids[:int(len(ids) * running_share)])}
+    if strategy == "ab" and len(ids) < 2:
+        with pytest.raises(InvalidRequest, match="at least two devices"):
+            plan_deployment("dep-1", ids, policy, running)
+        return
+    plan, rows = plan_deployment("dep-1", ids, policy, running)
+
+    assert plan["targets"] == ids and [r["device"] for r in rows] == ids
+    for row in rows:
+        was = running.get(row["device"], {})
+        assert (row["from_model"], row["from_version"]) == (was.get("name"), was.get("version"))
+    if strategy in WAVE_STRATEGIES:
+        waves = plan["waves"]
+        assert sorted(d for w in waves for d in w) == sorted(ids)  # a partition
+        assert all(waves) and all(r["device"] in waves[r["wave"]] for r in rows)
+        assert "arms" not in plan and {r["arm"] for r in rows} == {""}
+    elif strategy == "ab":
+        arms = plan["arms"]
+        assert arms["new"] and arms["control"]
+        assert sorted(arms["new"] + arms["control"]) == sorted(ids)
+        assert all(r["device"] in arms[r["arm"]] for r in rows)
+    else:  # shadow: every target at once, no waves or arms
+        assert "waves" not in plan and "arms" not in plan
+        assert {(r["wave"], r["arm"]) for r in rows} == {(0, "")}
