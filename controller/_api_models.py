@@ -7,7 +7,7 @@ A model's file path stays inside the controller: every row is answered without i
 # FastAPI reads annotations at runtime, so no "from __future__ import annotations" here.
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -165,6 +165,7 @@ def add_model_routes(app: FastAPI, ctl: "FleetController") -> None:
     def optimize_model(request: Request, response: Response, user: ActorName, name: str,
                        version: VersionPath, body: optimize_body) -> dict[str, Any]:  # type: ignore[valid-type]
         """Queue an optimization (a job: follow it at the ``Location`` answered)."""
+        body = cast(OptimizeBody, body)  # its class is made above, at run time
         if body.evaluator and body.evaluator not in ctl.settings.optimize_evaluators:
             raise HTTPException(422, f"evaluator {body.evaluator!r} is not allowed on this "
                                      f"controller: list it in optimize_evaluators "

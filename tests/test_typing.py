@@ -1,4 +1,5 @@
-"""The shared contract and the agent type-check clean with mypy's strict flags.
+"""The shared contract and the agent type-check clean with mypy's strict flags; the
+controller and the optimizer as configured.
 
 ``scripts/typecheck.py`` runs mypy on the packages under their installed names with
 pyproject.toml's configuration, which holds ``edgefleet.contract`` and
@@ -29,3 +30,15 @@ def test_contract_and_agent_pass_mypy_strict(mypy_args):
     command = " ".join(["python scripts/typecheck.py", *(["--", *mypy_args] if mypy_args else [])])
     listing = "\n".join(proc.stdout.splitlines() + proc.stderr.splitlines())
     pytest.fail(f"contract/ and agent/ do not type-check ({command}):\n{listing}", pytrace=False)
+
+
+def test_the_controller_and_optimizer_type_check_as_configured():
+    """Not strict yet, but clean: a new error in them fails here, not in a later review."""
+    proc = subprocess.run([sys.executable, str(SCRIPT), "controller", "optimizer"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        listing = "\n".join(proc.stdout.splitlines() + proc.stderr.splitlines())
+        pytest.fail(f"controller/ or optimizer/ do not type-check "
+                    f"(python scripts/typecheck.py controller optimizer):\n{listing}",
+                    pytrace=False)
+    assert "Success" in proc.stdout, proc.stdout
