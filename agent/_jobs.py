@@ -119,8 +119,10 @@ class JobHost(Protocol):
     def on_trial(self, job: str) -> bool: ...
     def shadowed(self, name: str, version: int) -> tuple[InstalledModel, Runtime] | None: ...
     def load_runtime(self, installed: InstalledModel) -> Runtime: ...
-    def activate(self, installed: InstalledModel, runtime: Runtime, d: DesiredState) -> None: ...
-    def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None: ...
+    def activate(self, installed: InstalledModel, runtime: Runtime,
+                 desired: DesiredState) -> None: ...
+    def switch_to(self, installed: InstalledModel, desired: DesiredState, *,
+                  reason: str) -> None: ...
     def start_shadow(self, installed: InstalledModel, runtime: Runtime,
                      sample: float) -> None: ...
     def stop_shadow(self) -> None: ...
@@ -221,19 +223,20 @@ class JobRunner:
             self.host.announce()
 
     # -- reporting ----------------------------------------------------------------------
-    def report(self, d: DesiredState, state: str, *, reason: str = "", detail: str = "",
+    def report(self, desired: DesiredState, state: str, *, reason: str = "", detail: str = "",
                progress: dict[str, Any] | None = None) -> None:
-        payload = JobStatus(job=d.job, deployment=d.deployment, state=state,
-                            ts=self.host.clock.time(), model=d.model, version=d.version,
+        payload = JobStatus(job=desired.job, deployment=desired.deployment, state=state,
+                            ts=self.host.clock.time(), model=desired.model,
+                            version=desired.version,
                             reason=reason, detail=detail[:500], progress=progress or {}).encode()
-        self._last_status[d.job] = payload
+        self._last_status[desired.job] = payload
         while len(self._last_status) > 20:
             self._last_status.pop(next(iter(self._last_status)))
         if state in JobState.TERMINAL:
-            self.done[d.job] = state
-            self._newest = max(self._newest, d.issued_at)
-            self.host.store.record_job(d.job, state, d.issued_at)
-        self.pacer.send(d.job, payload, final=state in JobState.TERMINAL)
+            self.done[desired.job] = state
+            self._newest = max(self._newest, desired.issued_at)
+            self.host.store.record_job(desired.job, state, desired.issued_at)
+        self.pacer.send(desired.job, payload, final=state in JobState.TERMINAL)
 
     def _publish_status(self, job: str, payload: bytes) -> None:
         self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
@@ -319,53 +322,56 @@ class JobRunner:
                 self._wanted = None
         return retry_at
 
-    def _apply(self, d: DesiredState) -> None:
+    def _apply(self, desired: DesiredState) -> None:
         """Carry out what ``choose`` makes of ``d`` and what this device holds."""
         host = self.host
-        local = host.store.find(d.model, d.version) if d.allow_downgrade else None
-        held = Holdings(active=host.active, shadow=host.shadow_ref, on_trial=host.on_trial(d.job),
+        local = (host.store.find(desired.model, desired.version)
+                 if desired.allow_downgrade else None)
+        held = Holdings(active=host.active, shadow=host.shadow_ref,
+                        on_trial=host.on_trial(desired.job),
                         installed=local is not None)
-        choice = choose(d, held)
+        choice = choose(desired, held)
         if choice is Choice.PROMOTE_SHADOW:
-            promoted = host.shadowed(d.model, d.version)
+            promoted = host.shadowed(desired.model, desired.version)
             if promoted is not None:  # already loaded: the switch is instant
-                host.activate(*promoted, d)
+                host.activate(*promoted, desired)
                 return
-            choice = choose(d, dataclasses.replace(held, shadow=None))  # stopped meanwhile
+            choice = choose(desired, dataclasses.replace(held, shadow=None))  # stopped meanwhile
         if choice is Choice.ALREADY_ACTIVE or choice is Choice.HEALTH_WINDOW_RUNNING:
             host.stop_shadow()
             if choice is Choice.HEALTH_WINDOW_RUNNING:
-                self.report(d, JobState.ACTIVATED, detail="health window running")
+                self.report(desired, JobState.ACTIVATED, detail="health window running")
             else:
-                self.report(d, JobState.HEALTHY, detail="already active")
+                self.report(desired, JobState.HEALTHY, detail="already active")
         elif choice is Choice.ALREADY_SHADOWING:
-            self.report(d, JobState.SHADOWING, detail="already shadowing")
+            self.report(desired, JobState.SHADOWING, detail="already shadowing")
         elif choice is Choice.SWITCH_TO_LOCAL and local is not None:
             trust = host.store.trust_of(local)
-            self.check_counter(d.model, trust.release_counter if trust else 0)
-            host.switch_to(local, d, reason="rollback")
+            self.check_counter(desired.model, trust.release_counter if trust else 0)
+            host.switch_to(local, desired, reason="rollback")
         else:
-            self._install(d, held.active)
+            self._install(desired, held.active)
 
-    def _install(self, d: DesiredState, active: ModelRef | None) -> None:
+    def _install(self, desired: DesiredState, active: ModelRef | None) -> None:
         """Download, verify, install and smoke test ``d``'s bundle, then activate or
         shadow it."""
         host = self.host
-        self.report(d, JobState.DOWNLOADING)
+        self.report(desired, JobState.DOWNLOADING)
         # a device capped for a metered link pulls at its own pace instead of taking
         # broadcast blocks at the broker's; one fetching over HTTP(S) takes none either
         # (and files it holds already are copied, not taken from anywhere)
         cfg = host.config
         pulls_only = bool(cfg.max_download_bytes_per_s or cfg.repository_url)
-        held = [sha for sha in d.broadcast if host.store.file_with(sha) is not None] \
+        held = [sha for sha in desired.broadcast if host.store.file_with(sha) is not None] \
             if cfg.reuse_local_files and not pulls_only else []
-        plan = blobs_to_take(d, pulls_only=pulls_only, held=held)
+        plan = blobs_to_take(desired, pulls_only=pulls_only, held=held)
         fetcher = host.updater.fetcher
         host.link.subscribe_blobs(host.blobs.expect(plan.take))
         fetcher.named = plan.named
-        fetcher.roots_upto = d.root_version if plan.named else 0
+        fetcher.roots_upto = desired.root_version if plan.named else 0
         try:
-            bundle = host.updater.fetch(d.model, d.version, manifest_path=d.manifest,
+            bundle = host.updater.fetch(desired.model, desired.version,
+                                        manifest_path=desired.manifest,
                                         check=self.check_target,
                                         on_refreshed=self._on_refreshed)
         finally:  # what TUF verified is in the download folder now
@@ -374,24 +380,24 @@ class JobRunner:
             if plan.take:
                 host.link.unsubscribe_blobs(plan.take)
                 host.blobs.forget(plan.take)
-        self.report(d, JobState.VERIFYING)
+        self.report(desired, JobState.VERIFYING)
         m = bundle.manifest
         if (active is not None and active.name == m.name and m.version < active.version
-                and not d.allow_downgrade):
+                and not desired.allow_downgrade):
             raise RollbackError(f"{m.name}:{m.version} is older than the installed "
                                 f"{active.name}:{active.version}")
         self.check_compatible(m.runtime, m.compatibility)
-        self.report(d, JobState.INSTALLING)
+        self.report(desired, JobState.INSTALLING)
         installed = host.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
                                        bundle.data, move=True)
         host.updater.clear()
         runtime = host.load_runtime(installed)
         smoke_test(installed, runtime)
-        if d.mode == "shadow":
-            host.start_shadow(installed, runtime, d.shadow_sample or 0.1)
-            self.report(d, JobState.SHADOWING)
+        if desired.mode == "shadow":
+            host.start_shadow(installed, runtime, desired.shadow_sample or 0.1)
+            self.report(desired, JobState.SHADOWING)
             return
-        host.activate(installed, runtime, d)
+        host.activate(installed, runtime, desired)
 
     def check_target(self, trust: TargetTrust) -> None:
         """What the targets keys signed about a bundle, checked before it is downloaded.

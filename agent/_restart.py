@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class Report(Protocol):
     """Reports a job's state (``JobRunner.report``)."""
 
-    def __call__(self, d: DesiredState, state: str, *, reason: str = "",
+    def __call__(self, desired: DesiredState, state: str, *, reason: str = "",
                  detail: str = "") -> None: ...
 
 

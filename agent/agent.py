@@ -157,9 +157,10 @@ class Agent:
                 self.grpc.start()
             workers.append((self._loop, "loop"))
         for target, name in workers:
-            t = threading.Thread(target=target, name=f"{self.config.device_id}-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+            thread = threading.Thread(target=target, name=f"{self.config.device_id}-{name}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self.link.start()
 
     def stop(self) -> None:
@@ -298,25 +299,25 @@ class Agent:
                 "commands": self.guard.stats()}
 
     # -- switching (job worker and loop) --------------------------------------------------
-    def activate(self, installed: InstalledModel, runtime: Runtime, d: DesiredState) -> None:
+    def activate(self, installed: InstalledModel, runtime: Runtime, desired: DesiredState) -> None:
         """Switch to a verified, smoke-tested model and start its health window."""
-        policy = HealthPolicy.from_dict(d.health)
+        policy = HealthPolicy.from_dict(desired.health)
         with self._switch_lock:
             baseline = p95(list(self._recent)) if len(self._recent) >= policy.min_samples \
                 else None
             trial = None
             if policy.window_s > 0:
-                trial = {"desired": d.to_dict(), "attempts": 0, "baseline_p95": baseline}
+                trial = {"desired": desired.to_dict(), "attempts": 0, "baseline_p95": baseline}
             self.store.activate(installed.ref, trial=trial)
             self._previous, self._active = self._active, _Loaded(installed, runtime)
             self._recent.clear()
             if self._shadow.ref == installed.ref:
                 self.stop_shadow()  # promoted
-            self._trial = _Trial(d, policy, self.clock.time(), baseline) if trial else None
-        self.jobs.report(d, JobState.ACTIVATED)
+            self._trial = _Trial(desired, policy, self.clock.time(), baseline) if trial else None
+        self.jobs.report(desired, JobState.ACTIVATED)
         if trial is None:
             self._raise_floor(installed)
-            self.jobs.report(d, JobState.HEALTHY)
+            self.jobs.report(desired, JobState.HEALTHY)
         self.announce()
         keep = {*self.store.read_state().values(), self._shadow.ref}
         self.store.prune({r for r in keep if r is not None})
@@ -332,7 +333,7 @@ class Agent:
         trial = self._trial
         return trial is not None and trial.desired.job == job
 
-    def switch_to(self, installed: InstalledModel, d: DesiredState, *, reason: str) -> None:
+    def switch_to(self, installed: InstalledModel, desired: DesiredState, *, reason: str) -> None:
         """Controller-ordered switch to a model already on disk (a rollback)."""
         with self._switch_lock:
             loaded = self._hot(installed)
@@ -341,7 +342,7 @@ class Agent:
             self._trial = None
             self._recent.clear()
         self.stop_shadow()
-        self.jobs.report(d, JobState.HEALTHY, detail=reason)
+        self.jobs.report(desired, JobState.HEALTHY, detail=reason)
         self.announce()
 
     def rollback(self, reason: str = "command", *, failed: bool = False) -> ModelRef | None:

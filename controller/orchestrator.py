@@ -91,7 +91,7 @@ class Orchestrator:
                policy: RolloutPolicy, created_by: str, *,
                needs_approval: Sequence[str] = ()) -> dict[str, Any]:
         """Store a deployment and step it (``needs_approval``: production targets; waits)."""
-        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
+        running = self._running()
         plan, rows = plan_deployment(dep_id, targets, policy, running)
         if needs_approval:
             plan["approval"] = {"production_devices": list(needs_approval)}
@@ -118,7 +118,7 @@ class Orchestrator:
                                issued_at=self.clock.time(), mode=mode,
                                allow_downgrade=downgrade, health=policy.device_health(),
                                shadow_sample=policy.sample if mode == "shadow" else 0.0)
-        current = {j["device"]: j for j in self._jobs(dep)}
+        current = {row["device"]: row for row in self._jobs(dep)}
         # every device's bundle first (signed on first use): a bundle that cannot be made
         # fails before anything is sent
         manifests = self._manifests_for(model, version, devices)
@@ -126,26 +126,27 @@ class Orchestrator:
         if not downgrade:  # a rollback keeps the reason the device failed with
             fields.update(reason="", detail="")
         # a re-send keeps what we know
-        self.store.update_jobs(dep["id"], [d for d in devices
-                                           if (current.get(d) or {}).get("job") != job], **fields)
-        self._publish([(d, dataclasses.replace(desired, manifest=manifests[d]))
-                       for d in devices])
+        not_on_job = [device for device in devices
+                     if (current.get(device) or {}).get("job") != job]
+        self.store.update_jobs(dep["id"], not_on_job, **fields)
+        self._publish([(device, dataclasses.replace(desired, manifest=manifests[device]))
+                       for device in devices])
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
         """Send devices back to the version they ran before this deployment."""
         jobs = self._jobs_by_device(dep)
         by_version: dict[tuple[str, int], list[str]] = collections.defaultdict(list)
-        for d in devices:
-            j = jobs[d]
-            if j["from_model"] and j["from_version"]:
-                by_version[(j["from_model"], j["from_version"])].append(d)
+        for device in devices:
+            row = jobs[device]
+            if row["from_model"] and row["from_version"]:
+                by_version[(row["from_model"], row["from_version"])].append(device)
             else:
-                self.store.update_job(dep["id"], d, state="no_previous",
+                self.store.update_job(dep["id"], device, state="no_previous",
                                       reason="nothing to roll back to")
         quiet = RolloutPolicy.from_dict({**policy.to_dict(), "health_window_s": 0.0})
-        for (model, version), ds in by_version.items():
-            self._send(dep, ds, job=f"{dep['id']}.rb", model=model, version=version,
+        for (model, version), on_version in by_version.items():
+            self._send(dep, on_version, job=f"{dep['id']}.rb", model=model, version=version,
                        policy=quiet, downgrade=True, state="reverting")
         self._set(dep, "rolling_back", actor, "rollback_started", phase="rollback",
                   devices=sorted(devices), reason=reason, final=final)
@@ -196,62 +197,67 @@ class Orchestrator:
             dep["jobs"] = self.store.get_deployment(dep["id"], brief_jobs=True)["jobs"]
         return dep["jobs"]  # type: ignore[no-any-return]
 
+    def _running(self) -> dict[str, dict[str, Any]]:
+        """What each known device runs now (its active model; empty when none)."""
+        return {device["id"]: device.get("active") or {} for device in self.store.list_devices()}
+
     def _jobs_by_device(self, dep: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {j["device"]: j for j in self._jobs(dep)}
+        return {row["device"]: row for row in self._jobs(dep)}
 
-    def _wave_devices(self, dep: dict[str, Any], k: int) -> list[str]:
-        return list(dep["plan"]["waves"][k])
+    def _wave_devices(self, dep: dict[str, Any], wave: int) -> list[str]:
+        return list(dep["plan"]["waves"][wave])
 
-    def _start_wave(self, dep: dict[str, Any], policy: RolloutPolicy, k: int) -> None:
-        devices = self._wave_devices(dep, k)
+    def _start_wave(self, dep: dict[str, Any], policy: RolloutPolicy, wave: int) -> None:
+        devices = self._wave_devices(dep, wave)
         try:
             self._send(dep, devices, job=dep["id"], model=dep["model"],
                        version=dep["version"], policy=policy)
         except EdgefleetError as exc:  # a bundle (a class's variant) that cannot be signed
-            log.error("deployment %s: wave %d not started: %s", dep["id"], k, exc)
-            self._set(dep, "failed", "orchestrator", "bundle_failed", phase="done", wave=k,
-                      reason=f"the bundle for wave {k} cannot be made: {exc}", final="failed")
+            log.error("deployment %s: wave %d not started: %s", dep["id"], wave, exc)
+            self._set(dep, "failed", "orchestrator", "bundle_failed", phase="done", wave=wave,
+                      reason=f"the bundle for wave {wave} cannot be made: {exc}", final="failed")
             return
         self.store.update_with_event(
-            dep["id"], {"wave": k, "phase": "waves", "phase_started_at": self.clock.time()},
-            "wave_started", "orchestrator", wave=k, devices=len(devices))
+            dep["id"], {"wave": wave, "phase": "waves", "phase_started_at": self.clock.time()},
+            "wave_started", "orchestrator", wave=wave, devices=len(devices))
 
     def _step_waves(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
-        k = dep["wave"]
-        if k < 0:
+        wave = dep["wave"]
+        if wave < 0:
             self._start_wave(dep, policy, 0)
             return
         waves = dep["plan"]["waves"]
-        cohort = self._wave_devices(dep, k)
-        later = [d for w in waves[k + 1:] for d in w]
+        cohort = self._wave_devices(dep, wave)
+        later = [device for group in waves[wave + 1:] for device in group]
         now = self.clock.time()
-        counts = self.store.job_counts(dep["id"], wave=k)
+        counts = self.store.job_counts(dep["id"], wave=wave)
         new, base = self.figures.wave(dep, policy, self._jobs_by_device(dep), cohort, later)
         decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
-        result.setdefault("waves", {})[str(k)] = {"outcome": decision.outcome,
-                                                 "counts": decision.counts,
-                                                 "detail": decision.detail}
+        result.setdefault("waves", {})[str(wave)] = {"outcome": decision.outcome,
+                                                    "counts": decision.counts,
+                                                    "detail": decision.detail}
         result["metrics"] = {"new": new.__dict__, "base": base.__dict__}
         self.store.update_deployment(dep["id"], result=result)
         dep["result"] = result
         if decision.outcome == "running":
             return
         if now - dep["phase_started_at"] >= policy.wave_timeout_s:
-            self._mark_silent(dep, {j["device"]: j["state"] for j in self._jobs(dep)
-                                    if j["wave"] == k}, now, policy)
+            self._mark_silent(dep, {row["device"]: row["state"] for row in self._jobs(dep)
+                                    if row["wave"] == wave}, now, policy)
         if decision.outcome == "passed":
-            self.store.add_event(dep["id"], "wave_passed", "orchestrator", wave=k,
+            self.store.add_event(dep["id"], "wave_passed", "orchestrator", wave=wave,
                                  detail=decision.detail, **decision.counts)
-            if k + 1 < len(waves):
-                self._start_wave(dep, policy, k + 1)
+            if wave + 1 < len(waves):
+                self._start_wave(dep, policy, wave + 1)
             else:
                 self._set(dep, "succeeded", "orchestrator", "succeeded", phase="done")
             return
-        self.store.add_event(dep["id"], "wave_breached", "orchestrator", wave=k,
+        self.store.add_event(dep["id"], "wave_breached", "orchestrator", wave=wave,
                              reason=decision.reason, detail=decision.detail, **decision.counts)
-        self._breach(dep, policy, decision.reason, [d for w in waves[:k + 1] for d in w])
+        touched = [device for group in waves[:wave + 1] for device in group]
+        self._breach(dep, policy, decision.reason, touched)
 
     def _breach(self, dep: dict[str, Any], policy: RolloutPolicy, reason: str,
                 touched: list[str]) -> None:
@@ -285,14 +291,16 @@ class Orchestrator:
             self._set(dep, "running", "orchestrator", "shadow_started", phase="shadow",
                       devices=len(targets), sample=policy.sample)
             return
-        m = self.store.shadow_metrics(targets, dep["model"], dep["version"],
+        shadow_figures = self.store.shadow_metrics(targets, dep["model"], dep["version"],
                                       dep["phase_started_at"])
-        decision = evaluate_shadow(m, started_at=dep["phase_started_at"],
+        decision = evaluate_shadow(shadow_figures, started_at=dep["phase_started_at"],
                                    now=self.clock.time(), policy=policy)
         result = dict(dep.get("result") or {})
-        result["shadow"] = {"samples": m.samples, "agreement": m.agreement,
-                            "latency_ratio": m.latency_ratio,
-                            "mean_distance": m.distance_sum / m.samples if m.samples else None}
+        samples = shadow_figures.samples
+        result["shadow"] = {"samples": samples, "agreement": shadow_figures.agreement,
+                            "latency_ratio": shadow_figures.latency_ratio,
+                            "mean_distance": shadow_figures.distance_sum / samples
+                            if samples else None}
         self.store.update_deployment(dep["id"], result=result)
         dep["result"] = result
         if decision.outcome == "running":
@@ -310,27 +318,27 @@ class Orchestrator:
     def _stop_shadow(self, dep: dict[str, Any], policy: RolloutPolicy,
                      devices: list[str]) -> None:
         # "stop shadowing" is "run what you run now": the device keeps its active model
-        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
+        running = self._running()
         jobs = self._jobs_by_device(dep)
-        for d in devices:
-            now_on = running.get(d) or {}
-            model = now_on.get("name") or jobs[d]["from_model"]
-            version = now_on.get("version") or jobs[d]["from_version"]
+        for device in devices:
+            now_on = running.get(device) or {}
+            model = now_on.get("name") or jobs[device]["from_model"]
+            version = now_on.get("version") or jobs[device]["from_version"]
             if model and version:
-                self._send(dep, [d], job=f"{dep['id']}.s", model=model, version=version,
+                self._send(dep, [device], job=f"{dep['id']}.s", model=model, version=version,
                            policy=policy, state="stopping_shadow")
             else:
-                self.store.update_job(dep["id"], d, state="shadow_stopped",
+                self.store.update_job(dep["id"], device, state="shadow_stopped",
                                       reason="no active model")
 
     def _hold(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """On abort: devices whose job has not finished are told to keep what they run."""
-        running = {d["id"]: d.get("active") or {} for d in self.store.list_devices()}
-        for j in self._jobs(dep):
-            now_on = running.get(j["device"]) or {}
-            if not j["job"] or j["state"] in JOB_DONE or not now_on.get("version"):
+        running = self._running()
+        for row in self._jobs(dep):
+            now_on = running.get(row["device"]) or {}
+            if not row["job"] or row["state"] in JOB_DONE or not now_on.get("version"):
                 continue
-            self._send(dep, [j["device"]], job=f"{dep['id']}.a", model=now_on["name"],
+            self._send(dep, [row["device"]], job=f"{dep['id']}.a", model=now_on["name"],
                        version=now_on["version"], policy=policy, downgrade=True, state="held")
 
     def _promote(self, dep: dict[str, Any], policy: RolloutPolicy, devices: list[str],
@@ -345,8 +353,8 @@ class Orchestrator:
         if dep["phase"] == "start":
             self._send(dep, arms["new"], job=dep["id"], model=dep["model"],
                        version=dep["version"], policy=policy)
-            for d in arms["control"]:
-                self.store.update_job(dep["id"], d, state="control")
+            for device in arms["control"]:
+                self.store.update_job(dep["id"], device, state="control")
             self._set(dep, "running", "orchestrator", "ab_started", phase="ab",
                       new=len(arms["new"]), control=len(arms["control"]))
             return
@@ -375,16 +383,16 @@ class Orchestrator:
     def _step_finish(self, dep: dict[str, Any], policy: RolloutPolicy) -> None:
         """Promotion or rollback: done when every sent device answered or timed out."""
         job_suffix = ".p" if dep["state"] == "promoting" else ".rb"
-        sent = [j for j in self._jobs(dep) if (j["job"] or "").endswith(job_suffix)]
+        sent = [row for row in self._jobs(dep) if (row["job"] or "").endswith(job_suffix)]
         timed_out = self.clock.time() - dep["phase_started_at"] >= policy.wave_timeout_s
-        if all(j["state"] in JOB_DONE for j in sent) or timed_out:
+        if all(row["state"] in JOB_DONE for row in sent) or timed_out:
             final = (dep.get("result") or {}).get("final", "succeeded")
-            bad = sum(j["state"] in ("failed", "rolled_back", "revert_failed") or
-                      j["state"] not in JOB_DONE for j in sent)
+            bad = sum(row["state"] in ("failed", "rolled_back", "revert_failed") or
+                      row["state"] not in JOB_DONE for row in sent)
             if dep["state"] == "promoting" and sent and bad / len(sent) > policy.max_failure_rate:
                 final = "failed"  # the promotion itself breached
             self._set(dep, final, "orchestrator", final, phase="done",
-                      answered=sum(j["state"] in JOB_DONE for j in sent), sent=len(sent),
+                      answered=sum(row["state"] in JOB_DONE for row in sent), sent=len(sent),
                       failed=bad)
 
     # -- operator actions ---------------------------------------------------------------
@@ -442,8 +450,8 @@ class Orchestrator:
                 if self.leading:
                     self.tick_one(dep_id)
             elif action == "rollback":
-                touched = [j["device"] for j in self._jobs(dep)
-                           if j["job"] and j["state"] not in ("control",)]
+                touched = [row["device"] for row in self._jobs(dep)
+                           if row["job"] and row["state"] not in ("control",)]
                 self._revert(dep, touched, policy, actor, "operator", final="rolled_back")
             elif action == "promote":
                 devices = dep["plan"]["targets"] if strategy == "shadow" else \
