@@ -10,7 +10,7 @@ reading a wave's telemetry costs the controller more than the rest of a tick.
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgefleet.contract import Clock
@@ -63,16 +63,17 @@ class CohortFigures:
                                              since - _BASE_LOOKBACK_S)
         return new, base
 
-    def wave(self, dep: Mapping[str, Any], policy: RolloutPolicy, jobs: Jobs,
+    def wave(self, dep: Mapping[str, Any], policy: RolloutPolicy, jobs: Callable[[], Jobs],
              cohort: list[str], others: list[str]) -> tuple[CohortMetrics, CohortMetrics]:
         """A wave's ``compare``: every tick when the policy gates on the figures, else (shown
-        on the deployment only) at most every ``DISPLAY_EVERY_S``."""
+        on the deployment only) at most every ``DISPLAY_EVERY_S``. ``jobs`` reads the job
+        rows, only when the figures are read (thousands of rows, every tick, otherwise)."""
         key, now = (dep["id"], int(dep.get("wave") or 0)), self.clock.time()
         shown = self._shown.get(key)
         if not policy.gates_on_metrics and shown is not None and \
                 now - shown[0] < DISPLAY_EVERY_S:
             return shown[1], shown[2]
-        new, base = self.compare(dep, jobs, cohort, others, dep["phase_started_at"])
+        new, base = self.compare(dep, jobs(), cohort, others, dep["phase_started_at"])
         if len(self._shown) > _SHOWN_MAX:
             self._shown.clear()
         self._shown[key] = (now, new, base)

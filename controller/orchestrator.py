@@ -231,7 +231,8 @@ class Orchestrator:
         later = [device for group in waves[wave + 1:] for device in group]
         now = self.clock.time()
         counts = self.store.job_counts(dep["id"], wave=wave)
-        new, base = self.figures.wave(dep, policy, self._jobs_by_device(dep), cohort, later)
+        new, base = self.figures.wave(dep, policy, lambda: self._jobs_by_device(dep), cohort,
+                                      later)
         decision = evaluate_wave(counts, started_at=dep["phase_started_at"], now=now,
                                  policy=policy, new=new, base=base)
         result = dict(dep.get("result") or {})
