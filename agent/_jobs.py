@@ -323,7 +323,7 @@ class JobRunner:
         return retry_at
 
     def _apply(self, desired: DesiredState) -> None:
-        """Carry out what ``choose`` makes of ``d`` and what this device holds."""
+        """Carry out what ``choose`` makes of ``desired`` and what this device holds."""
         host = self.host
         local = (host.store.find(desired.model, desired.version)
                  if desired.allow_downgrade else None)
@@ -353,7 +353,7 @@ class JobRunner:
             self._install(desired, held.active)
 
     def _install(self, desired: DesiredState, active: ModelRef | None) -> None:
-        """Download, verify, install and smoke test ``d``'s bundle, then activate or
+        """Download, verify, install and smoke test ``desired``'s bundle, then activate or
         shadow it."""
         host = self.host
         self.report(desired, JobState.DOWNLOADING)

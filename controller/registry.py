@@ -297,7 +297,7 @@ class Registry:
             NotFoundError: unknown version.
             RegistryError: the version has no eval or calibration set.
             OptimizationError: the optimizer failed.
-            ValueError: malformed hardware class names.
+            InvalidRequest: malformed hardware class names.
         """
         row = self.store.models.get_model(name, version)
         if row["runtime"] not in ("onnxruntime", "litert"):

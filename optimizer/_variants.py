@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.contract.errors import OptimizationError
+from edgefleet.contract.errors import InvalidRequest, OptimizationError
 from edgefleet.contract.files import atomic_write
 from edgefleet.contract.hardware import CLASS_TRAITS, detect
 from edgefleet.contract.names import NAME
@@ -129,15 +129,15 @@ def optimize_for_classes(
             choice the timings decide.
 
     Raises:
-        ValueError: no classes, a malformed class name, or bad data (as ``optimize``).
+        InvalidRequest: no classes, a malformed class name, or bad data (as ``optimize``).
         OptimizationError: as ``optimize``.
     """
     wanted = list(dict.fromkeys(classes))
     if not wanted:
-        raise ValueError("give at least one hardware class")
+        raise InvalidRequest("give at least one hardware class")
     bad = [c for c in wanted if not NAME.valid(c)]
     if bad:
-        raise ValueError(f"hardware class names {bad}: expected {NAME.expected}")
+        raise InvalidRequest(f"hardware class names {bad}: expected {NAME.expected}")
     target = target or OptimizeTarget()
     say = progress or (lambda _: None)
     machine = machine_class or detect().hardware_class
