@@ -42,11 +42,8 @@ class Resumed:
 
 def resume(store: ModelStore, load: Callable[[InstalledModel], Loaded], clock: Clock,
            report: Report) -> Resumed:
-    """Load the installed model and settle a health window left running.
-
-    Raises:
-        ModelError: the last known good model a repeated crash rolls back to does not load.
-    """
+    """Load the installed model and settle a health window left running (never raises for
+    a model that does not load: the start goes on with what does)."""
     trial = store.read_trial()
     state = store.read_state()
     active: Loaded | None = None
@@ -77,6 +74,21 @@ def resume(store: ModelStore, load: Callable[[InstalledModel], Loaded], clock: C
     return Resumed(active)
 
 
+def _load_last_good(store: ModelStore,
+                    load: Callable[[InstalledModel], Loaded]) -> Loaded | None:
+    """The last known good model, loaded; None when there is none or it does not load
+    (loaded before the switch is written, so a start never ends without a model)."""
+    ref = store.read_state()["last_good"]
+    installed = store.get(ref) if ref else None
+    if installed is None:
+        return None
+    try:
+        return load(installed)
+    except ModelError as exc:
+        log.error("last known good model %s cannot load: %s", ref, exc)
+        return None
+
+
 def _resume_trial(store: ModelStore, load: Callable[[InstalledModel], Loaded], clock: Clock,
                   report: Report, trial: dict[str, Any], active: Loaded) -> Resumed:
     """A restart inside a health window: resume it once, roll back if it repeats."""
@@ -85,18 +97,16 @@ def _resume_trial(store: ModelStore, load: Callable[[InstalledModel], Loaded], c
     attempts = int(trial.get("attempts", 0)) + 1
     if attempts > policy.max_trial_restarts:
         detail = f"agent restarted {attempts} times inside the health window"
-        target = store.rollback(failed=True)
-        if target is None:
+        previous = _load_last_good(store, load)
+        if previous is None:  # the model on trial is all there is to serve
             store.commit()
             report(desired, JobState.FAILED, reason="crashed_during_health_window",
-                   detail=detail + "; no last known good model, still serving it")
+                   detail=detail + "; no last known good model that loads, still serving it")
             return Resumed(active)
-        installed = store.get(target)
-        if installed is not None:
-            active = load(installed)
+        store.rollback(failed=True)
         report(desired, JobState.ROLLED_BACK, reason="crashed_during_health_window",
                detail=detail)
-        return Resumed(active)
+        return Resumed(previous)
     store.update_trial({**trial, "attempts": attempts})
     resumed = Trial(desired, policy, clock.time(), trial.get("baseline_p95"))
     report(desired, JobState.ACTIVATED, detail="agent restarted; health window starts again")

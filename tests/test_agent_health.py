@@ -110,6 +110,50 @@ def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, t
         agent.stop()
 
 
+def test_a_crash_loop_whose_last_known_good_model_does_not_load_keeps_serving_the_trial(
+        tmp_path, trust_root):
+    """Going back to a model that does not load would leave the device with nothing to
+    serve (and the agent failing to start, over and over): it keeps the model on trial,
+    ends its window and says so."""
+    from edgefleet.agent import Agent, AgentConfig
+    from edgefleet.agent.models import ModelStore
+    from edgefleet.contract import DesiredState, Manifest, TensorSpec, sha256_file
+
+    store = ModelStore(tmp_path / "state")
+    installed = []
+    for v in (1, 2):
+        digest, length = sha256_file(str(ASSETS / "digits.onnx"))
+        m = Manifest(name="digits", version=v, runtime="onnxruntime", model_file="model.onnx",
+                     model_sha256=digest, model_length=length,
+                     inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
+                     outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
+        installed.append(store.install(m, m.encode(), ASSETS / "digits.onnx"))
+    store.activate(installed[0].ref)
+    desired = DesiredState(deployment="dep-y", job="dep-y", model="digits", version=2,
+                           manifest="m", issued_at=0.0, health={"window_s": 60,
+                                                                "max_trial_restarts": 1})
+    store.activate(installed[1].ref, trial={"desired": desired.to_dict(), "attempts": 1,
+                                            "baseline_p95": None})
+    rotten = installed[0].model_path  # v1 rotted on the flash: same length, no model
+    rotten.write_bytes(b"\0" * rotten.stat().st_size)
+
+    agent = Agent(AgentConfig(device_id="pi-rot", state_dir=tmp_path / "state",
+                              trust_root=trust_root, broker_url="mqtt://127.0.0.1:1",
+                              api_port=0))
+    agent.start()
+    try:
+        assert agent.active == installed[1].ref  # still serving, on the model on trial
+        assert agent.predict(np.zeros((1, 64), np.float32)).model.version == 2
+        state = store.read_state()
+        assert state["active"] == installed[1].ref and store.read_trial() is None
+        assert agent.jobs.done["dep-y"] == "failed"
+        status = json.loads(agent.jobs._last_status["dep-y"])
+        assert status["reason"] == "crashed_during_health_window"
+        assert "no last known good model that loads" in status["detail"]
+    finally:
+        agent.stop()
+
+
 def test_blue_green_keeps_the_previous_model_loaded_for_an_instant_rollback(tmp_path,
                                                                            trust_root):
     from edgefleet.agent import Agent, AgentConfig
