@@ -1,7 +1,9 @@
 """The agent's MQTT adapter (paho): connection, birth/death, request/response, dispatch.
 
 The one place paho is touched on the device. Reconnects are paho's, with a bounded
-backoff; every request waits with a timeout. Malformed payloads are counted, logged
+exponential backoff whose first wait after each lost connection is jittered (a fleet that
+lost the same broker does not come back in one burst); every request waits with a
+timeout. Malformed payloads are counted, logged
 and dropped by the dispatcher; a handler error never reaches paho's loop.
 
 A device runs its session on paho's own network thread. A simulated fleet running
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -42,6 +45,9 @@ from .config import AgentConfig, parse_broker_url
 __all__ = ["AgentLink", "NetworkLoop"]
 
 log = logging.getLogger(__name__)
+# the first wait after a lost connection is reconnect_min_s times a number drawn from this
+# range; paho doubles it from there up to reconnect_max_s
+FIRST_WAIT_JITTER = (0.5, 1.5)
 Handler = Callable[[bytes], None]
 # a controller announcing itself again within this window gets no second birth (after
 # an online: false, the next announcement always does)
@@ -168,9 +174,17 @@ class AgentLink:
             self._on_connected()
 
     def _on_disconnect(self, _client: mqtt.Client, _ud: object, _flags: object,
-                       reason: mqtt.ReasonCode, _props: object = None) -> None:
+                       reason: mqtt.ReasonCode, _props: object = None,
+                       *, uniform: Callable[[float, float], float] = random.uniform) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
         self._set_will()
+        # paho's own loop reconnects: a session that was up starts again at a jittered wait
+        # (a refused connect, e.g. revoked credentials, keeps doubling its wait)
+        if self._network is None and was_connected:
+            first = self.config.reconnect_min_s * uniform(*FIRST_WAIT_JITTER)
+            self._client.reconnect_delay_set(first,  # type: ignore[arg-type]
+                                             self.config.reconnect_max_s)  # type: ignore[arg-type]
         log.info("disconnected from broker: %s", reason)
 
     def _on_message(self, _client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:

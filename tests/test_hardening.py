@@ -207,3 +207,26 @@ def test_a_read_only_state_directory_still_serves_the_installed_model(tmp_path, 
         assert not list((tmp_path / "state").glob("telemetry.db.unusable-*"))  # not claimed
     finally:
         subprocess.run(["chattr", "-R", "-i", state], check=True)
+
+
+def test_a_lost_session_reconnects_after_a_jittered_first_wait_a_refused_one_keeps_doubling(
+        tmp_path, trust_root):
+    """Devices that lost the same broker at once do not all come back at the same instant;
+    a connect the broker refuses (revoked credentials) keeps paho's growing wait."""
+    from edgefleet.agent import AgentConfig
+    from edgefleet.agent._mqtt import FIRST_WAIT_JITTER, AgentLink
+
+    config = AgentConfig(device_id="pi-8", state_dir=tmp_path, trust_root=trust_root,
+                         reconnect_min_s=2.0, reconnect_max_s=30.0)
+    link = AgentLink(config, birth=lambda seq: b"{}", handlers={})
+    waits: list[tuple[float, float]] = []
+    link._client.reconnect_delay_set = lambda lo, hi: waits.append((lo, hi))  # type: ignore[method-assign]
+
+    for draw in FIRST_WAIT_JITTER:  # the two ends of the range
+        link.connected.set()  # a session that was up
+        link._on_disconnect(link._client, None, None, "lost", uniform=lambda lo, hi, d=draw: d)
+    assert waits == [(2.0 * FIRST_WAIT_JITTER[0], 30.0), (2.0 * FIRST_WAIT_JITTER[1], 30.0)]
+    assert not link.connected.is_set()
+
+    link._on_disconnect(link._client, None, None, "not authorized")  # never got a session
+    assert len(waits) == 2  # paho's doubling goes on
