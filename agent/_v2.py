@@ -179,6 +179,8 @@ def raw_bytes(arr: np.ndarray) -> bytes | memoryview:
             data = item.encode() if isinstance(item, str) else bytes(item)
             parts.append(struct.pack("<I", len(data)) + data)
         return b"".join(parts)
+    if arr.size == 0:  # a detector with nothing to report: [0, 6] boxes, no bytes
+        return b""
     return np.ascontiguousarray(arr).data.cast("B")
 
 

@@ -282,3 +282,23 @@ def test_grpc_is_off_unless_configured_and_a_missing_extra_is_named(tmp_path, mo
     with pytest.raises(ValueError, match=r"edgefleet\[grpc\]"):
         AgentConfig(**base, grpc_port=8471)
     assert AgentConfig(**base).grpc_port is None
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_an_empty_output_a_detector_with_nothing_found_is_answered(binary):
+    """[0, 6] boxes: no bytes as binary data, an empty list as JSON, and tritonclient reads
+    it back as an empty array of that shape."""
+    from edgefleet.agent._v2 import V2Request, encode_response
+
+    outputs = {"boxes": np.zeros((0, 6), np.float32), "count": np.array([0], np.int64)}
+    head, parts = encode_response("det", 1, V2Request({}, binary_default=binary), outputs)
+
+    entry = json.loads(head)["outputs"][0]
+    assert entry["shape"] == [0, 6] and entry["datatype"] == "FP32"
+    assert (entry["parameters"]["binary_data_size"] == 0) if binary else (entry["data"] == [])
+    body = head + b"".join(bytes(p) for p in parts)
+    result = triton.InferResult.from_response_body(body, header_length=len(head) if parts
+                                                   else None)
+    boxes = result.as_numpy("boxes")
+    assert boxes.shape == (0, 6) and boxes.dtype == np.float32
+    assert result.as_numpy("count").tolist() == [0]
