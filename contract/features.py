@@ -20,8 +20,8 @@ tensor of one call into a ``[samples, features]`` matrix, one column per name in
 - ``scores`` (outputs): mean, maximum and the share of values above ``threshold``.
 - ``segmentation`` (outputs): the share of pixels given to each class (first eight).
 
-This module needs numpy (every device runtime and the controller have it); the rest
-of the contract is standard library only, so the contract's package does not import it.
+This module needs numpy, as the sketch does (every device runtime and the controller have
+it); the contract's package does not import it, only what reads drift features does.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A mergeable quantile sketch (DDSketch) for latency, standard library only.
+"""A mergeable quantile sketch (DDSketch) for latency (numpy for adding arrays at once).
 
 Every value ``x > 0`` falls in bucket ``i = ceil(log_gamma(x))`` with
 ``gamma = (1 + alpha) / (1 - alpha)``; quantile ``q`` is answered with the midpoint
