@@ -490,7 +490,7 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
             run.wait(run.telemetry_delivered, 2 * scenario.tick_s + 3.0, "acks")
         cpu_after, threads_after = run.cpu_seconds(), controller_threads_cpu()
         final = run.status_all(target=run.target, telemetry=True, detail=True)
-        final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 1) for k in cpu_after}
+        final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 3) for k in cpu_after}
         final["controller_threads_cpu_s"] = {
             name: round(cpu - threads_before.get(name, 0.0), 2)
             for name, cpu in sorted(threads_after.items())
