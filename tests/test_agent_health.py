@@ -75,21 +75,30 @@ def test_shadow_runner_counts_what_it_mirrors_and_what_matches():
     assert json.loads(json.dumps(stats)) == stats
 
 
-def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, trust_root):
-    from edgefleet.agent import Agent, AgentConfig
+def _two_installed_versions(state_dir):
+    """A model store holding digits v1 and v2 (the same file), v1 active."""
     from edgefleet.agent.models import ModelStore
-    from edgefleet.contract import DesiredState, Manifest, TensorSpec, sha256_file
+    from edgefleet.contract import Manifest, TensorSpec, sha256_file
 
-    store = ModelStore(tmp_path / "state")
-    refs = []
+    store = ModelStore(state_dir)
+    installed = []
     for v in (1, 2):
         digest, length = sha256_file(str(ASSETS / "digits.onnx"))
         m = Manifest(name="digits", version=v, runtime="onnxruntime", model_file="model.onnx",
                      model_sha256=digest, model_length=length,
                      inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
                      outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
-        refs.append(store.install(m, m.encode(), ASSETS / "digits.onnx").ref)
-    store.activate(refs[0])
+        installed.append(store.install(m, m.encode(), ASSETS / "digits.onnx"))
+    store.activate(installed[0].ref)
+    return store, installed
+
+
+def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, trust_root):
+    from edgefleet.agent import Agent, AgentConfig
+    from edgefleet.contract import DesiredState
+
+    store, installed = _two_installed_versions(tmp_path / "state")
+    refs = [i.ref for i in installed]
     d = DesiredState(deployment="dep-x", job="dep-x", model="digits", version=2,
                      manifest="m", issued_at=0.0, health={"window_s": 60,
                                                           "max_trial_restarts": 1})
@@ -116,19 +125,9 @@ def test_a_crash_loop_whose_last_known_good_model_does_not_load_keeps_serving_th
     serve (and the agent failing to start, over and over): it keeps the model on trial,
     ends its window and says so."""
     from edgefleet.agent import Agent, AgentConfig
-    from edgefleet.agent.models import ModelStore
-    from edgefleet.contract import DesiredState, Manifest, TensorSpec, sha256_file
+    from edgefleet.contract import DesiredState
 
-    store = ModelStore(tmp_path / "state")
-    installed = []
-    for v in (1, 2):
-        digest, length = sha256_file(str(ASSETS / "digits.onnx"))
-        m = Manifest(name="digits", version=v, runtime="onnxruntime", model_file="model.onnx",
-                     model_sha256=digest, model_length=length,
-                     inputs=[TensorSpec("pixels", "FP32", ["batch", 64])],
-                     outputs=[TensorSpec("probs", "FP32", ["batch", 10])])
-        installed.append(store.install(m, m.encode(), ASSETS / "digits.onnx"))
-    store.activate(installed[0].ref)
+    store, installed = _two_installed_versions(tmp_path / "state")
     desired = DesiredState(deployment="dep-y", job="dep-y", model="digits", version=2,
                            manifest="m", issued_at=0.0, health={"window_s": 60,
                                                                 "max_trial_restarts": 1})
