@@ -6,10 +6,12 @@ blocks on ``fleet/v1/blob/{sha256}/{offset}``; the desired state names the files
 belongs in ``<dir>/<sha256>.part``. ``ChunkFetcher`` reads a file's blocks from here
 first and asks the controller (request/response) only for blocks that do not come.
 
-Nothing here is trusted: a file is served from the cache only once all of it is here
-and its sha256 is the one it is named by, and python-tuf then checks it against the
-signed length and hash like any download. A file whose blocks do not add up to its
-name is dropped and pulled instead.
+Nothing here is trusted: a file is served from the cache only once all of it is here,
+and python-tuf checks it against the signed length and hash before anything uses it.
+A bundle file (a target) is checked once, by python-tuf where it lies, and then moved
+out (``claim``), neither hashed twice nor copied; trust metadata read from here is
+first hashed against the name it came under. A file that does not verify is dropped
+and pulled instead.
 """
 
 from __future__ import annotations
@@ -123,10 +125,12 @@ class BlobCache:
             return blob is not None and not blob.bad
 
     def wait_complete(self, sha: str, *, wait_s: float,
-                      stop: threading.Event | None = None) -> int | None:
-        """The file's length once it is all here and hashes to its name, waiting while
-        blocks keep coming (up to ``wait_s`` without a new block of it); ``None`` when it
-        will not be complete here (the caller takes what came and pulls the rest)."""
+                      stop: threading.Event | None = None, hashed: bool = True) -> int | None:
+        """The file's length once it is all here (and, if ``hashed``, hashes to its
+        name), waiting while blocks keep coming (up to ``wait_s`` without a new block of
+        it); ``None`` when it will not be complete here (the caller takes what came and
+        pulls the rest). Without ``hashed`` the caller checks the file against its signed
+        hash itself before using it, and ``drop``s it if it does not match."""
         waiting_since = time.monotonic()
         with self._cond:
             while True:
@@ -136,6 +140,8 @@ class BlobCache:
                 if blob.verified:
                     return blob.total
                 if blob.total is not None and blob.have >= blob.total:
+                    if not hashed:
+                        return blob.total if blob.have == blob.total else None
                     break  # all here: hashed below, on this thread, not paho's
                 # woken when a file is complete (or forgotten); a block of this one
                 # that came meanwhile gives it wait_s more from then
@@ -167,6 +173,18 @@ class BlobCache:
         with self._cond:
             blob = self._blobs.get(sha)
             return blob.path if blob is not None and blob.verified else None
+
+    def claim(self, sha: str, dest: Path) -> bool:
+        """Move a complete file out of the cache to ``dest`` (the caller verified it);
+        ``False`` when it is not complete here (forgotten or dropped meanwhile)."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            if blob is None or blob.bad or blob.total is None or blob.have != blob.total:
+                return False
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(blob.path, dest)
+            del self._blobs[sha]
+            return True
 
     def block(self, sha: str, offset: int) -> tuple[bytes, int] | None:
         """The block at ``offset`` if it arrived (unverified: the caller's download is

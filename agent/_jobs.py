@@ -389,7 +389,7 @@ class JobRunner:
         self.check_compatible(m.runtime, m.compatibility)
         self.report(desired, JobState.INSTALLING)
         installed = host.store.install(m, bundle.manifest_bytes, bundle.model_path, bundle.trust,
-                                       bundle.data, move=True)
+                                       bundle.data, move=True, verified=True)
         host.updater.clear()
         runtime = host.load_runtime(installed)
         smoke_test(installed, runtime)

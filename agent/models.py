@@ -126,7 +126,8 @@ class ModelStore:
 
     def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
                 trust: TargetTrust | None = None,
-                data: dict[str, Path] | None = None, *, move: bool = False) -> InstalledModel:
+                data: dict[str, Path] | None = None, *, move: bool = False,
+                verified: bool = False) -> InstalledModel:
         """Copy a verified model (and its data files) beside the others; does not
         activate it.
 
@@ -134,20 +135,23 @@ class ModelStore:
         a later switch back to it can be checked against the release floor. ``data``
         maps each of the manifest's data file names to the downloaded file. ``move``:
         the files are the agent's own downloads, moved in (copied only across file
-        systems) instead of copied.
+        systems) instead of copied. ``verified``: python-tuf has just checked these very
+        files against signed lengths and hashes equal to the manifest's, so they are not
+        read and hashed again (their sizes still are checked).
 
         Raises:
             IntegrityError: the model or a data file does not match the manifest.
         """
-        digest, length = sha256_file(str(model_src))
-        if digest != manifest.model_sha256 or length != manifest.model_length:
-            raise IntegrityError(f"{manifest.model_file} does not match its manifest")
         data = dict(data or {})
-        for entry in manifest.files:
-            src = data.get(entry.name)
-            if src is None or sha256_file(str(src)) != (entry.sha256, entry.length):
-                raise IntegrityError(f"{entry.name} is missing or does not match its manifest")
-        ref = ModelRef(manifest.name, manifest.version, digest)
+        files = [(manifest.model_file, model_src, manifest.model_sha256, manifest.model_length),
+                 *((f.name, data.get(f.name), f.sha256, f.length) for f in manifest.files)]
+        for name, src, sha, length in files:
+            if src is None:
+                raise IntegrityError(f"{name} is missing")
+            got = (sha, src.stat().st_size) if verified else sha256_file(str(src))
+            if got != (sha, length):
+                raise IntegrityError(f"{name} does not match its manifest")
+        ref = ModelRef(manifest.name, manifest.version, manifest.model_sha256)
         final = self._dir_for(ref)
         existing = self.get(ref)
         if existing is not None:

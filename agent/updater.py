@@ -125,6 +125,32 @@ class ChunkFetcher(LocalFetcher):
             self._progress(file, total, total)
         return path
 
+    def broadcast_target(self, sha: str, length: int) -> Path | None:
+        """A bundle file that came whole by broadcast, waiting while its blocks come;
+        unverified (``None``: it will not be whole here; it is pulled instead).
+
+        The caller checks it against the signed length and hash where it lies, then
+        ``took`` it, or ``drop``s it from the cache if it does not match."""
+        blobs = self.blobs
+        if blobs is None or not blobs.wants(sha):
+            return None
+        with self.waiting():
+            total = blobs.wait_complete(sha, wait_s=self._broadcast_wait, stop=self._stop,
+                                        hashed=False)
+        if total is None or total != length:
+            return None
+        return blobs.directory / f"{sha}.part"
+
+    def took(self, sha: str, name: str, dest: Path) -> bool:
+        """Move a verified broadcast file to ``dest`` and count it."""
+        if self.blobs is None or not self.blobs.claim(sha, dest):
+            return False
+        total = dest.stat().st_size
+        self.bytes_from_broadcast += total
+        if self._progress is not None:
+            self._progress(name, total, total)
+        return True
+
     def _fetch(self, url: str) -> Iterator[bytes]:
         file = url.split(":", 1)[1].lstrip("/")
         limit = self.limit
@@ -339,8 +365,13 @@ class BundleUpdater:
         return updater
 
     def _download(self, updater: Updater, info: TargetFile, path: Path) -> str:
-        """``download_target``; once more, all fetched, if a file copied from an installed
-        one or put together partly from broadcast blocks did not verify."""
+        """A bundle file that came whole by broadcast, verified where it lies and moved
+        to ``path``; otherwise ``download_target``, once more, all fetched, if a file
+        copied from an installed one or put together partly from broadcast blocks did not
+        verify."""
+        placed = self._place_broadcast(info, path)
+        if placed is not None:
+            return placed
         try:
             return updater.download_target(info, str(path))
         except tuf_exc.LengthOrHashMismatchError:
@@ -358,6 +389,28 @@ class BundleUpdater:
             blobs.drop(sha)
             fetcher.used_broadcast.discard(sha)
             return updater.download_target(info, str(path))
+
+    def _place_broadcast(self, info: TargetFile, path: Path) -> str | None:
+        """``download_target`` without its copy, for a file that came whole by broadcast:
+        python-tuf checks it against the signed length and hash, as it checks any
+        download, and it is moved into ``path``. ``None``: none came, or it did not
+        verify (dropped: the caller pulls it)."""
+        fetcher = self.fetcher
+        sha = info.hashes.get("sha256", "")
+        if not isinstance(fetcher, ChunkFetcher) or fetcher.blobs is None:
+            return None
+        held = fetcher.broadcast_target(sha, info.length)
+        if held is None:
+            return None
+        try:
+            with open(held, "rb") as fh:
+                info.verify_length_and_hashes(fh)
+        except (tuf_exc.LengthOrHashMismatchError, OSError) as exc:
+            log.warning("%s taken from the broadcast did not verify (%s); pulling it",
+                        info.path, exc)
+            fetcher.blobs.drop(sha)
+            return None
+        return str(path) if fetcher.took(sha, info.path, path) else None
 
     @contextlib.contextmanager
     def _translated(self, *, phase: str) -> Iterator[None]:

@@ -110,10 +110,12 @@ class FullDiskStore(ModelStore):
 
     def install(self, manifest: Manifest, manifest_bytes: bytes, model_src: Path,
                 trust: TargetTrust | None = None,
-                data: dict[str, Path] | None = None, *, move: bool = False) -> InstalledModel:
+                data: dict[str, Path] | None = None, *, move: bool = False,
+                verified: bool = False) -> InstalledModel:
         if self.full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root))
-        return super().install(manifest, manifest_bytes, model_src, trust, data, move=move)
+        return super().install(manifest, manifest_bytes, model_src, trust, data, move=move,
+                               verified=verified)
 
 
 class SharedSystemMetrics:

@@ -15,6 +15,7 @@ for fault commands (crashes and restarts take a while; the command line stays fr
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -199,6 +200,10 @@ class Shard:
                 log.exception("device %s did not start", device_id)
             self.started += 1
             self._stop.wait(max(0.0, gap - (time.monotonic() - t0)))
+        # the devices' long-lived objects are in place: each full collection walking a
+        # heap of hundreds of agents is a cost of hosting them together, not a device's
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         self._stop.set()

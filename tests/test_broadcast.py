@@ -56,6 +56,41 @@ def test_a_wave_takes_the_bundle_from_one_broadcast_and_pulls_none_of_it(control
         assert not list((agent.config.state_dir / "blobs").glob("*"))
 
 
+def test_a_broadcast_model_is_hashed_once_and_installed_without_a_copy(controller, make_fleet,
+                                                                        monkeypatch):
+    """python-tuf checks the file where its blocks were written; the install then moves
+    that very file (same inode) and does not read it again."""
+    from edgefleet.agent import models
+
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    agent = fleet.agents[fleet.ids[0]]
+    claimed: dict[str, int] = {}
+    claim = agent.blobs.claim
+
+    def noting_inode(sha, dest):
+        path = agent.blobs.directory / f"{sha}.part"
+        inode = path.stat().st_ino if path.exists() else -1
+        if claim(sha, dest):
+            claimed[dest.name] = inode
+            return True
+        return False
+
+    hashed: list[str] = []
+    sha256_file = models.sha256_file
+    monkeypatch.setattr(agent.blobs, "claim", noting_inode)
+    monkeypatch.setattr(models, "sha256_file", lambda p, *a: hashed.append(p) or sha256_file(p, *a))
+    v = register_digits(controller)["version"]
+    dep = _deploy(controller, v)
+    assert dep["state"] == "succeeded", [(j["device"], j["state"]) for j in dep["jobs"]]
+    installed = agent.store.get(agent.active)
+    assert installed is not None and installed.manifest.version == v
+    model = installed.model_path
+    assert claimed.get(model.name) == model.stat().st_ino
+    assert hashed == []  # the store took python-tuf's check of these very files
+    assert agent.fetcher.bytes_pulled == 0
+
+
 def test_a_device_that_missed_blocks_pulls_just_those(controller, make_fleet, monkeypatch):
     fleet = make_fleet(2)
     wait_devices_known(controller, fleet.ids)
