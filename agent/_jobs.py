@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import edgefleet
 from edgefleet.contract import (
+    Birth,
     Clock,
     CompatibilityError,
     DesiredState,
@@ -57,23 +58,66 @@ class JobSlots:
 
     At most ``n`` workers hold a slot at once, so a thousand jobs started together queue
     for a few cores instead of all contending for them; a worker waiting on its link
-    (``released``) gives its slot to another meanwhile.
+    (``released``) gives its slot to another meanwhile, and takes one back before any
+    worker starting a turn does. So jobs that started finish first, each in about the
+    time it would take on a device of its own, instead of every job of a shard taking
+    turns with all the others until the last one ends.
     """
 
     def __init__(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"job slots must be at least 1, got {n}")
-        self._slots = threading.BoundedSemaphore(n)
+        self._lock = threading.Lock()
+        self._new = threading.Condition(self._lock)  # workers starting a turn
+        self._back = threading.Condition(self._lock)  # workers back from a wait
+        self._free = n
+        self._returning = 0
+        self._starting = 0
         self._held = threading.local()
 
+    @property
+    def free(self) -> int:
+        """Slots nobody holds."""
+        return self._free
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Workers waiting for a slot: (starting a turn, back from a wait)."""
+        with self._lock:
+            return self._starting, self._returning
+
     def __enter__(self) -> JobSlots:
-        self._slots.acquire()
-        self._held.on = True
+        self._take(returning=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._held.on = False
-        self._slots.release()
+        with self._lock:
+            self._free += 1
+            self._hand_on()
+
+    def _take(self, *, returning: bool) -> None:
+        with self._lock:
+            if returning:
+                self._returning += 1
+                while self._free == 0:
+                    self._back.wait()
+                self._returning -= 1
+            else:
+                self._starting += 1
+                while self._free == 0 or self._returning:
+                    if self._free > 0:  # one back from a wait takes it
+                        self._back.notify()
+                    self._new.wait()
+                self._starting -= 1
+            self._free -= 1
+            self._hand_on()
+        self._held.on = True
+
+    def _hand_on(self) -> None:
+        """Wake one waiter for a free slot, those back from a wait first (lock held)."""
+        if self._free > 0:
+            (self._back if self._returning else self._new).notify()
 
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
@@ -85,7 +129,7 @@ class JobSlots:
         try:
             yield
         finally:
-            self.__enter__()
+            self._take(returning=True)
 
 
 class JobHost(Protocol):
@@ -127,6 +171,7 @@ class JobHost(Protocol):
                      sample: float) -> None: ...
     def stop_shadow(self) -> None: ...
     def announce(self) -> None: ...
+    def birth(self) -> Birth: ...
 
 
 class JobRunner:
@@ -225,10 +270,17 @@ class JobRunner:
     # -- reporting ----------------------------------------------------------------------
     def report(self, desired: DesiredState, state: str, *, reason: str = "", detail: str = "",
                progress: dict[str, Any] | None = None) -> None:
+        # from the switch on, and at the end, the status says what the device now runs
+        # and trusts, when the controller reads that there (one message, not two)
+        carry = desired.births_in_status and (state == JobState.ACTIVATED
+                                              or state in JobState.TERMINAL)
         payload = JobStatus(job=desired.job, deployment=desired.deployment, state=state,
                             ts=self.host.clock.time(), model=desired.model,
                             version=desired.version,
-                            reason=reason, detail=detail[:500], progress=progress or {}).encode()
+                            reason=reason, detail=detail[:500], progress=progress or {},
+                            birth=self.host.birth() if carry else None).encode()
+        if carry:
+            self.announce_due = False
         self._last_status[desired.job] = payload
         while len(self._last_status) > 20:
             self._last_status.pop(next(iter(self._last_status)))

@@ -26,14 +26,14 @@ __all__ = ["TelemetryUplink", "birth"]
 
 
 def birth(bd_seq: int, *, now: float, hw: dict[str, Any], serving: Runtime | None,
-          state: Mapping[str, ModelRef | None], trust: dict[str, Any], api_url: str) -> bytes:
+          state: Mapping[str, ModelRef | None], trust: dict[str, Any], api_url: str) -> Birth:
     """A birth message: this device (``hw``, its class and tags), the runtimes it has,
     what its model runs on, its models (``state``), trust state and v2 endpoint."""
     providers = getattr(serving, "providers", None) if serving else None
     return Birth(bd_seq=bd_seq, agent_version=edgefleet.__version__, ts=now,
                  hw={**hw, "providers": providers.to_dict() if providers is not None else {}},
                  runtimes=available_runtimes(), active=state["active"],
-                 last_good=state["last_good"], trust=dict(trust), api_url=api_url).encode()
+                 last_good=state["last_good"], trust=dict(trust), api_url=api_url)
 
 
 class TelemetryUplink:

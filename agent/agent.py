@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgefleet.contract import (
+    Birth,
     Clock,
     DesiredState,
     DeviceTopic,
@@ -318,7 +319,8 @@ class Agent:
         if trial is None:
             self._raise_floor(installed)
             self.jobs.report(desired, JobState.HEALTHY)
-        self.announce()
+        if not desired.births_in_status:  # else the statuses carried it
+            self.announce()
         keep = {*self.store.read_state().values(), self._shadow.ref}
         self.store.prune({r for r in keep if r is not None})
 
@@ -343,7 +345,8 @@ class Agent:
             self._recent.clear()
         self.stop_shadow()
         self.jobs.report(desired, JobState.HEALTHY, detail=reason)
-        self.announce()
+        if not desired.births_in_status:  # else the status carried it
+            self.announce()
 
     def rollback(self, reason: str = "command", *, failed: bool = False) -> ModelRef | None:
         """Switch to the last known good model; returns it, or ``None`` if there is none.
@@ -414,12 +417,20 @@ class Agent:
 
     # -- MQTT handlers (paho's thread) --------------------------------------------------
     def _birth(self, bd_seq: int) -> bytes:
+        return self._birth_of(bd_seq).encode()
+
+    def _birth_of(self, bd_seq: int) -> Birth:
         active = self._active
         return birth(bd_seq, now=self.clock.time(),
                      hw={**self.hardware.to_dict(), "class": self.hardware_class,
                          "tags": dict(self.config.tags)},
                      serving=active.runtime if active else None, state=self.store.read_state(),
                      trust=self.jobs.trust, api_url=self.server.url if self.server else "")
+
+    def birth(self) -> Birth:
+        """This session's birth as things stand (carried in job statuses, see
+        ``DesiredState.births_in_status``)."""
+        return self._birth_of(self.link.bd_seq)
 
     def announce(self) -> None:
         """Publish a fresh birth (state changed: model, trust)."""

@@ -287,6 +287,10 @@ class DesiredState(Message):
     # the newest root version when this was issued: the device does not ask for a root
     # above it (0: it asks, as python-tuf does on every refresh)
     root_version: int = 0
+    # the controller reads a birth carried in a job status (``JobStatus.birth``): the
+    # device says what it runs after the switch in the job's statuses instead of in a
+    # birth of its own (False, as older controllers send it: a birth of its own)
+    births_in_status: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("active", "shadow"):
@@ -411,6 +415,10 @@ class JobStatus(Message):
     reason: str = ""
     detail: str = ""
     progress: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the device's birth as it stands when this is sent (its models after the switch,
+    # its trust), when the desired state asked for it (``births_in_status``); a
+    # controller takes it only if it is of the device's current session
+    birth: Birth | None = None
 
     def __post_init__(self) -> None:
         if self.state not in JobState.ALL:

@@ -117,7 +117,8 @@ class Orchestrator:
                                manifest="",
                                issued_at=self.clock.time(), mode=mode,
                                allow_downgrade=downgrade, health=policy.device_health(),
-                               shadow_sample=policy.sample if mode == "shadow" else 0.0)
+                               shadow_sample=policy.sample if mode == "shadow" else 0.0,
+                               births_in_status=True)
         current = {row["device"]: row for row in self._jobs(dep)}
         # every device's bundle first (signed on first use): a bundle that cannot be made
         # fails before anything is sent

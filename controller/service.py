@@ -342,6 +342,8 @@ class FleetController:
             for i, (device, record) in enumerate(records):
                 if isinstance(record, JobStatus):
                     run.append((device, record))
+                    if record.birth is not None:  # of another session: that one sends its own
+                        self._birth_of_session(device, record.birth, conn)
                     continue
                 if run:
                     self._store_statuses(run, conn)

@@ -134,6 +134,52 @@ def test_a_birth_of_the_same_session_updates_the_device_without_sending_again(
     assert controller.counters["desired_redriven"] == redriven + 1
 
 
+@pytest.mark.parametrize("controller_reads_births_in_status", [True, False])
+def test_an_update_says_what_the_device_runs_in_its_statuses_when_the_controller_reads_it(
+        controller, make_fleet, monkeypatch, controller_reads_births_in_status):
+    """A controller that sets ``births_in_status`` learns the device's new models from the
+    job's statuses and gets no birth of its own; one that does not (an older controller,
+    played here by clearing the flag as the device receives it) gets the birth as before."""
+    import dataclasses
+
+    from _support import register_digits, wait_deployment, wait_devices_known
+
+    from edgefleet.contract import DeviceTopic, JobStatus
+
+    fleet = make_fleet(1)
+    wait_devices_known(controller, fleet.ids)
+    (agent,) = fleet.agents.values()
+    device = agent.config.device_id
+    sent: list[tuple[str, bytes]] = []
+    publish, want = agent.link.publish, agent.inbox._want
+
+    def noting(suffix, payload, **fields):
+        sent.append((suffix, payload))
+        return publish(suffix, payload, **fields)
+
+    def as_received(desired):
+        assert desired.births_in_status  # what this controller sends
+        want(dataclasses.replace(desired, births_in_status=controller_reads_births_in_status))
+
+    monkeypatch.setattr(agent.link, "publish", noting)
+    monkeypatch.setattr(agent.inbox, "_want", as_received)
+    v = register_digits(controller)["version"]
+    dep = wait_deployment(controller, controller.deploy("digits", v)["id"])
+    assert dep["state"] == "succeeded"
+    assert controller.records.flush()
+    births = [p for s, p in sent if s == DeviceTopic.BIRTH]
+    statuses = [JobStatus.decode(p) for s, p in sent if s == DeviceTopic.JOB_STATUS]
+    assert statuses[-1].state == "healthy"
+    if controller_reads_births_in_status:
+        assert births == []
+        carried = statuses[-1].birth
+        assert carried is not None and carried.bd_seq == agent.link.bd_seq
+        assert carried.active is not None and carried.active.version == v
+    else:
+        assert len(births) == 1 and all(s.birth is None for s in statuses)
+    assert controller.store.get_device(device)["active"]["version"] == v
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_batch_of_statuses_is_stored_at_once_and_the_stale_ones_named(backend, tmp_path,
                                                                         request):
