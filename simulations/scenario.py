@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import tomllib
 from pathlib import Path
@@ -310,7 +311,11 @@ def plan(scenario: Scenario, devices: int | None = None, *, shards: int | None =
         ValueError: faults ask for more devices than the fleet has.
     """
     n = devices or scenario.devices
-    k = shards or max(1, math.ceil(n / scenario.per_shard))
+    # one shard per ``per_shard`` devices, and one more shard than there are cores once
+    # the fleet fills them half: a shard runs its Python on one core at a time (the
+    # interpreter lock), so with a shard per core a core idles whenever a shard waits
+    spare = min((os.cpu_count() or 1) + 1, math.ceil(2 * n / scenario.per_shard))
+    k = shards or max(1, math.ceil(n / scenario.per_shard), spare)
     k = min(k, n)
     profiles = [p for p, _ in scenario.profiles]
     counts = _counts(n, [s for _, s in scenario.profiles])
