@@ -58,66 +58,23 @@ class JobSlots:
 
     At most ``n`` workers hold a slot at once, so a thousand jobs started together queue
     for a few cores instead of all contending for them; a worker waiting on its link
-    (``released``) gives its slot to another meanwhile, and takes one back before any
-    worker starting a turn does. So jobs that started finish first, each in about the
-    time it would take on a device of its own, instead of every job of a shard taking
-    turns with all the others until the last one ends.
+    (``released``) gives its slot to another meanwhile.
     """
 
     def __init__(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"job slots must be at least 1, got {n}")
-        self._lock = threading.Lock()
-        self._new = threading.Condition(self._lock)  # workers starting a turn
-        self._back = threading.Condition(self._lock)  # workers back from a wait
-        self._free = n
-        self._returning = 0
-        self._starting = 0
+        self._slots = threading.BoundedSemaphore(n)
         self._held = threading.local()
 
-    @property
-    def free(self) -> int:
-        """Slots nobody holds."""
-        return self._free
-
-    @property
-    def waiting(self) -> tuple[int, int]:
-        """Workers waiting for a slot: (starting a turn, back from a wait)."""
-        with self._lock:
-            return self._starting, self._returning
-
     def __enter__(self) -> JobSlots:
-        self._take(returning=False)
+        self._slots.acquire()
+        self._held.on = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._held.on = False
-        with self._lock:
-            self._free += 1
-            self._hand_on()
-
-    def _take(self, *, returning: bool) -> None:
-        with self._lock:
-            if returning:
-                self._returning += 1
-                while self._free == 0:
-                    self._back.wait()
-                self._returning -= 1
-            else:
-                self._starting += 1
-                while self._free == 0 or self._returning:
-                    if self._free > 0:  # one back from a wait takes it
-                        self._back.notify()
-                    self._new.wait()
-                self._starting -= 1
-            self._free -= 1
-            self._hand_on()
-        self._held.on = True
-
-    def _hand_on(self) -> None:
-        """Wake one waiter for a free slot, those back from a wait first (lock held)."""
-        if self._free > 0:
-            (self._back if self._returning else self._new).notify()
+        self._slots.release()
 
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
@@ -129,7 +86,7 @@ class JobSlots:
         try:
             yield
         finally:
-            self._take(returning=True)
+            self.__enter__()
 
 
 class JobHost(Protocol):
