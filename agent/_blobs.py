@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -182,7 +183,7 @@ class BlobCache:
             if blob is None or blob.bad or blob.total is None or blob.have != blob.total:
                 return False
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(blob.path, dest)
+            shutil.move(blob.path, dest)  # a rename; a copy only across file systems
             del self._blobs[sha]
             return True
 
