@@ -200,12 +200,16 @@ def wait_for(driver: Chrome, condition: Callable[[Chrome], T], timeout: float = 
     Raises:
         AssertionError: on timeout, with the current URL and what the page shows.
     """
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     __tracebackhide__ = True
     try:
-        return WebDriverWait(driver, timeout).until(condition)
+        # a page that refreshes itself may replace an element between finding and
+        # reading it: that poll counts as not yet, like an element not there yet
+        return WebDriverWait(driver, timeout,
+                             ignored_exceptions=(StaleElementReferenceException,)
+                             ).until(condition)
     except TimeoutException:
         # expected_conditions' predicates are all "_predicate": name the factory instead
         name = getattr(condition, "__qualname__", "").split(".<locals>")[0]
