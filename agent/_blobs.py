@@ -175,6 +175,14 @@ class BlobCache:
             blob = self._blobs.get(sha)
             return blob.path if blob is not None and blob.verified else None
 
+    def whole(self, sha: str) -> Path | None:
+        """Where a file all of whose blocks are here lies, verified or not (``None``: it
+        is not all here)."""
+        with self._cond:
+            blob = self._blobs.get(sha)
+            complete = blob is not None and not blob.bad and blob.have == blob.total
+            return blob.path if complete and blob is not None else None
+
     def claim(self, sha: str, dest: Path) -> bool:
         """Move a complete file out of the cache to ``dest`` (the caller verified it);
         ``False`` when it is not complete here (forgotten or dropped meanwhile)."""

@@ -145,12 +145,14 @@ class ModelStore:
         data = dict(data or {})
         files = [(manifest.model_file, model_src, manifest.model_sha256, manifest.model_length),
                  *((f.name, data.get(f.name), f.sha256, f.length) for f in manifest.files)]
+        checked: list[tuple[str, Path]] = []
         for name, src, sha, length in files:
             if src is None:
                 raise IntegrityError(f"{name} is missing")
             got = (sha, src.stat().st_size) if verified else sha256_file(str(src))
             if got != (sha, length):
                 raise IntegrityError(f"{name} does not match its manifest")
+            checked.append((name, src))
         ref = ModelRef(manifest.name, manifest.version, manifest.model_sha256)
         final = self._dir_for(ref)
         existing = self.get(ref)
@@ -158,8 +160,7 @@ class ModelStore:
             return existing
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
-            for name, src in [(manifest.model_file, model_src),
-                              *((f.name, data[f.name]) for f in manifest.files)]:
+            for name, src in checked:
                 _put(src, staging / name, move=move)
                 fsync_path(staging / name)
             if trust is not None:

@@ -139,16 +139,15 @@ class ChunkFetcher(LocalFetcher):
                                         hashed=False)
         if total is None or total != length:
             return None
-        return blobs.directory / f"{sha}.part"
+        return blobs.whole(sha)
 
-    def took(self, sha: str, name: str, dest: Path) -> bool:
-        """Move a verified broadcast file to ``dest`` and count it."""
+    def took(self, sha: str, name: str, length: int, dest: Path) -> bool:
+        """Move a verified broadcast file of ``length`` bytes to ``dest`` and count it."""
         if self.blobs is None or not self.blobs.claim(sha, dest):
             return False
-        total = dest.stat().st_size
-        self.bytes_from_broadcast += total
+        self.bytes_from_broadcast += length
         if self._progress is not None:
-            self._progress(name, total, total)
+            self._progress(name, length, length)
         return True
 
     def _fetch(self, url: str) -> Iterator[bytes]:
@@ -410,7 +409,7 @@ class BundleUpdater:
                         info.path, exc)
             fetcher.blobs.drop(sha)
             return None
-        return str(path) if fetcher.took(sha, info.path, path) else None
+        return str(path) if fetcher.took(sha, info.path, info.length, path) else None
 
     @contextlib.contextmanager
     def _translated(self, *, phase: str) -> Iterator[None]:
