@@ -101,6 +101,7 @@ class AgentLink:
         self.bd_seq = int(time.time() * 1000)
         self.malformed = 0
         self.connects = 0
+        self.refused = 0  # connects the broker refused (bad or revoked credentials)
         self._rebirth_at = -_REBIRTH_EVERY_S
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.device_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
@@ -157,6 +158,7 @@ class AgentLink:
     def _on_connect(self, client: mqtt.Client, _ud: object, _flags: object,
                     reason: mqtt.ReasonCode, _props: object = None) -> None:
         if reason.is_failure:
+            self.refused += 1
             log.warning("broker refused connection: %s", reason)
             return
         for suffix in (DeviceTopic.CMD, DeviceTopic.DESIRED, DeviceTopic.FETCH_RESP,
