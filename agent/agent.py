@@ -90,6 +90,9 @@ class Agent:
         self.hardware = detect()
         self.hardware_class = (self.hardware.hardware_class if config.hardware_class == "auto"
                                else config.hardware_class)
+        # what every birth says of the hardware: the same for the life of the process
+        self._hw = {**self.hardware.to_dict(), "class": self.hardware_class,
+                    "tags": dict(config.tags)}
         self._stop = threading.Event()
         self.jobs = JobRunner(self)
         self._shadow = ShadowSlot()
@@ -421,9 +424,7 @@ class Agent:
 
     def _birth_of(self, bd_seq: int) -> Birth:
         active = self._active
-        return birth(bd_seq, now=self.clock.time(),
-                     hw={**self.hardware.to_dict(), "class": self.hardware_class,
-                         "tags": dict(self.config.tags)},
+        return birth(bd_seq, now=self.clock.time(), hw=self._hw,
                      serving=active.runtime if active else None, state=self.store.read_state(),
                      trust=self.jobs.trust, api_url=self.server.url if self.server else "")
 

@@ -90,7 +90,9 @@ class HardwareInfo:
     l4t_release: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # every field is a plain value: a shallow copy (``asdict`` deep-copies each of the
+        # CPU's flags, on every birth)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["cpu_features"] = [f for f in self.cpu_features if f in _INT8_FEATURES]
         return d
 
