@@ -245,7 +245,8 @@ class JobRunner:
             self.done[desired.job] = state
             self._newest = max(self._newest, desired.issued_at)
             self.host.store.record_job(desired.job, state, desired.issued_at)
-        self.pacer.send(desired.job, payload, final=state in JobState.TERMINAL)
+        self.pacer.send(desired.job, payload, final=state in JobState.TERMINAL,
+                        at_least_s=desired.status_interval_s)
 
     def _publish_status(self, job: str, payload: bytes) -> None:
         self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)

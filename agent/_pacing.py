@@ -7,7 +7,9 @@ that is gone by the time anyone reads it. ``StatusPacer`` sends every end (healt
 failed, rolled back) at once; a step waits until ``interval_s`` after the job's start or
 its last status sent, and goes then unless a newer status took its place. So a step
 that takes long is seen within ``interval_s``, and a quick job costs one message: its
-end.
+end. A controller sending a big wave asks for a longer pace in the desired state
+(``DesiredState.status_interval_s``): a thousand devices each a second apart would
+otherwise be a thousand statuses a second, for progress nobody reads device by device.
 
 The waits are kept by one thread for the whole process (``_Deadlines``), not one timer
 thread per waiting status: a host running thousands of agents (a simulated fleet)
@@ -64,7 +66,10 @@ _DEADLINES = _Deadlines()
 
 class StatusPacer:
     """Sends job statuses through ``publish(job, payload)``: ends at once, steps at most
-    one per ``interval_s`` per job, counting from its first (0: every status at once)."""
+    one per ``interval_s`` per job, counting from its first (0: every status at once).
+
+    A job may be paced more slowly than ``interval_s`` (``send``'s ``at_least_s``: what
+    the controller asked for a big wave), never faster."""
 
     def __init__(self, publish: Callable[[str, bytes], None], interval_s: float) -> None:
         self._publish = publish
@@ -74,25 +79,27 @@ class StatusPacer:
         self._waiting: dict[str, bytes] = {}
         self._due_at: dict[str, float] = {}  # jobs whose held step has a deadline set
 
-    def send(self, job: str, payload: bytes, *, final: bool) -> None:
+    def send(self, job: str, payload: bytes, *, final: bool, at_least_s: float = 0.0) -> None:
         """Send ``payload`` now (a ``final`` one, or a step whose time has come), or hold
-        it as the job's latest step until then."""
+        it as the job's latest step until then (``interval_s``, or ``at_least_s`` when
+        that is longer)."""
+        interval = max(self.interval_s, at_least_s)
         with self._lock:
             now = time.monotonic()
-            if final or self.interval_s <= 0:
+            if final or interval <= 0:
                 self._waiting.pop(job, None)
                 self._sent_at.pop(job, None)
                 self._publish(job, payload)
                 return
             since = now - self._sent_at.setdefault(job, now)
-            if since >= self.interval_s:
+            if since >= interval:
                 self._waiting.pop(job, None)
                 self._sent_at[job] = now
                 self._publish(job, payload)
                 return
             self._waiting[job] = payload
             if job not in self._due_at:
-                when = self._due_at[job] = now + self.interval_s - since
+                when = self._due_at[job] = now + interval - since
                 _DEADLINES.call_at(when, lambda: self._due(job))
 
     def _due(self, job: str) -> None:

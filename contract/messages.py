@@ -46,6 +46,7 @@ __all__ = [
 MAX_CHUNK_BYTES = 128 * 1024
 MAX_BROADCAST_FILES = 64  # files of one bundle a desired state may name as broadcast
 MAX_BROADCAST_METADATA = 8  # versioned metadata files a desired state may name
+MAX_STATUS_INTERVAL_S = 3600.0  # the longest pacing of step statuses a controller may ask
 # versioned TUF metadata, or the timestamp (its name is reused; the sha256 pins a copy)
 _BROADCAST_METADATA = re.compile(
     r"metadata/(?:[1-9][0-9]{0,9}\.[a-z][a-z0-9_-]{0,63}|timestamp)\.json")
@@ -291,6 +292,10 @@ class DesiredState(Message):
     # device says what it runs after the switch in the job's statuses instead of in a
     # birth of its own (False, as older controllers send it: a birth of its own)
     births_in_status: bool = False
+    # the least time between the job's step statuses the controller asks for, so that a
+    # big wave's progress reports stay within what it wants to read (0: the device's own
+    # ``status_interval_s``; a device keeps its own when that is longer)
+    status_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("active", "shadow"):
@@ -309,6 +314,9 @@ class DesiredState(Message):
                              "their sha256")
         if not 0 <= self.root_version <= _INT32:
             raise ValueError(f"root_version must be within 0..{_INT32}")
+        if not 0.0 <= self.status_interval_s <= MAX_STATUS_INTERVAL_S:
+            raise ValueError(f"status_interval_s must be within 0..{MAX_STATUS_INTERVAL_S:g} "
+                             f"seconds, got {self.status_interval_s!r}")
 
 
 @dataclasses.dataclass(frozen=True)

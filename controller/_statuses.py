@@ -27,11 +27,23 @@ from typing import Any
 
 from edgefleet.contract import JobState, JobStatus
 
-__all__ = ["RecordWriter", "StatusUpdate", "fold", "status_fields"]
+__all__ = ["RecordWriter", "StatusUpdate", "fold", "status_fields", "step_status_interval"]
 
 log = logging.getLogger(__name__)
+# the longest a device waits between step statuses: a step that long is still seen
+STEP_INTERVAL_MAX_S = 300.0
 Item = tuple[str, JobStatus]
 Record = tuple[str, Any]  # (device, a decoded Birth, Death or JobStatus)
+
+
+def step_status_interval(devices: int, rate: float) -> float:
+    """How long each of ``devices`` sent a desired state at once waits between its job's
+    step statuses, so that together they send at most ``rate`` a second.
+
+    Below a second (a few devices) it is 0: each device keeps its own pacing.
+    """
+    wanted = devices / rate
+    return 0.0 if wanted < 1.0 else round(min(wanted, STEP_INTERVAL_MAX_S), 3)
 
 
 @dataclasses.dataclass

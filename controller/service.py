@@ -40,7 +40,7 @@ from ._broadcast import Broadcaster
 from ._files import open_files
 from ._ingestor import Ingestor
 from ._mqtt import ControllerLink
-from ._statuses import RecordWriter, fold
+from ._statuses import RecordWriter, fold, step_status_interval
 from .auth import production_targets
 from .ingest import encode_ack
 from .lease import Lease
@@ -115,7 +115,7 @@ class FleetController:
         self.counters = {"summaries_stored": 0, "summaries_duplicate": 0, "chunks_served": 0,
                          "target_bytes_served": 0, "metadata_bytes_served": 0,
                          "malformed": 0, "desired_redriven": 0, "revoked_ignored": 0,
-                         "births_announced": 0}
+                         "births_announced": 0, "job_statuses": 0}
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         self._rollouts: threading.Thread | None = None
@@ -268,6 +268,7 @@ class FleetController:
             self.records.submit(device, Death.decode(payload))
         elif suffix.startswith("job/") and suffix.endswith("/status"):
             self.records.submit(device, JobStatus.decode(payload))
+            self.counters["job_statuses"] += 1
         else:
             raise MessageError(f"unexpected topic suffix {suffix!r}")
 
@@ -404,10 +405,12 @@ class FleetController:
                 files[d.manifest] = self._broadcast(d.manifest)
         metadata = self._broadcast_metadata() if any(files.values()) else {}
         root = self.repo.root_version if metadata else 0
+        pacing = step_status_interval(len(items), self.settings.step_status_rate)
         items = [(device, dataclasses.replace(
             d, device=device, broadcast=files[d.manifest],
             metadata=metadata if files[d.manifest] else {},
-            root_version=root if files[d.manifest] else 0)) for device, d in items]
+            root_version=root if files[d.manifest] else 0,
+            status_interval_s=pacing)) for device, d in items]
         self.store.set_desired_many([(device, d.to_dict()) for device, d in items])
         for device, d in items:
             self._post_desired(device, d)

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     command_ttl_s: float = 3600.0
     trust_refresh_interval_s: float = 300.0
     rollout_tick_s: float = 0.5
+    # job step statuses (downloading, verifying…) the controller asks a batch of desired
+    # states to stay under, per second: a wave of n devices reports a step at most every
+    # n / step_status_rate s (never more often than a device's own setting); a job's end
+    # is never held back
+    step_status_rate: float = Field(100.0, gt=0)
     # bundle files go out once, retained on fleet/v1/blob/{sha256}/…, for every device of
     # a wave to take (off: each device pulls every block); cleared broadcast_ttl_s after
     # their bundle was last sent

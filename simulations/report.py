@@ -111,6 +111,8 @@ def summarize(*, scenario: Scenario, plan: Plan, samples: list[dict[str, Any]],
         "bytes_from_broadcast_per_device": int(final.get("from_broadcast_bytes", 0)
                                                / max(n, 1)),
         "chunks_served": counters.get("chunks_served", 0),
+        # job statuses the controller read (steps paced, ends always): messages per update
+        "job_statuses": counters.get("job_statuses", 0),
         # what left the controller for the bundle: each file broadcast once, the blocks
         # devices pulled (with broadcast: repairs), and TUF metadata
         "transport": counters.get("transport", "pull"),
@@ -192,7 +194,10 @@ def fanout_why(figures: dict[str, Any], devices: int) -> str:
 def _by_thread(figures: dict[str, Any], n: int) -> str:
     """The controller's CPU per device by thread, largest first."""
     threads = figures.get("controller_cpu_by_thread_s") or {}
-    parts = sorted(threads.items(), key=lambda kv: -kv[1])
+    # the rest of the controller's figure is the deploy call, on the caller's thread
+    call = float((figures.get("cpu_s_timed_part") or {}).get("controller", 0.0)) \
+        - sum(threads.values())
+    parts = sorted([*threads.items(), ("deploy-call", call)], key=lambda kv: -kv[1])
     named = ", ".join(f"{_THREADS.get(_thread_kind(k), k)} {1000 * v / n:.1f}"
                       for k, v in parts if 1000 * v / n >= 0.05)
     return named or "statuses, births, desired states, metadata requests"
@@ -206,7 +211,8 @@ def _thread_kind(name: str) -> str:
 _THREADS = {"mqtt": "MQTT: receiving, sending, answering pulls",
             "device-records": "births and statuses",
             "rollouts": "rollout steps", "ingest": "telemetry", "broadcast": "broadcast",
-            "telemetry-upkeep": "upkeep"}
+            "telemetry-upkeep": "upkeep",
+            "deploy-call": "the deploy call (a signed desired state per device)"}
 
 
 def targets(figures: dict[str, Any], devices: int) -> list[dict[str, Any]]:

@@ -105,6 +105,74 @@ def test_every_status_goes_at_once_with_no_interval():
     assert sent == [b"a", b"b", b"c"]
 
 
+def test_a_job_is_paced_as_the_controller_asks_when_that_is_slower_than_the_device():
+    sent: list[bytes] = []
+    pacer = StatusPacer(lambda job, payload: sent.append(payload), interval_s=0.0)
+    pacer.send("j", b"downloading", final=False, at_least_s=30.0)  # a big wave's pace
+    pacer.send("j", b"verifying", final=False, at_least_s=30.0)
+    assert sent == []
+    pacer.send("j", b"healthy", final=True, at_least_s=30.0)  # an end is never held
+    assert sent == [b"healthy"]
+    pacer.send("k", b"downloading", final=False)  # another job, no pace asked: at once
+    assert sent == [b"healthy", b"downloading"]
+
+    sent.clear()
+    pacer = StatusPacer(lambda job, payload: sent.append(payload), interval_s=60.0)
+    pacer.send("j", b"downloading", final=False, at_least_s=0.01)  # the device's is longer
+    pacer.send("j", b"verifying", final=False, at_least_s=0.01)
+    assert sent == []
+    pacer.close()
+    assert sent == [b"verifying"]
+
+
+def test_the_pace_a_controller_asks_grows_with_the_wave_and_has_a_ceiling():
+    from edgefleet.controller._statuses import STEP_INTERVAL_MAX_S, step_status_interval
+
+    assert step_status_interval(1, 100.0) == 0.0  # a lone device keeps its own pace
+    assert step_status_interval(99, 100.0) == 0.0
+    assert step_status_interval(1000, 100.0) == 10.0  # 1,000 devices: 100 steps a second
+    assert step_status_interval(5000, 100.0) == 50.0
+    assert step_status_interval(10**7, 100.0) == STEP_INTERVAL_MAX_S  # still seen
+
+
+@pytest.mark.parametrize("rate", [100.0, 0.01])
+def test_a_wave_the_controller_paces_sends_its_ends_and_no_steps(controller, make_fleet,
+                                                                 monkeypatch, rate):
+    """Devices set to send every step at once (``status_interval_s=0``) send only their
+    end when the controller asks a slow pace for the wave (two devices at 0.01 steps a
+    second: 200 s), and every step when it asks none (two devices at 100 a second)."""
+    from _support import register_digits, wait_deployment, wait_devices_known
+
+    from edgefleet.contract import DesiredState, DeviceTopic
+
+    monkeypatch.setattr(controller, "settings",
+                        controller.settings.model_copy(update={"step_status_rate": rate}))
+    fleet = make_fleet(2, status_interval_s=0.0)
+    wait_devices_known(controller, fleet.ids)
+    sent: list[tuple[str, bytes]] = []
+    for agent in fleet.agents.values():
+        publish = agent.link.publish
+
+        def noting(suffix, payload, _publish=publish, **fields):
+            sent.append((suffix, payload))
+            return _publish(suffix, payload, **fields)
+
+        monkeypatch.setattr(agent.link, "publish", noting)
+    dep = wait_deployment(controller, controller.deploy(
+        "digits", register_digits(controller)["version"])["id"])
+    assert dep["state"] == "succeeded"
+    paced = 200.0 if rate < 1 else 0.0
+    for device in fleet.ids:
+        stored = DesiredState.from_dict(controller.store.get_desired(device)["payload"])
+        assert stored.status_interval_s == paced
+    states = [JobStatus.decode(p).state for s, p in sent if s == DeviceTopic.JOB_STATUS]
+    assert states.count("healthy") == 2
+    if paced:
+        assert states == ["healthy", "healthy"]
+    else:
+        assert {"downloading", "activated"} <= set(states)
+
+
 def test_a_birth_of_the_same_session_updates_the_device_without_sending_again(
         controller, make_fleet):
     from _support import register_digits, wait_deployment, wait_devices_known

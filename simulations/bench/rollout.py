@@ -67,7 +67,8 @@ def run(size: str = "full", progress: Callable[[str], None] | None = None
         target=f"<= {CONTROLLER_MS_PER_DEVICE:g} ms per device",
         passed=ctl_ms <= CONTROLLER_MS_PER_DEVICE, target_value=CONTROLLER_MS_PER_DEVICE,
         target_of="figure", target_op="<=", devices=devices,
-        why=f"controller CPU per device by thread: {_by_thread(f, devices)}",
+        why=f"controller CPU per device by thread: {_by_thread(f, devices)}; "
+            f"{int(f.get('job_statuses', 0)) / devices:.2f} job statuses read per device",
         baseline_is="each device's own CPU for the update, in the same rollout",
         by_thread_s=f.get("controller_cpu_by_thread_s", {})))
     waves = int((report.get("deployment") or {}).get("waves") or 1)
