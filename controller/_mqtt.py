@@ -23,6 +23,8 @@ from edgefleet.contract import CTL_STATE, EdgefleetError, TransportError, device
 from edgefleet.contract._sockets import no_delay
 from edgefleet.contract.topics import DeviceTopic, device_topic, parse_device_topic
 
+from ._mqtt_io import BatchingClient
+
 __all__ = ["ControllerLink"]
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,10 @@ class ControllerLink:
         self._stopping = False
         self.malformed = 0
         if share_group:  # MQTT 5 (shared subscriptions); the session is set at connect
-            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+            self._client = BatchingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                        protocol=mqtt.MQTTv5)
         else:
-            self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+            self._client = BatchingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                        clean_session=False, protocol=mqtt.MQTTv311)
         self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # float seconds
         self._client.max_inflight_messages_set(100)
