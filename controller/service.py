@@ -411,9 +411,10 @@ class FleetController:
             metadata=metadata if files[d.manifest] else {},
             root_version=root if files[d.manifest] else 0,
             status_interval_s=pacing)) for device, d in items]
-        self.store.set_desired_many([(device, d.to_dict()) for device, d in items])
-        for device, d in items:
-            self._post_desired(device, d)
+        plain = [(device, d.to_dict()) for device, d in items]  # stored and sent
+        self.store.set_desired_many(plain)
+        for device, p in plain:
+            self._post_payload(device, DesiredState.encode_plain(p))
 
     def _broadcast(self, manifest_path: str) -> list[str]:
         """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
@@ -452,8 +453,12 @@ class FleetController:
         self._post_desired(device, desired)
 
     def _post_desired(self, device: str, desired: DesiredState) -> None:
+        self._post_payload(device, desired.encode())
+
+    def _post_payload(self, device: str, payload: bytes) -> None:
+        """Sign and send a desired state's bytes, retained."""
         assert self.link is not None
-        self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(desired.encode()),
+        self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(payload),
                           retain=True)
 
     def send_command(self, device: str, action: str, *,

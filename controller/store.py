@@ -319,10 +319,13 @@ class Store:
 
     def devices_in(self, states: Iterable[str], devices_: list[str]) -> set[str]:
         """Which of ``devices_`` have a job in a deployment in one of ``states``."""
+        # the devices of every such deployment, matched here: an IN list of a whole
+        # fleet's ids costs more to build than the rows cost to read
         q = sa.select(jobs.c.device).join(deployments, deployments.c.id == jobs.c.deployment) \
-            .where(deployments.c.state.in_(list(states)), jobs.c.device.in_(devices_))
+            .where(deployments.c.state.in_(list(states)))
+        wanted = set(devices_)
         with self.engine.connect() as c:
-            return {r[0] for r in c.execute(q)}
+            return {r[0] for r in c.execute(q) if r[0] in wanted}
 
     def get_job(self, dep_id: str, device: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
@@ -454,17 +457,12 @@ class Store:
                  "payload": p, "updated_at": now} for device, p in items]
         if not rows:
             return
+        # every column is replaced: each device's row goes and comes back, two statements
+        # run for all rows (no IN list of the devices to find which rows exist)
         with self.engine.begin() as c:
-            have = {r[0] for r in c.execute(sa.select(desired.c.device).where(
-                desired.c.device.in_([r["device"] for r in rows])))}
-            update = desired.update().where(desired.c.device == sa.bindparam("key"))
-            old = [{"key": r["device"], **{k: v for k, v in r.items() if k != "device"}}
-                   for r in rows if r["device"] in have]
-            new = [r for r in rows if r["device"] not in have]
-            if old:
-                c.execute(update, old)
-            if new:
-                c.execute(desired.insert(), new)
+            c.execute(desired.delete().where(desired.c.device == sa.bindparam("key")),
+                      [{"key": r["device"]} for r in rows])
+            c.execute(desired.insert(), rows)
 
     def get_desired(self, device: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
