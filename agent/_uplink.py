@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import edgefleet
-from edgefleet.contract import Ack, Birth, DeviceTopic, ModelRef
+from edgefleet.contract import FEATURE_BATCH_SIGNED, Ack, Birth, DeviceTopic, ModelRef
 
 from ._mqtt import AgentLink
 from ._system import SystemMetrics
@@ -33,7 +33,8 @@ def birth(bd_seq: int, *, now: float, hw: dict[str, Any], serving: Runtime | Non
     return Birth(bd_seq=bd_seq, agent_version=edgefleet.__version__, ts=now,
                  hw={**hw, "providers": providers.to_dict() if providers is not None else {}},
                  runtimes=available_runtimes(), active=state["active"],
-                 last_good=state["last_good"], trust=dict(trust), api_url=api_url)
+                 last_good=state["last_good"], trust=dict(trust), api_url=api_url,
+                 features=[FEATURE_BATCH_SIGNED])
 
 
 class TelemetryUplink:

@@ -131,6 +131,7 @@ class CommandGuard:
             msg = cls.decode(payload)  # a root without command keys (older fleets)
         else:
             inner = envelope.inner()
+            signed = envelope.signed_bytes()  # the payload, or its batch's root
             good = set()
             known = False
             for entry in envelope.signatures:
@@ -140,7 +141,7 @@ class CommandGuard:
                     continue
                 known = True
                 try:
-                    key.verify_signature(Signature.from_dict(dict(entry)), inner)
+                    key.verify_signature(Signature.from_dict(dict(entry)), signed)
                 except (UnverifiedSignatureError, KeyError, ValueError, TypeError):
                     continue
                 good.add(key.keyid)  # a key counts once, however often it signed

@@ -49,7 +49,7 @@ from .messages import (
     ModelRef,
     Summary,
 )
-from .signed import COMMAND_KEYS_FIELD, Signed
+from .signed import COMMAND_KEYS_FIELD, FEATURE_BATCH_SIGNED, Signed, batch_leaves
 from .sketch import DDSketch
 from .topics import (
     BLOB_PREFIX,
@@ -69,6 +69,7 @@ __all__ = [
     "BLOB_PREFIX",
     "COMMAND_KEYS_FIELD",
     "CTL_STATE",
+    "FEATURE_BATCH_SIGNED",
     "MANIFEST_MAX_BYTES",
     "MAX_CHUNK_BYTES",
     "PREFIX",
@@ -121,4 +122,5 @@ __all__ = [
     "parse_device_topic",
     "sha256_file",
     "valid_sha256",
+    "batch_leaves",
 ]

@@ -242,13 +242,17 @@ class Birth(Message):
     # {"state": "ok"|"expired"|"untrusted"|"unknown", "reason", "checked_at"}: whether the
     # device can install anything new (it keeps serving its model either way)
     trust: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # message forms this agent takes beyond the first ones ("batch-signed": see
+    # ``signed``); the controller sends the first forms to a device that lists none
+    features: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         # a birth is stored and listed: what a device says of itself stays small
         if len(self.agent_version) > 64 or len(self.api_url) > 256:
             raise ValueError("agent_version: at most 64 characters, api_url 256")
-        if len(self.runtimes) > 32 or any(len(r) > 64 for r in self.runtimes):
-            raise ValueError("runtimes: at most 32, each at most 64 characters")
+        for name, items in (("runtimes", self.runtimes), ("features", self.features)):
+            if len(items) > 32 or any(len(r) > 64 for r in items):
+                raise ValueError(f"{name}: at most 32, each at most 64 characters")
         for name, value in (("hw", self.hw), ("trust", self.trust)):
             if len(json.dumps(value, default=str)) > _BIRTH_DICT_BYTES:
                 raise ValueError(f"{name}: at most {_BIRTH_DICT_BYTES} bytes as JSON")

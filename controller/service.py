@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract import (
+    FEATURE_BATCH_SIGNED,
     Birth,
     ChunkResponse,
     Clock,
@@ -277,6 +278,7 @@ class FleetController:
         hw = dict(birth.hw)
         tags = hw.pop("tags", {}) if isinstance(hw.get("tags"), dict) else {}
         hw["runtimes"] = list(birth.runtimes)  # a .tflite variant only where LiteRT runs
+        hw["features"] = list(birth.features)  # e.g. batch-signed desired states
         if birth.trust:
             hw["trust"] = dict(birth.trust)  # e.g. expired metadata: installs nothing new
         return dict(online=True, last_seen=time.time(), agent_version=birth.agent_version,
@@ -411,10 +413,19 @@ class FleetController:
             metadata=metadata if files[d.manifest] else {},
             root_version=root if files[d.manifest] else 0,
             status_interval_s=pacing)) for device, d in items]
-        plain = [(device, d.to_dict()) for device, d in items]  # stored and sent
+        plain = [(device, d.to_dict()) for device, d in items]  # stored, then sent
         self.store.set_desired_many(plain)
-        for device, p in plain:
-            self._post_payload(device, DesiredState.encode_plain(p))
+        sent = [(device, DesiredState.encode_plain(p)) for device, p in plain]
+        # one signature for the devices whose agents verify batch-signed states
+        hw = self.store.devices_hw([device for device, _ in sent]) if len(sent) > 1 else {}
+        batch = [(device, payload) for device, payload in sent
+                 if FEATURE_BATCH_SIGNED in ((hw.get(device) or {}).get("features") or ())]
+        envelopes = dict(zip([device for device, _ in batch],
+                             self.repo.sign_commands([payload for _, payload in batch]),
+                             strict=True))
+        for device, payload in sent:
+            self._publish_signed(device, envelopes.get(device)
+                                 or self.repo.sign_command(payload))
 
     def _broadcast(self, manifest_path: str) -> list[str]:
         """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
@@ -453,13 +464,12 @@ class FleetController:
         self._post_desired(device, desired)
 
     def _post_desired(self, device: str, desired: DesiredState) -> None:
-        self._post_payload(device, desired.encode())
+        self._publish_signed(device, self.repo.sign_command(desired.encode()))
 
-    def _post_payload(self, device: str, payload: bytes) -> None:
-        """Sign and send a desired state's bytes, retained."""
+    def _publish_signed(self, device: str, envelope: bytes) -> None:
+        """Send a device its signed desired state, retained."""
         assert self.link is not None
-        self.link.publish(device, DeviceTopic.DESIRED, self.repo.sign_command(payload),
-                          retain=True)
+        self.link.publish(device, DeviceTopic.DESIRED, envelope, retain=True)
 
     def send_command(self, device: str, action: str, *,
                      desired: DesiredState | None = None) -> Command:

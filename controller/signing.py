@@ -33,7 +33,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from edgefleet.contract import Clock, Manifest, NotFoundError, Signed, SystemClock
+from edgefleet.contract import Clock, Manifest, NotFoundError, Signed, SystemClock, batch_leaves
 from edgefleet.contract.bundle import model_target
 
 from ._files import DirectoryFiles, FileStore
@@ -176,6 +176,19 @@ class TrustRepository:
         sigs = [s.sign(payload) for s in signers]
         return Signed(payload=base64.b64encode(payload).decode(),
                       signatures=[{"keyid": g.keyid, "sig": g.signature} for g in sigs]).encode()
+
+    def sign_commands(self, payloads: list[bytes]) -> list[bytes]:
+        """``sign_command`` for many payloads with one signature per key: batch-signed
+        envelopes (``contract.signed``), for devices that take them."""
+        if len(payloads) < 2:
+            return [self.sign_command(p) for p in payloads]
+        message, paths = batch_leaves(payloads)
+        with self._lock:
+            signers = list(self._signers["command"])
+        sigs = [{"keyid": g.keyid, "sig": g.signature} for g in (s.sign(message) for s in signers)]
+        return [Signed(payload=base64.b64encode(p).decode(), signatures=sigs, batch_index=i,
+                       batch_path=path).encode()
+                for i, (p, path) in enumerate(zip(payloads, paths, strict=True))]
 
     def add_targets(self, files: dict[str, bytes],
                     custom: dict[str, dict[str, Any]] | None = None) -> dict[str, TargetFile]:

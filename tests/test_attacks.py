@@ -15,6 +15,7 @@ Attacks on broadcast blocks are in ``test_broadcast.py``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import time
@@ -31,6 +32,7 @@ from edgefleet.contract import (
     Command,
     DeviceTopic,
     Manifest,
+    Signed,
     TargetTrust,
     TensorSpec,
     bundle_paths,
@@ -396,7 +398,8 @@ def _deploy_command(controller, device: str, version: int, **fields) -> Command:
 
 
 @pytest.mark.parametrize("attack", ["replayed", "replayed_after_restart", "expired", "unsigned",
-                                    "forged", "for_another_device"])
+                                    "forged", "for_another_device", "batch_for_another_device",
+                                    "batch_payload_swapped", "batch_leaf_moved"])
 def test_replayed_forged_or_expired_control_command_is_refused(controller, serving, evalset,
                                                                attack, mosquitto, tmp_path):
     fleet, agent, v2 = serving
@@ -405,7 +408,10 @@ def test_replayed_forged_or_expired_control_command_is_refused(controller, servi
     topic = device_topic(device, DeviceTopic.CMD)
     reason = {"replayed": "replayed_command", "replayed_after_restart": "replayed_command",
               "expired": "expired_command", "unsigned": "unsigned_command",
-              "forged": "unknown_command_key", "for_another_device": "wrong_device"}[attack]
+              "forged": "unknown_command_key", "for_another_device": "wrong_device",
+              "batch_for_another_device": "wrong_device",
+              "batch_payload_swapped": "untrusted_signature",
+              "batch_leaf_moved": "untrusted_signature"}[attack]
     if attack.startswith("replayed"):
         # a genuine command, seen once and acted on ("rebirth" changes nothing)
         captured = controller.repo.sign_command(
@@ -427,6 +433,20 @@ def test_replayed_forged_or_expired_control_command_is_refused(controller, servi
         init_keys(tmp_path / "rogue-keys")
         rogue = TrustRepository(tmp_path / "rogue", tmp_path / "rogue-keys")
         payload = rogue.sign_command(_deploy_command(controller, device, v2["version"]).encode())
+    elif attack.startswith("batch"):
+        # a genuine batch (one signature over several devices' commands), then: another
+        # device's envelope replayed here; this device's envelope with another payload in
+        # it (the leaf no longer hashes to the signed root); or moved to another leaf
+        batch = [_deploy_command(controller, d, v2["version"]).encode()
+                 for d in ("someone-else", device, "a-third")]
+        envelopes = [Signed.decode(e) for e in controller.repo.sign_commands(batch)]
+        assert all(e.batch_path for e in envelopes)
+        forged = {"batch_for_another_device": envelopes[0],
+                  "batch_payload_swapped": dataclasses.replace(
+                      envelopes[1], payload=base64.b64encode(_deploy_command(
+                          controller, device, v2["version"]).encode()).decode()),
+                  "batch_leaf_moved": dataclasses.replace(envelopes[1], batch_index=0)}[attack]
+        payload = forged.encode()
     else:
         payload = controller.repo.sign_command(
             _deploy_command(controller, "someone-else", v2["version"]).encode())

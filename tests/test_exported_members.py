@@ -19,7 +19,8 @@ PUBLIC = {
         "RegistryError", "RollbackError", "SignatureError", "Signed", "SmokeTestError", "Summary",
         "SystemClock", "TargetTrust", "TensorSpec", "TransportError", "TrustError", "bundle_paths",
         "device_topic", "device_wildcard", "parse_device_topic", "sha256_file",
-        "BLOB_PREFIX", "blob_filter", "blob_topic", "parse_blob_topic", "valid_sha256"},
+        "BLOB_PREFIX", "blob_filter", "blob_topic", "parse_blob_topic", "valid_sha256",
+        "FEATURE_BATCH_SIGNED", "batch_leaves"},
     "edgefleet.agent": {
         "Agent", "AgentConfig", "BundleUpdater", "ChunkFetcher", "ChunkSource",
         "HttpFetcher", "InferenceServer", "InstalledModel", "JobSlots", "ModelStore",
