@@ -12,15 +12,15 @@ the ids they have seen until they expire.
 
 **Batches.** A wave sends a desired state to each of its devices, each payload its own
 (it names its device). Signing them one by one was the largest part of a deploy's CPU.
-``batch`` signs many payloads at once: each payload's hash is a leaf of a Merkle tree
-(leaves ``sha256(0x00 | payload)``, nodes ``sha256(0x01 | left | right)``, padded to a
-power of two with ``sha256(0x02)``), and the signatures are over ``BATCH_DOMAIN`` and
-the root's hex. Each envelope carries its payload, its leaf's index and the sibling
-hashes up to the root (``batch_path``, ~log2(n) of them), so the device recomputes the
-root from the payload it got and checks the signatures over that: a payload changed, or
-moved to another leaf, gives another root. Devices say in their birth that they take
-such envelopes (``FEATURE_BATCH_SIGNED`` in ``Birth.features``); the controller signs
-one by one for those that do not.
+A batch is signed once (``batch_leaves`` says what to sign): each payload's hash is a
+leaf of a Merkle tree (leaves ``sha256(0x00 | payload)``, nodes ``sha256(0x01 | left |
+right)``, padded to a power of two with ``sha256(0x02)``), and the signatures are over
+``BATCH_DOMAIN`` and the root's hex. Each envelope carries its payload, its leaf's
+index and the sibling hashes up to the root (``batch_path``, ~log2(n) of them), so the
+device recomputes the root from the payload it got and checks the signatures over that:
+a payload changed, or moved to another leaf, gives another root. Devices say in their
+birth that they take such envelopes (``FEATURE_BATCH_SIGNED`` in ``Birth.features``);
+the controller signs one by one for those that do not.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def _node(left: bytes, right: bytes) -> bytes:
 
 
 def batch_leaves(payloads: list[bytes]) -> tuple[bytes, list[list[str]]]:
-    """Sign ``payloads`` together: the bytes to sign, and each payload's ``batch_path``
-    (its index is its position in ``payloads``). One payload is signed itself: an
-    envelope without a path is one whose signatures are over its payload."""
+    """What signing ``payloads`` together takes: the bytes the keys sign, and each
+    payload's ``batch_path`` (its ``batch_index`` is its position in ``payloads``).
+    One payload is signed itself: an envelope without a path is one whose signatures
+    are over its payload."""
     if len(payloads) < 2:
         raise ValueError(f"a batch needs at least two payloads, got {len(payloads)}")
     level = [_leaf(p) for p in payloads]
