@@ -128,7 +128,7 @@ class JobHost(Protocol):
                      sample: float) -> None: ...
     def stop_shadow(self) -> None: ...
     def announce(self) -> None: ...
-    def birth(self, *, whole: bool = True) -> Birth: ...
+    def birth(self) -> Birth: ...
 
 
 class JobRunner:
@@ -228,16 +228,14 @@ class JobRunner:
     def report(self, desired: DesiredState, state: str, *, reason: str = "", detail: str = "",
                progress: dict[str, Any] | None = None) -> None:
         # from the switch on, and at the end, the status says what the device now runs
-        # (and its trust, when that changed), when the controller reads that there (one
-        # message, not two); the hardware is what the session's own birth said
+        # and trusts, when the controller reads that there (one message, not two)
         carry = desired.births_in_status and (state == JobState.ACTIVATED
                                               or state in JobState.TERMINAL)
         payload = JobStatus(job=desired.job, deployment=desired.deployment, state=state,
                             ts=self.host.clock.time(), model=desired.model,
                             version=desired.version,
                             reason=reason, detail=detail[:500], progress=progress or {},
-                            birth=self.host.birth(whole=self.announce_due) if carry
-                            else None).encode()
+                            birth=self.host.birth() if carry else None).encode()
         if carry:
             self.announce_due = False
         self._last_status[desired.job] = payload

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import edgefleet
 from edgefleet.contract import (
     Birth,
     Clock,
@@ -429,18 +428,10 @@ class Agent:
                      serving=active.runtime if active else None, state=self.store.read_state(),
                      trust=self.jobs.trust, api_url=self.server.url if self.server else "")
 
-    def birth(self, *, whole: bool = True) -> Birth:
+    def birth(self) -> Birth:
         """This session's birth as things stand (carried in job statuses, see
-        ``DesiredState.births_in_status``); not ``whole``: only its models and endpoint,
-        what changes within a session but for trust (``hw``, ``runtimes``, ``features``
-        and ``trust`` left empty: the session's birth said them)."""
-        if whole:
-            return self._birth_of(self.link.bd_seq)
-        state = self.store.read_state()
-        return Birth(bd_seq=self.link.bd_seq, agent_version=edgefleet.__version__,
-                     ts=self.clock.time(), active=state["active"],
-                     last_good=state["last_good"],
-                     api_url=self.server.url if self.server else "")
+        ``DesiredState.births_in_status``)."""
+        return self._birth_of(self.link.bd_seq)
 
     def announce(self) -> None:
         """Publish a fresh birth (state changed: model, trust)."""

@@ -290,15 +290,9 @@ class FleetController:
                           conn: sa.Connection | None = None) -> bool:
         """Store a birth of the device's current session (a model it activated, its
         trust); False when it is a new session. Such a device holds its desired state
-        and reports its job itself; only a new session may have missed something.
-
-        A birth without ``hw`` (carried in a job status, ``Agent.birth(whole=False)``)
-        changes only the models and the endpoint: the rest is the session's birth's."""
-        values = self._birth_values(birth)
-        if not birth.hw:
-            values = {k: values[k] for k in ("online", "last_seen", "agent_version",
-                                             "api_url", "active", "last_good")}
-        if not self.store.update_session(device, birth.bd_seq, conn=conn, **values):
+        and reports its job itself; only a new session may have missed something."""
+        if not self.store.update_session(device, birth.bd_seq, conn=conn,
+                                         **self._birth_values(birth)):
             return False
         self.counters["births_announced"] += 1
         return True

@@ -4,7 +4,6 @@ that only announces a change does not send the desired state again."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import pytest
@@ -174,29 +173,6 @@ def test_a_wave_the_controller_paces_sends_its_ends_and_no_steps(controller, mak
         assert {"downloading", "activated"} <= set(states)
 
 
-def test_a_whole_birth_in_a_status_updates_the_hardware_a_slim_one_leaves_it(controller,
-                                                                              make_fleet):
-    """A job that saw its trust change carries the whole birth (``whole=True``): the
-    controller stores its ``hw`` and trust; the usual one carries only the models."""
-    from _support import wait_devices_known
-
-    fleet = make_fleet(1)
-    wait_devices_known(controller, fleet.ids)
-    (agent,) = fleet.agents.values()
-    device = agent.config.device_id
-    before = controller.store.get_device(device)["hw"]
-    whole = agent.birth(whole=True)
-    whole = dataclasses.replace(whole, trust={**whole.trust, "state": "expired"})
-    slim = agent.birth(whole=False)
-    assert slim.hw == {} and slim.trust == {}
-    with controller.store.transaction() as conn:
-        assert controller._birth_of_session(device, slim, conn)
-    assert controller.store.get_device(device)["hw"] == before
-    with controller.store.transaction() as conn:
-        assert controller._birth_of_session(device, whole, conn)
-    assert controller.store.get_device(device)["hw"]["trust"]["state"] == "expired"
-
-
 def test_a_birth_of_the_same_session_updates_the_device_without_sending_again(
         controller, make_fleet):
     from _support import register_digits, wait_deployment, wait_devices_known
@@ -232,6 +208,8 @@ def test_an_update_says_what_the_device_runs_in_its_statuses_when_the_controller
     """A controller that sets ``births_in_status`` learns the device's new models from the
     job's statuses and gets no birth of its own; one that does not (an older controller,
     played here by clearing the flag as the device receives it) gets the birth as before."""
+    import dataclasses
+
     from _support import register_digits, wait_deployment, wait_devices_known
 
     from edgefleet.contract import DeviceTopic, JobStatus
@@ -265,15 +243,9 @@ def test_an_update_says_what_the_device_runs_in_its_statuses_when_the_controller
         carried = statuses[-1].birth
         assert carried is not None and carried.bd_seq == agent.link.bd_seq
         assert carried.active is not None and carried.active.version == v
-        # the hardware is the session's birth's: not sent again, and kept as it was
-        assert carried.hw == {} and carried.runtimes == [] and carried.trust == {}
     else:
         assert len(births) == 1 and all(s.birth is None for s in statuses)
-    stored = controller.store.get_device(device)
-    assert stored["active"]["version"] == v
-    assert stored["hw"]["class"] == agent.hardware_class
-    assert stored["hw"]["runtimes"] and stored["hw"]["features"] == ["batch-signed"]
-    assert stored["hw"]["trust"]["state"] == "ok"
+    assert controller.store.get_device(device)["active"]["version"] == v
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
