@@ -147,7 +147,7 @@ def test_a_post_without_the_csrf_token_or_from_another_origin_is_refused(world):
 def test_four_eyes_the_creator_is_not_offered_approve_and_a_second_operator_approves(world):
     dep_id = _pending_deployment(world, "operator-1")
     sent: list[str] = []  # (no broker here: what the first wave would publish)
-    world["ctl"]._post_desired = lambda device, _desired: sent.append(device)
+    world["ctl"]._publish_signed = lambda device, _envelope: sent.append(device)
     creator = client(world)
     csrf = sign_in(creator, world["tokens"]["operator"])
     page = creator.get(f"/ui/deployments/{dep_id}")
