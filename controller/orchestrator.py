@@ -130,8 +130,10 @@ class Orchestrator:
         not_on_job = [device for device in devices
                      if (current.get(device) or {}).get("job") != job]
         self.store.update_jobs(dep["id"], not_on_job, **fields)
-        self._publish([(device, dataclasses.replace(desired, manifest=manifests[device]))
-                       for device in devices])
+        # one state per bundle, shared by its devices (the device is filled in as sent)
+        per_bundle = {m: dataclasses.replace(desired, manifest=m)
+                      for m in set(manifests.values())}
+        self._publish([(device, per_bundle[manifests[device]]) for device in devices])
 
     def _revert(self, dep: dict[str, Any], devices: list[str], policy: RolloutPolicy,
                 actor: str, reason: str, final: str) -> None:
@@ -200,7 +202,8 @@ class Orchestrator:
 
     def _running(self) -> dict[str, dict[str, Any]]:
         """What each known device runs now (its active model; empty when none)."""
-        return {device["id"]: device.get("active") or {} for device in self.store.list_devices()}
+        return {device["id"]: device.get("active") or {}
+                for device in self.store.list_devices(("id", "active"))}
 
     def _jobs_by_device(self, dep: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {row["device"]: row for row in self._jobs(dep)}

@@ -408,12 +408,19 @@ class FleetController:
         metadata = self._broadcast_metadata() if any(files.values()) else {}
         root = self.repo.root_version if metadata else 0
         pacing = step_status_interval(len(items), self.settings.step_status_rate)
-        items = [(device, dataclasses.replace(
-            d, device=device, broadcast=files[d.manifest],
-            metadata=metadata if files[d.manifest] else {},
-            root_version=root if files[d.manifest] else 0,
-            status_interval_s=pacing)) for device, d in items]
-        plain = [(device, d.to_dict()) for device, d in items]  # stored, then sent
+        # a state shared by many devices (a wave's, one per bundle) is completed, checked
+        # and made a dict once; each device's is that dict with its id
+        shared: dict[int, dict[str, Any]] = {}
+        plain = []  # stored, then sent
+        for device, d in items:
+            base = shared.get(id(d))
+            if base is None:
+                base = shared[id(d)] = dataclasses.replace(
+                    d, broadcast=files[d.manifest],
+                    metadata=metadata if files[d.manifest] else {},
+                    root_version=root if files[d.manifest] else 0,
+                    status_interval_s=pacing).to_dict()
+            plain.append((device, {**base, "device": device}))
         self.store.set_desired_many(plain)
         sent = [(device, DesiredState.encode_plain(p)) for device, p in plain]
         # one signature for the devices whose agents verify batch-signed states
@@ -526,7 +533,7 @@ class FleetController:
         for d in devices or []:
             if not valid_device_id(d):
                 raise InvalidRequest(f"invalid device id {d!r}")
-        known = self.store.list_devices()
+        known = self.store.list_devices(("id", "tags"))
         targets = select_devices(known, ids=devices, selector=selector)
         if not targets:
             raise InvalidRequest("no device matches this deployment's target")
