@@ -75,7 +75,7 @@ class AlertMonitor:
         return Facts(
             drift=tel.drift_windows(now - s.alert_drift_window_s),
             latency_now=latency_now, latency_base=latency_base,
-            devices=self.store.list_devices(),
+            devices=self.store.list_devices(("id", "online", "last_seen", "tags")),
             buffers=tel.latest_buffers(),
             rollbacks=self.store.alerts.rollbacks(now - s.alert_rollback_window_s))
 
