@@ -41,6 +41,11 @@ class _Blob:
         self.verified = False
         self.bad = False
 
+    @property
+    def whole(self) -> bool:
+        """Every byte is here (not yet hashed) and nothing marked it bad."""
+        return not self.bad and self.total is not None and self.have == self.total
+
 
 class BlobCache:
     """Broadcast files being gathered for the current job.
@@ -180,15 +185,14 @@ class BlobCache:
         is not all here)."""
         with self._cond:
             blob = self._blobs.get(sha)
-            complete = blob is not None and not blob.bad and blob.have == blob.total
-            return blob.path if complete and blob is not None else None
+            return blob.path if blob is not None and blob.whole else None
 
     def claim(self, sha: str, dest: Path) -> bool:
         """Move a complete file out of the cache to ``dest`` (the caller verified it);
         ``False`` when it is not complete here (forgotten or dropped meanwhile)."""
         with self._cond:
             blob = self._blobs.get(sha)
-            if blob is None or blob.bad or blob.total is None or blob.have != blob.total:
+            if blob is None or not blob.whole:
                 return False
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(blob.path, dest)  # a rename; a copy only across file systems
