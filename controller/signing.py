@@ -169,13 +169,15 @@ class TrustRepository:
         """The current root metadata, for provisioning devices."""
         return self.files.get(f"metadata/{self.root.signed.version}.root.json")
 
-    def sign_command(self, payload: bytes) -> bytes:
-        """Wrap a command or desired-state payload in a ``Signed`` envelope."""
+    def _command_signatures(self, message: bytes) -> list[dict[str, Any]]:
         with self._lock:
             signers = list(self._signers["command"])
-        sigs = [s.sign(payload) for s in signers]
+        return [{"keyid": g.keyid, "sig": g.signature} for g in (s.sign(message) for s in signers)]
+
+    def sign_command(self, payload: bytes) -> bytes:
+        """Wrap a command or desired-state payload in a ``Signed`` envelope."""
         return Signed(payload=base64.b64encode(payload).decode(),
-                      signatures=[{"keyid": g.keyid, "sig": g.signature} for g in sigs]).encode()
+                      signatures=self._command_signatures(payload)).encode()
 
     def sign_commands(self, payloads: list[bytes]) -> list[bytes]:
         """``sign_command`` for many payloads with one signature per key: batch-signed
@@ -183,9 +185,7 @@ class TrustRepository:
         if len(payloads) < 2:
             return [self.sign_command(p) for p in payloads]
         message, paths = batch_leaves(payloads)
-        with self._lock:
-            signers = list(self._signers["command"])
-        sigs = [{"keyid": g.keyid, "sig": g.signature} for g in (s.sign(message) for s in signers)]
+        sigs = self._command_signatures(message)
         return [Signed(payload=base64.b64encode(p).decode(), signatures=sigs, batch_index=i,
                        batch_path=path).encode()
                 for i, (p, path) in enumerate(zip(payloads, paths, strict=True))]

@@ -212,7 +212,7 @@ _THREADS = {"mqtt": "MQTT: receiving, sending, answering pulls",
             "device-records": "births and statuses",
             "rollouts": "rollout steps", "ingest": "telemetry", "broadcast": "broadcast",
             "telemetry-upkeep": "upkeep",
-            "deploy-call": "the deploy call (a signed desired state per device)"}
+            "deploy-call": "the deploy call (each device's desired state stored and sent)"}
 
 
 def targets(figures: dict[str, Any], devices: int) -> list[dict[str, Any]]:
