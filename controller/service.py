@@ -345,8 +345,6 @@ class FleetController:
             for i, (device, record) in enumerate(records):
                 if isinstance(record, JobStatus):
                     run.append((device, record))
-                    if record.birth is not None:  # of another session: that one sends its own
-                        self._birth_of_session(device, record.birth, conn)
                     continue
                 if run:
                     self._store_statuses(run, conn)
@@ -365,6 +363,13 @@ class FleetController:
 
     def _store_statuses(self, items: list[tuple[str, JobStatus]],
                         conn: sa.Connection | None = None) -> None:
+        # the births statuses carry, as births of the current session (one of another
+        # session is not taken: that session sends its own), in one statement
+        carried = [(device, st.birth.bd_seq, self._birth_values(st.birth))
+                   for device, st in items if st.birth is not None]
+        if carried:
+            stored = self.store.update_sessions(carried, conn=conn)
+            self.counters["births_announced"] += len(carried) if stored is None else stored
         # statuses arrive out of order (a broker's redelivery, two replicas at once, a
         # device republishing its last ones): a job that ended stays ended, and a step
         # never overwrites an end (each UPDATE says so, so it holds between replicas too)

@@ -225,18 +225,39 @@ class Store:
             with self.engine.begin() as c:
                 yield c
 
+    def _session_statement(self, columns: frozenset[str]) -> Any:
+        stmt = self._session_statements.get(columns)
+        if stmt is None:
+            stmt = self._session_statements[columns] = devices.update().where(
+                devices.c.id == sa.bindparam("_id"), devices.c.bd_seq == sa.bindparam("_bd")
+            ).values({k: sa.bindparam(k, type_=devices.c[k].type) for k in columns})
+        return stmt
+
     def update_session(self, device_id: str, bd_seq: int, *, conn: sa.Connection | None = None,
                        **values: Any) -> bool:
         """Update a device's record if ``bd_seq`` is its current session (a birth that
         announces a change, not a new connection); returns whether it was."""
-        key = frozenset(values)
-        stmt = self._session_statements.get(key)
-        if stmt is None:
-            stmt = self._session_statements[key] = devices.update().where(
-                devices.c.id == sa.bindparam("_id"), devices.c.bd_seq == sa.bindparam("_bd")
-            ).values({k: sa.bindparam(k, type_=devices.c[k].type) for k in values})
+        stmt = self._session_statement(frozenset(values))
         with self._in(conn) as c:
             return bool(c.execute(stmt, {"_id": device_id, "_bd": bd_seq, **values}).rowcount)
+
+    def update_sessions(self, updates: list[tuple[str, int, dict[str, Any]]], *,
+                        conn: sa.Connection | None = None) -> int | None:
+        """``update_session`` for many ``(device, bd_seq, values)``, in order: one
+        executemany per run of updates that set the same columns. Returns how many were
+        of the current session (``None`` where the driver cannot count an executemany)."""
+        runs: list[tuple[frozenset[str], list[dict[str, Any]]]] = []
+        for device_id, bd_seq, values in updates:
+            columns = frozenset(values)
+            if not runs or runs[-1][0] != columns:
+                runs.append((columns, []))
+            runs[-1][1].append({"_id": device_id, "_bd": bd_seq, **values})
+        done = 0
+        with self._in(conn) as c:
+            for columns, rows in runs:
+                done += c.execute(self._session_statement(columns), rows).rowcount
+            counted = c.dialect.supports_sane_multi_rowcount
+        return done if counted else None
 
     def mark_offline(self, device_id: str, bd_seq: int, *,
                      conn: sa.Connection | None = None) -> bool:

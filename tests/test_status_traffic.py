@@ -281,3 +281,31 @@ def test_a_batch_of_statuses_is_stored_at_once_and_the_stale_ones_named(backend,
     assert rows["dev-4"]["reason"] == "smoke"  # why it failed, kept on the row it left
     assert store.apply_statuses(healthy[:4], JOB_SETTLED) == healthy[:4]  # ended: no change
     store.engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_births_carried_by_a_batch_of_statuses_are_stored_in_order_for_their_session(
+        backend, tmp_path, request):
+    """Births that statuses carry are stored in one statement: in the order they came (a
+    device's later birth wins), and only for the device's current session."""
+    from edgefleet.controller import Store
+
+    url = f"sqlite:///{tmp_path / 'ctl.db'}" if backend == "sqlite" \
+        else request.getfixturevalue("pg_url")
+    store = Store(url)
+    for d in ("dev-0", "dev-1", "dev-2"):
+        store.upsert_device(d, bd_seq=7, online=True, agent_version="1", hw={}, tags={})
+
+    def values(version: int) -> dict:
+        return {"agent_version": "2", "active": {"name": "m", "version": version,
+                                                 "sha256": "0" * 64}}
+
+    done = store.update_sessions([("dev-0", 7, values(2)), ("dev-1", 7, values(2)),
+                                  ("dev-0", 7, values(3)),  # later: it wins
+                                  ("dev-2", 8, values(2))])  # another session: not taken
+    assert done in (3, None)  # None where the driver cannot count an executemany
+    got = {d: store.get_device(d) for d in ("dev-0", "dev-1", "dev-2")}
+    assert got["dev-0"]["active"]["version"] == 3
+    assert got["dev-1"]["active"]["version"] == 2 and got["dev-1"]["agent_version"] == "2"
+    assert got["dev-2"]["active"] is None and got["dev-2"]["agent_version"] == "1"
+    store.engine.dispose()
