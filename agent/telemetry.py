@@ -28,6 +28,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -129,6 +130,10 @@ class TelemetryBuffer:
         opened = get_meta(db, "window_start")
         self._open_start: float | None = float(opened) if opened else None
         self._summary_bytes = 1024.0  # running estimate of a summary's bytes on disk
+        # when the oldest unacked summary was last sent, as ``pending`` last found it
+        # (inf: none was unacked; None: not known since a summary came or sends reset),
+        # so a tick with nothing due costs no query
+        self._sent_floor: float | None = None
         self._warned_full = False
         self._next_warning = 0
         with self._lock:
@@ -352,6 +357,7 @@ class TelemetryBuffer:
         self._evict(self._plan(int(est), 0, 0.0))
         db.execute("INSERT INTO summaries(seq, window_end, payload) VALUES (?,?,?)",
                    (seq, start + self.window_s, payload))
+        self._sent_floor = None
         db.execute("DELETE FROM windows WHERE start = ?", (start,))
         set_meta(db, "next_seq", seq + 1)
         return seq
@@ -452,10 +458,18 @@ class TelemetryBuffer:
         so the controller can tell a gap that will never fill from one still coming.
         """
         with self._lock:
+            floor = self._sent_floor
+            if floor is not None and floor > now - resend_after_s:
+                return []  # nothing unsent, nothing sent long enough ago
             rows = self._db.execute(
                 "SELECT payload FROM summaries WHERE acked = 0 AND "
                 "(sent_at IS NULL OR sent_at <= ?) ORDER BY seq LIMIT ?",
                 (now - resend_after_s, limit)).fetchall()
+            if not rows:
+                (floor,) = self._db.execute(
+                    "SELECT MIN(sent_at) FROM summaries WHERE acked = 0").fetchone()
+                self._sent_floor = math.inf if floor is None else float(floor)
+                return []
             through = int(get_meta(self._db, "evicted_through_seq") or 0)
         out = []
         for (payload,) in rows:
@@ -474,6 +488,7 @@ class TelemetryBuffer:
         """After a reconnect: everything unacked is due again."""
         with self._lock:
             self._db.execute("UPDATE summaries SET sent_at = NULL WHERE acked = 0")
+            self._sent_floor = None
 
     def ack(self, seqs: list[int], *, keep_acked: int | None = None) -> int:
         """Mark summaries as stored by the controller; returns how many were newly acked.

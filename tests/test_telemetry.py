@@ -121,6 +121,35 @@ def test_buffer_survives_reopen_with_unacked_summaries(tmp_path):
         again.stop()
 
 
+def test_a_summary_is_due_when_it_closes_and_again_until_acked(tmp_path):
+    """What ``pending`` gives as a summary is closed, sent, left unacked, acked, and the
+    next one closes (a tick with nothing due reads nothing from the database)."""
+    buf = TelemetryBuffer(tmp_path / "t.db", window_s=60)
+    buf.start()
+    try:
+        buf.close_windows(6000.0)
+        buf.record(6000.0, "m", 1, 2.0, True, "7")
+        assert buf.pending(6010.0, resend_after_s=30, limit=10) == []  # none closed yet
+        buf.close_windows(6060.0)
+        (first,) = buf.pending(6060.0, resend_after_s=30, limit=10)  # at once
+        buf.mark_sent([first.seq], 6060.0)
+        assert buf.pending(6089.0, resend_after_s=30, limit=10) == []
+        assert buf.pending(6089.5, resend_after_s=30, limit=10) == []
+        assert [s.seq for s in buf.pending(6090.0, resend_after_s=30, limit=10)] == [1]
+        assert [s.seq for s in buf.pending(6070.0, resend_after_s=0, limit=10)] == [1]
+        buf.mark_sent([1], 6095.0)
+        assert buf.pending(6096.0, resend_after_s=30, limit=10) == []
+        buf.reset_sent()  # a new session: unacked summaries are due again at once
+        assert [s.seq for s in buf.pending(6096.0, resend_after_s=30, limit=10)] == [1]
+        assert buf.ack([1]) == 1
+        assert buf.pending(10_000.0, resend_after_s=0, limit=10) == []
+        buf.record(6121.0, "m", 1, 2.0, True, "7")
+        buf.close_windows(6180.0)
+        assert [s.seq for s in buf.pending(6180.0, resend_after_s=0, limit=10)] == [2]
+    finally:
+        buf.stop()
+
+
 def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     buf = TelemetryBuffer(tmp_path / "t.db", queue_max=10)  # writer not started
     results = [buf.record(float(i), "m", 1, 1.0, True, "1") for i in range(25)]
