@@ -96,6 +96,9 @@ class ModelStore:
         self.state_path = state_dir / "state.json"
         self.root.mkdir(parents=True, exist_ok=True)
         self._by_sha: dict[str, Path] | None = None  # file_with's index
+        # state.json as last read or written, with the file's identity then: an update
+        # reads it a dozen times, and a stat costs less than a read and a parse
+        self._state: tuple[tuple[int, int, int], dict[str, Any]] | None = None
         for leftover in self.root.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -104,10 +107,7 @@ class ModelStore:
 
     def read_state(self) -> dict[str, ModelRef | None]:
         """The active and last-known-good refs (``None`` when absent)."""
-        try:
-            raw = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"active": None, "last_good": None}
+        raw = self._read_raw()
         return {k: ModelRef(**raw[k]) if raw.get(k) else None for k in ("active", "last_good")}
 
     def get(self, ref: ModelRef) -> InstalledModel | None:
@@ -197,14 +197,11 @@ class ModelStore:
             return
         floors[name] = counter
         data["release_floor"] = floors
-        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+        self._write_raw(data)
 
     def read_trial(self) -> dict[str, Any] | None:
         """The health trial in progress (job, deployment, policy, attempts…), if any."""
-        try:
-            trial = json.loads(self.state_path.read_text()).get("trial")
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        trial = self._read_raw().get("trial")
         return trial if isinstance(trial, dict) else None
 
     def activate(self, ref: ModelRef, *, trial: dict[str, Any] | None = None) -> None:
@@ -245,18 +242,34 @@ class ModelStore:
         jobs = dict(data.get("jobs") or {})
         jobs[job] = {"state": state, "issued_at": issued_at}
         data["jobs"] = dict(list(jobs.items())[-keep:])
-        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+        self._write_raw(data)
 
     def finished_jobs(self) -> dict[str, dict[str, Any]]:
         jobs = self._read_raw().get("jobs")
         return dict(jobs) if isinstance(jobs, dict) else {}
 
     def _read_raw(self) -> dict[str, Any]:
+        """state.json's top level (a copy: change it, then ``_write_raw`` it)."""
         try:
-            data = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            st = os.stat(self.state_path)
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        kept = self._state
+        if kept is not None and kept[0] == key:
+            return dict(kept[1])
+        try:
+            data = json.loads(self.state_path.read_bytes())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        self._state = (key, data)
+        return dict(data)
+
+    def _write_raw(self, data: dict[str, Any]) -> None:
+        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+        self._state = None  # read again (once) with the new file's identity
 
     def file_with(self, sha256: str) -> Path | None:
         """An installed file (model or data file of any model here) whose manifest says
@@ -306,7 +319,7 @@ class ModelStore:
         data = self._read_raw()
         data.update(active=active.to_dict() if active else None,
                     last_good=last_good.to_dict() if last_good else None, trial=trial)
-        atomic_write(self.state_path, json.dumps(data, indent=2).encode())
+        self._write_raw(data)
 
     def prune(self, keep: set[ModelRef]) -> int:
         """Delete installed models not in ``keep``; returns how many were removed."""

@@ -123,6 +123,30 @@ def test_power_loss_during_install_leaves_previous_model_active(tmp_path, crash_
     assert not list((tmp_path / "models").glob(".staging-*"))
 
 
+def test_the_store_reads_state_json_again_when_the_file_changes(tmp_path):
+    """The store keeps state.json as it last read it; its own writes, and a file put
+    back from elsewhere (a restored backup), are what the next read gives."""
+    import hashlib
+
+    store = ModelStore(tmp_path)
+    blobs = {v: os.urandom(1024) for v in (1, 2)}
+    refs = {}
+    for v, data in blobs.items():
+        (tmp_path / f"src{v}.onnx").write_bytes(data)
+        m = _manifest(v, hashlib.sha256(data).hexdigest(), 1024)
+        refs[v] = store.install(m, m.encode(), tmp_path / f"src{v}.onnx").ref
+    store.activate(refs[1])
+    backup = store.state_path.read_bytes()
+    store.activate(refs[2])
+    store.record_job("job-2", "healthy", 1.0)
+    assert store.read_state() == {"active": refs[2], "last_good": refs[1]}
+    assert store.finished_jobs()["job-2"]["state"] == "healthy"
+    (tmp_path / "restored.json").write_bytes(backup)
+    os.replace(tmp_path / "restored.json", store.state_path)
+    assert store.read_state() == {"active": refs[1], "last_good": None}
+    assert store.finished_jobs() == {}
+
+
 @pytest.mark.parametrize("same_filesystem", [True, False])
 def test_an_install_of_the_agents_own_download_moves_it_in(tmp_path, monkeypatch,
                                                            same_filesystem):
