@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edgefleet.contract import ChunkResponse, Clock, blob_topic
+from edgefleet.contract import MAX_CHUNK_BYTES, ChunkResponse, Clock, blob_topic
 
 if TYPE_CHECKING:
     from .signing import TrustRepository
@@ -46,7 +46,7 @@ class Broadcaster:
     """
 
     def __init__(self, repo: TrustRepository, publish: Publish, clock: Clock, *,
-                 block_bytes: int = 64 * 1024, ttl_s: float = 3600.0) -> None:
+                 block_bytes: int = MAX_CHUNK_BYTES, ttl_s: float = 3600.0) -> None:
         self.repo = repo
         self._publish = publish
         self.clock = clock
