@@ -37,7 +37,7 @@ from edgefleet.contract import (
 from ._blobs import BlobCache
 from ._job_choices import Choice, Holdings, blobs_to_take, choose
 from ._mqtt import AgentLink
-from ._pacing import StatusPacer
+from ._pacing import Lazy, StatusPacer
 from ._smoke import smoke_test
 from .config import AgentConfig
 from .models import InstalledModel, ModelStore
@@ -147,7 +147,7 @@ class JobRunner:
         self.done: dict[str, str] = {job: v["state"] for job, v in finished.items()}
         self._newest = max((float(v.get("issued_at", 0)) for v in finished.values()),
                            default=0.0)
-        self._last_status: dict[str, bytes] = {}
+        self._last_status: dict[str, Lazy] = {}
         self.announce_due = False  # a change (trust) to say in a birth when the job ends
         self.pacer = StatusPacer(self._publish_status, host.config.status_interval_s)
         # whether trust metadata could last be refreshed; "expired" means the device keeps
@@ -165,7 +165,7 @@ class JobRunner:
                 return  # the command and the retained desired state both carry each job
             if self.done.get(desired.job) in JobState.TERMINAL:
                 # asked again (e.g. by a restarted controller): say again how it ended
-                payload = self._last_status.get(desired.job)
+                payload = self.last_status(desired.job)
                 if payload is not None:
                     self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=desired.job)
                 return
@@ -231,11 +231,15 @@ class JobRunner:
         # and trusts, when the controller reads that there (one message, not two)
         carry = desired.births_in_status and (state == JobState.ACTIVATED
                                               or state in JobState.TERMINAL)
-        payload = JobStatus(job=desired.job, deployment=desired.deployment, state=state,
-                            ts=self.host.clock.time(), model=desired.model,
-                            version=desired.version,
-                            reason=reason, detail=detail[:500], progress=progress or {},
-                            birth=self.host.birth() if carry else None).encode()
+        ts = self.host.clock.time()
+
+        def make() -> bytes:  # when it is sent: a step the next one replaces never is
+            return JobStatus(job=desired.job, deployment=desired.deployment, state=state,
+                             ts=ts, model=desired.model, version=desired.version,
+                             reason=reason, detail=detail[:500], progress=progress or {},
+                             birth=self.host.birth() if carry else None).encode()
+
+        payload = Lazy(make)
         if carry:
             self.announce_due = False
         self._last_status[desired.job] = payload
@@ -248,13 +252,18 @@ class JobRunner:
         self.pacer.send(desired.job, payload, final=state in JobState.TERMINAL,
                         at_least_s=desired.status_interval_s)
 
-    def _publish_status(self, job: str, payload: bytes) -> None:
-        self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
+    def _publish_status(self, job: str, payload: Lazy) -> None:
+        self.host.link.publish(DeviceTopic.JOB_STATUS, payload(), job=job)
+
+    def last_status(self, job: str) -> bytes | None:
+        """The latest status of a recent job, as sent (or as it would be)."""
+        payload = self._last_status.get(job)
+        return payload() if payload is not None else None
 
     def republish(self) -> None:
         """After a reconnect: the latest status of recent jobs, in case they were lost."""
         for job, payload in list(self._last_status.items())[-5:]:
-            self.host.link.publish(DeviceTopic.JOB_STATUS, payload, job=job)
+            self.host.link.publish(DeviceTopic.JOB_STATUS, payload(), job=job)
 
     def on_progress(self, file: str, done: int, total: int) -> None:
         job = self.current

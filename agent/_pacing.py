@@ -11,6 +11,9 @@ end. A controller sending a big wave asks for a longer pace in the desired state
 (``DesiredState.status_interval_s``): a thousand devices each a second apart would
 otherwise be a thousand statuses a second, for progress nobody reads device by device.
 
+A status is made when it is sent (``Lazy``), so a step that a newer one replaces
+before its time costs nothing but the closure: no message encoded, no birth read.
+
 The waits are kept by one thread for the whole process (``_Deadlines``), not one timer
 thread per waiting status: a host running thousands of agents (a simulated fleet)
 would otherwise start a thread for every job at once.
@@ -24,8 +27,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-__all__ = ["StatusPacer"]
+__all__ = ["Lazy", "StatusPacer"]
+
+P = TypeVar("P")
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +70,37 @@ class _Deadlines:
 _DEADLINES = _Deadlines()
 
 
-class StatusPacer:
+class Lazy:
+    """Bytes made by ``make`` the first time they are asked for, then kept."""
+
+    __slots__ = ("_make", "_made")
+
+    def __init__(self, make: Callable[[], bytes]) -> None:
+        self._make = make
+        self._made: bytes | None = None
+
+    def __call__(self) -> bytes:
+        if self._made is None:
+            self._made = self._make()
+        return self._made
+
+
+class StatusPacer(Generic[P]):
     """Sends job statuses through ``publish(job, payload)``: ends at once, steps at most
     one per ``interval_s`` per job, counting from its first (0: every status at once).
 
     A job may be paced more slowly than ``interval_s`` (``send``'s ``at_least_s``: what
     the controller asked for a big wave), never faster."""
 
-    def __init__(self, publish: Callable[[str, bytes], None], interval_s: float) -> None:
+    def __init__(self, publish: Callable[[str, P], None], interval_s: float) -> None:
         self._publish = publish
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._sent_at: dict[str, float] = {}  # the job's start, then its last status sent
-        self._waiting: dict[str, bytes] = {}
+        self._waiting: dict[str, P] = {}
         self._due_at: dict[str, float] = {}  # jobs whose held step has a deadline set
 
-    def send(self, job: str, payload: bytes, *, final: bool, at_least_s: float = 0.0) -> None:
+    def send(self, job: str, payload: P, *, final: bool, at_least_s: float = 0.0) -> None:
         """Send ``payload`` now (a ``final`` one, or a step whose time has come), or hold
         it as the job's latest step until then (``interval_s``, or ``at_least_s`` when
         that is longer)."""

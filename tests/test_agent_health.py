@@ -113,7 +113,7 @@ def test_a_crash_loop_inside_the_health_window_rolls_the_device_back(tmp_path, t
         assert agent.active == refs[0]  # back on the last known good model
         assert store.read_trial() is None
         assert agent.jobs.done["dep-x"] == "rolled_back"
-        status = json.loads(agent.jobs._last_status["dep-x"])
+        status = json.loads(agent.jobs.last_status("dep-x"))
         assert status["reason"] == "crashed_during_health_window"
     finally:
         agent.stop()
@@ -146,7 +146,7 @@ def test_a_crash_loop_whose_last_known_good_model_does_not_load_keeps_serving_th
         state = store.read_state()
         assert state["active"] == installed[1].ref and store.read_trial() is None
         assert agent.jobs.done["dep-y"] == "failed"
-        status = json.loads(agent.jobs._last_status["dep-y"])
+        status = json.loads(agent.jobs.last_status("dep-y"))
         assert status["reason"] == "crashed_during_health_window"
         assert "no last known good model that loads" in status["detail"]
     finally:
@@ -221,7 +221,7 @@ def test_an_unhealthy_first_model_with_nothing_to_go_back_to_fails_once(tmp_path
     agent._check_trial(agent.clock.time())
 
     assert agent.jobs.done["dep-a"] == "failed"
-    assert json.loads(agent.jobs._last_status["dep-a"])["reason"] == "error_rate"
+    assert json.loads(agent.jobs.last_status("dep-a"))["reason"] == "error_rate"
     assert agent._trial is None and agent.store.read_trial() is None
     assert agent.active.version == 1  # still serving: there is nothing else
 

@@ -306,7 +306,7 @@ def test_metadata_named_wrongly_in_a_desired_state_is_pulled_instead(controller,
     controller.send_command(device, "deploy", desired=desired)
     wait_until(lambda: agent.jobs.done.get(job) in JobState.TERMINAL, 60)
     assert agent.jobs.done[job] == JobState.HEALTHY, JobStatus.decode(
-        agent.jobs._last_status[job])
+        agent.jobs.last_status(job))
     assert agent.active.version == v
     assert agent.fetcher.named == {}  # the job's names were dropped with it
 

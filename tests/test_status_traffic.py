@@ -97,6 +97,27 @@ def test_a_step_still_waiting_goes_out_when_the_agent_stops():
     assert sent == [b"activated"]  # the latest step
 
 
+def test_a_step_replaced_before_its_time_is_never_made():
+    """A status is made (encoded, the birth it carries read) only when it is sent: the
+    steps a job's end replaces cost nothing."""
+    from edgefleet.agent._pacing import Lazy
+
+    made: list[str] = []
+
+    def status(state: str) -> Lazy:
+        return Lazy(lambda: made.append(state) or state.encode())
+
+    sent: list[bytes] = []
+    pacer = StatusPacer(lambda job, payload: sent.append(payload()), interval_s=60.0)
+    end = status("healthy")
+    for step in ("downloading", "verifying", "activated"):
+        pacer.send("j", status(step), final=False)
+    pacer.send("j", end, final=True)
+    pacer.close()
+    assert sent == [b"healthy"] and made == ["healthy"]
+    assert end() == b"healthy" and made == ["healthy"]  # made once, then kept
+
+
 def test_every_status_goes_at_once_with_no_interval():
     sent: list[bytes] = []
     pacer = StatusPacer(lambda job, payload: sent.append(payload), interval_s=0.0)

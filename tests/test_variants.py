@@ -61,6 +61,6 @@ def test_a_mixed_fleet_gets_its_class_variant_and_refuses_another_class(controll
         deployment="dep-forged", job=job, model="digits", version=v2["version"],
         manifest=offered, issued_at=time.time()))])
     wait_until(lambda: victim.jobs.done.get(job) == "failed", 20)
-    assert JobStatus.decode(victim.jobs._last_status[job]).reason == "wrong_hardware"
+    assert JobStatus.decode(victim.jobs.last_status(job)).reason == "wrong_hardware"
     assert victim.active.version == base["version"]
     assert victim._active.installed.manifest.runtime == "onnxruntime"
