@@ -486,9 +486,11 @@ def run_simulation(scenario: Scenario, devices: int | None = None, *, shards: in
                 break
             next_t = min([row["t"] + scenario.sample_s] + [a.t for a in actions[:1]])
             time.sleep(max(0.0, next_t - run.now()))
+        # the timed part's CPU ends here: waiting for the acks of summaries closed just
+        # now polls every device's telemetry store, work of the simulation, not theirs
+        cpu_after, threads_after = run.cpu_seconds(), controller_threads_cpu()
         with contextlib.suppress(TimeoutError):  # let summaries closed just now be acked
             run.wait(run.telemetry_delivered, 2 * scenario.tick_s + 3.0, "acks")
-        cpu_after, threads_after = run.cpu_seconds(), controller_threads_cpu()
         final = run.status_all(target=run.target, telemetry=True, detail=True)
         final["cpu_s"] = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 3) for k in cpu_after}
         final["controller_threads_cpu_s"] = {
