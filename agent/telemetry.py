@@ -507,6 +507,14 @@ class TelemetryBuffer:
             self._enforce()
             return newly
 
+    def delivered(self) -> tuple[int, int]:
+        """Summaries made so far, and acked (of ``stats``, two queries: for a poll)."""
+        with self._lock:
+            (unacked,) = self._db.execute(
+                "SELECT COUNT(*) FROM summaries WHERE acked = 0").fetchone()
+            total = int(get_meta(self._db, "next_seq") or 1) - 1
+        return total, total - unacked - self.counters["evicted_summaries"]
+
     def stats(self) -> dict[str, Any]:
         """Figures for ``agent status``: size, rows, oldest unsent summary, losses."""
         with self._lock:
@@ -514,7 +522,7 @@ class TelemetryBuffer:
             stored, unacked, oldest = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(acked = 0), 0), MIN(CASE WHEN acked = 0 "
                 "THEN window_end END) FROM summaries").fetchone()
-            total = int(get_meta(db, "next_seq") or 1) - 1
+            total, acked = self.delivered()
             oldest_raw = db.execute("SELECT ts FROM inferences ORDER BY id LIMIT 1").fetchone()
             used = self._used_bytes()
         lost = self.counters["evicted_summaries"]
@@ -522,7 +530,7 @@ class TelemetryBuffer:
                 "used_bytes": used, "raw_rows": self._raw_rows,
                 "oldest_raw_ts": oldest_raw[0] if oldest_raw else None,
                 "summaries": total, "summaries_stored": stored, "summaries_unacked": unacked,
-                "summaries_acked": total - unacked - lost, "oldest_unacked_window_end": oldest,
+                "summaries_acked": acked, "oldest_unacked_window_end": oldest,
                 "open_windows": len(self._windows), "dropped": self.dropped,
                 "evicted_raw": self.counters["evicted_raw"], "evicted_summaries": lost,
                 "queued": len(self._queue), "stream": self.stream,

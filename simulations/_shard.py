@@ -380,9 +380,9 @@ class Shard:
         if telemetry:
             produced = acked = 0
             for _, a in agents:
-                stats = a.buffer.stats()
-                produced += stats["summaries"]
-                acked += stats["summaries_acked"]
+                made, delivered = a.buffer.delivered()
+                produced += made
+                acked += delivered
             out["summaries_produced"], out["summaries_acked"] = produced, acked
         if detail:
             for device_id, snap in snaps.items():

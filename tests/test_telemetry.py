@@ -141,7 +141,10 @@ def test_a_summary_is_due_when_it_closes_and_again_until_acked(tmp_path):
         assert buf.pending(6096.0, resend_after_s=30, limit=10) == []
         buf.reset_sent()  # a new session: unacked summaries are due again at once
         assert [s.seq for s in buf.pending(6096.0, resend_after_s=30, limit=10)] == [1]
+        assert buf.delivered() == (1, 0)  # made, acked
         assert buf.ack([1]) == 1
+        stats = buf.stats()
+        assert buf.delivered() == (stats["summaries"], stats["summaries_acked"]) == (1, 1)
         assert buf.pending(10_000.0, resend_after_s=0, limit=10) == []
         buf.record(6121.0, "m", 1, 2.0, True, "7")
         buf.close_windows(6180.0)
