@@ -312,7 +312,10 @@ class Agent:
             trial = None
             if policy.window_s > 0:
                 trial = {"desired": desired.to_dict(), "attempts": 0, "baseline_p95": baseline}
-            self.store.activate(installed.ref, trial=trial)
+            # no health window: healthy now, and its release counter the floor (one write)
+            trust = None if trial else self.store.trust_of(installed)
+            self.store.activate(installed.ref, trial=trial,
+                                floor=trust.release_counter if trust is not None else None)
             self._previous, self._active = self._active, _Loaded(installed, runtime)
             self._recent.clear()
             if self._shadow.ref == installed.ref:
@@ -320,7 +323,6 @@ class Agent:
             self._trial = _Trial(desired, policy, self.clock.time(), baseline) if trial else None
         self.jobs.report(desired, JobState.ACTIVATED)
         if trial is None:
-            self._raise_floor(installed)
             self.jobs.report(desired, JobState.HEALTHY)
         if not desired.births_in_status:  # else the statuses carried it
             self.announce()

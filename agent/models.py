@@ -192,28 +192,39 @@ class ModelStore:
     def raise_floor(self, name: str, counter: int) -> None:
         """Remember that ``name`` ran healthy at ``counter``; lower ones are refused from now on."""
         data = self._read_raw()
+        if self._raised(data, name, counter):
+            self._write_raw(data)
+
+    @staticmethod
+    def _raised(data: dict[str, Any], name: str, counter: int) -> bool:
+        """Raise ``name``'s floor in ``data`` (state.json's content) to ``counter``;
+        whether it rose."""
         floors = dict(data.get("release_floor") or {})
         if counter <= int(floors.get(name, 0)):
-            return
+            return False
         floors[name] = counter
         data["release_floor"] = floors
-        self._write_raw(data)
+        return True
 
     def read_trial(self) -> dict[str, Any] | None:
         """The health trial in progress (job, deployment, policy, attempts…), if any."""
         trial = self._read_raw().get("trial")
         return trial if isinstance(trial, dict) else None
 
-    def activate(self, ref: ModelRef, *, trial: dict[str, Any] | None = None) -> None:
+    def activate(self, ref: ModelRef, *, trial: dict[str, Any] | None = None,
+                 floor: int | None = None) -> None:
         """Make ``ref`` active; the previously active model becomes last known good.
 
         Args:
             trial: what to remember while the health window runs (cleared by ``commit``).
+            floor: with no health window, the release counter ``ref`` runs healthy at:
+                its name's floor is raised in the same write (``raise_floor``).
         """
         state = self.read_state()
         previous = state["active"]
         last_good = previous if previous is not None and previous != ref else state["last_good"]
-        self._write(active=ref, last_good=last_good, trial=trial)
+        self._write(active=ref, last_good=last_good, trial=trial,
+                    floor=(ref.name, floor) if floor is not None else None)
 
     def update_trial(self, trial: dict[str, Any] | None) -> None:
         state = self.read_state()
@@ -315,10 +326,13 @@ class ModelStore:
         return None
 
     def _write(self, *, active: ModelRef | None, last_good: ModelRef | None,
-               trial: dict[str, Any] | None = None) -> None:
+               trial: dict[str, Any] | None = None,
+               floor: tuple[str, int] | None = None) -> None:
         data = self._read_raw()
         data.update(active=active.to_dict() if active else None,
                     last_good=last_good.to_dict() if last_good else None, trial=trial)
+        if floor is not None:
+            self._raised(data, *floor)
         self._write_raw(data)
 
     def prune(self, keep: set[ModelRef]) -> int:

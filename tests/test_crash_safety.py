@@ -147,6 +147,32 @@ def test_the_store_reads_state_json_again_when_the_file_changes(tmp_path):
     assert store.finished_jobs() == {}
 
 
+def test_an_activation_without_health_window_raises_the_release_floor_in_its_write(
+        tmp_path, monkeypatch):
+    """Healthy at once (no health window): the switch and the floor are one write, so a
+    power cut cannot leave one without the other; a floor never goes down."""
+    import hashlib
+
+    from edgefleet.contract import files as files_mod
+
+    store = ModelStore(tmp_path)
+    refs = {}
+    for v in (1, 2):
+        data = os.urandom(1024)
+        (tmp_path / f"src{v}.onnx").write_bytes(data)
+        m = _manifest(v, hashlib.sha256(data).hexdigest(), 1024)
+        refs[v] = store.install(m, m.encode(), tmp_path / f"src{v}.onnx").ref
+    writes = []
+    atomic = files_mod.atomic_write
+    monkeypatch.setattr("edgefleet.agent.models.atomic_write",
+                        lambda *a, **k: writes.append(a[0]) or atomic(*a, **k))
+    store.activate(refs[2], floor=5)
+    assert len(writes) == 1 and store.release_floor(refs[2].name) == 5
+    store.activate(refs[1], floor=3)
+    assert store.read_state()["active"] == refs[1]
+    assert store.release_floor(refs[1].name) == 5
+
+
 @pytest.mark.parametrize("same_filesystem", [True, False])
 def test_an_install_of_the_agents_own_download_moves_it_in(tmp_path, monkeypatch,
                                                            same_filesystem):
