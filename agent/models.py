@@ -209,7 +209,7 @@ class ModelStore:
     def read_trial(self) -> dict[str, Any] | None:
         """The health trial in progress (job, deployment, policy, attempts…), if any."""
         trial = self._read_raw().get("trial")
-        return trial if isinstance(trial, dict) else None
+        return dict(trial) if isinstance(trial, dict) else None  # the kept state's: a copy
 
     def activate(self, ref: ModelRef, *, trial: dict[str, Any] | None = None,
                  floor: int | None = None) -> None:
