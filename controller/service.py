@@ -130,6 +130,9 @@ class FleetController:
                                  shared=bool(settings.share_group))
         self.alerts = AlertMonitor(self.store, settings, self.clock)
         self.records = RecordWriter(self._store_records, counters=self.counters)
+        # the hardware rows a wave's bundles were chosen from, for its desired states
+        # sent right after (``_manifests_for``, then ``_publish_desired``)
+        self._wave_hw: tuple[list[str], dict[str, dict[str, Any]]] | None = None
         self.optimizations = OptimizationJobs(
             self.registry, clock=self.clock.time, workers=settings.optimize_workers,
             queue_max=settings.optimize_queue_max, history_max=settings.optimize_history_max,
@@ -429,7 +432,7 @@ class FleetController:
         self.store.set_desired_many(plain)
         sent = [(device, DesiredState.encode_plain(p)) for device, p in plain]
         # one signature for the devices whose agents verify batch-signed states
-        hw = self.store.devices_hw([device for device, _ in sent]) if len(sent) > 1 else {}
+        hw = self._hardware([device for device, _ in sent]) if len(sent) > 1 else {}
         batch = [(device, payload) for device, payload in sent
                  if FEATURE_BATCH_SIGNED in ((hw.get(device) or {}).get("features") or ())]
         envelopes = dict(zip([device for device, _ in batch],
@@ -438,6 +441,14 @@ class FleetController:
         for device, payload in sent:
             self._publish_signed(device, envelopes.get(device)
                                  or self.repo.sign_command(payload))
+
+    def _hardware(self, devices: list[str]) -> dict[str, dict[str, Any]]:
+        """The devices' hardware rows: those the bundles of these very devices were just
+        chosen from, else read."""
+        kept, self._wave_hw = self._wave_hw, None
+        if kept is not None and kept[0] == devices:
+            return kept[1]
+        return self.store.devices_hw(devices)
 
     def _broadcast(self, manifest_path: str) -> list[str]:
         """The bundle's files, broadcast once (see ``_broadcast.Broadcaster``); none when
@@ -499,6 +510,7 @@ class FleetController:
         """The bundle each device gets: its hardware class's variant, else the default
         (chosen once per kind of device)."""
         hws = self.store.devices_hw(devices)  # one never connected: the default bundle
+        self._wave_hw = (devices, hws)
         chosen: dict[tuple[str, tuple[str, ...] | None], str] = {}
         out = {}
         for device in devices:

@@ -108,9 +108,15 @@ def test_a_wave_gets_batch_signed_states_where_agents_take_them(controller, make
         return publish(device, suffix, payload, **kw)
 
     monkeypatch.setattr(controller.link, "publish", noting)
+    reads: list[list[str]] = []
+    devices_hw = controller.store.devices_hw
+    monkeypatch.setattr(controller.store, "devices_hw",
+                        lambda ids: reads.append(list(ids)) or devices_hw(ids))
     dep = wait_deployment(controller, controller.deploy(
         "digits", register_digits(controller)["version"])["id"])
     assert dep["state"] == "succeeded"
+    # the rows the wave's bundles were chosen from also say who takes batch signatures
+    assert [sorted(r) for r in reads] == [sorted(fleet.ids)]
     assert sent[older].batch_path == []  # one signature over its own payload
     batched = [sent[d] for d in fleet.ids[1:]]
     assert all(len(e.batch_path) == 1 for e in batched)  # two leaves: one sibling each
