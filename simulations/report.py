@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,8 @@ def fanout_why(figures: dict[str, Any], devices: int) -> str:
     the bundle travelled, what left the controller, and whose CPU the time went to."""
     cpu = figures.get("cpu_s_timed_part") or {}
     n = max(devices, 1)
+    total = sum(float(v) for v in cpu.values())
+    cores = os.cpu_count() or 1
     if figures.get("transport") == "broadcast":
         moved = (f"the bundle was broadcast once ({_fmt_bytes(figures.get('bytes_broadcast', 0))}"
                  f", {_fmt_bytes(figures.get('bytes_repaired', 0))} repaired by pulls), so "
@@ -187,8 +190,9 @@ def fanout_why(figures: dict[str, Any], devices: int) -> str:
             f"devices {1000 * cpu.get('shards', 0.0) / n:.1f} ms per update (TUF refresh and "
             f"verification, install, model load, smoke test, statuses), controller "
             f"{1000 * cpu.get('controller', 0.0) / n:.1f} ms per device ({_by_thread(figures, n)})"
-            f", broker {cpu.get('broker', 0.0):.1f} s, while the raw fan-out is one publish "
-            f"the broker copies to every subscriber")
+            f", broker {cpu.get('broker', 0.0):.1f} s: {total:.1f} CPU-seconds in all, "
+            f"{total / cores:.1f} s of this machine's {cores} cores; while the raw fan-out is "
+            f"one publish the broker copies to every subscriber")
 
 
 def _by_thread(figures: dict[str, Any], n: int) -> str:
