@@ -512,7 +512,11 @@ class TelemetryBuffer:
         with self._lock:
             (unacked,) = self._db.execute(
                 "SELECT COUNT(*) FROM summaries WHERE acked = 0").fetchone()
-            total = int(get_meta(self._db, "next_seq") or 1) - 1
+            return self._delivery(unacked)
+
+    def _delivery(self, unacked: int) -> tuple[int, int]:
+        """Made and acked, given how many stored summaries are unacked (under the lock)."""
+        total = int(get_meta(self._db, "next_seq") or 1) - 1
         return total, total - unacked - self.counters["evicted_summaries"]
 
     def stats(self) -> dict[str, Any]:
@@ -522,7 +526,7 @@ class TelemetryBuffer:
             stored, unacked, oldest = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(acked = 0), 0), MIN(CASE WHEN acked = 0 "
                 "THEN window_end END) FROM summaries").fetchone()
-            total, acked = self.delivered()
+            total, acked = self._delivery(unacked)
             oldest_raw = db.execute("SELECT ts FROM inferences ORDER BY id LIMIT 1").fetchone()
             used = self._used_bytes()
         lost = self.counters["evicted_summaries"]
