@@ -113,6 +113,7 @@ __all__ = [
     "TensorSpec",
     "TransportError",
     "TrustError",
+    "batch_leaves",
     "bundle_paths",
     "blob_filter",
     "blob_topic",
@@ -122,5 +123,4 @@ __all__ = [
     "parse_device_topic",
     "sha256_file",
     "valid_sha256",
-    "batch_leaves",
 ]
