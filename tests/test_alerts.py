@@ -269,11 +269,27 @@ def _sketch(mean_ms: float, n: int = 200) -> dict[str, Any]:
     return DDSketch().extend(np.random.default_rng(3).normal(mean_ms, mean_ms / 20, n)).to_dict()
 
 
-def test_drift_retrain_latency_and_full_buffers_from_device_summaries(alerting, mosquitto, hook):
-    ctl = alerting
+@pytest.fixture
+def alerting_by_hand(tmp_path, mosquitto, trust_root, hook):
+    """An alerting controller whose rules run only when the test evaluates them."""
+    ctl = alerting_controller(tmp_path, mosquitto.url, trust_root, hook, alert_interval_s=3600)
+    yield ctl
+    ctl.stop()
+
+
+def test_drift_retrain_latency_and_full_buffers_from_device_summaries(alerting_by_hand,
+                                                                      mosquitto, hook):
+    # the rules are evaluated here, once every summary is stored: a round in the middle
+    # of the devices' summaries would fire the lab cohort with only some of its devices
+    ctl = alerting_by_hand
     lab, field = ["lab-1", "lab-2", "lab-3"], ["field-1", "field-2"]
     for d in lab + field:
         ctl.store.upsert_device(d, tags={"site": "lab" if d in lab else "field"}, online=True)
+
+    def evaluate_once_stored(count: int) -> None:
+        wait_until(lambda: len(ctl.store.summaries()) >= count, 10)
+        ctl.alerts.evaluate()
+
     devices = MqttDevices(mosquitto.url)
     try:
         for d in lab:  # inputs shifted on the lab devices
@@ -286,9 +302,11 @@ def test_drift_retrain_latency_and_full_buffers_from_device_summaries(alerting, 
                 for i in (1, 2)))
         devices.publish("field-1", summary(3, version=2, latency_sketch=_sketch(1.6)))
         devices.publish("field-2", summary(3, buffer={"bytes": 960_000, "cap_bytes": 10**6}))
+        evaluate_once_stored(12)
         wait_until(lambda: {"retrain:digits:1:site=lab", "latency:digits:2",
                             "buffer:field-2"} <= set(hook.fired()), 10)
         devices.publish("field-2", summary(4, buffer={"bytes": 1000, "cap_bytes": 10**6}))
+        evaluate_once_stored(13)
         wait_until(lambda: "buffer:field-2" in hook.fired("resolved"), 10)
     finally:
         devices.close()
